@@ -1,0 +1,1 @@
+"""Parley llm_engine package."""
