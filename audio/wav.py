@@ -33,9 +33,11 @@ def read_wav(path: Path) -> tuple[Float32Array, int]:
     except IsADirectoryError:
         raise AudioFormatError(f"{path}: is a directory, not a WAV file") from None
     except (wave.Error, EOFError) as err:
-        raise AudioFormatError(f"{path}: not a PCM WAV file ({err}); {_convert_hint(path)}") from None
+        hint = _convert_hint(path)
+        raise AudioFormatError(f"{path}: not a PCM WAV file ({err}); {hint}") from None
     if channels != 1:
-        raise AudioFormatError(f"{path}: has {channels} channels, expected mono; {_convert_hint(path)}")
+        hint = _convert_hint(path)
+        raise AudioFormatError(f"{path}: has {channels} channels, expected mono; {hint}")
     if width != 2:
         raise AudioFormatError(
             f"{path}: has {8 * width}-bit samples, expected 16-bit; {_convert_hint(path)}"
@@ -59,7 +61,7 @@ def read_wav_at(path: Path, rate: int) -> Float32Array:
 
 def write_wav(path: Path, audio: Float32Array, rate: int) -> None:
     """Write float32 mono ``audio`` as a 16-bit PCM WAV file."""
-    with wave.open(str(path), "wb") as w:
+    with open(path, "wb") as f, wave.open(f, "wb") as w:  # open() first: its OSError is clean
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(rate)

@@ -1,0 +1,1 @@
+"""Parley configuration files (TOML), shipped as package data."""

@@ -1,0 +1,92 @@
+"""ASR on real speech from two synthesizers, through the packaged Whisper tiny.en."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.corpus import normalize, word_errors
+from voice.asr import SAMPLE_RATE, AsrConfig, drop_repeats
+
+
+def test_word_error_rate_over_both_voices(transcriber, speech):
+    errors = words = 0
+    misses = []
+    for text, voice, audio in speech:
+        heard = transcriber.transcribe(audio).text
+        e, n = word_errors(text, heard)
+        errors, words = errors + e, words + n
+        if e:
+            misses.append(f"{voice}: {text!r} -> {heard!r}")
+    wer = errors / words
+    assert wer <= 0.10, f"WER {wer:.1%} over {len(speech)} utterances; misses: {misses}"
+
+
+def test_clear_speech_is_read_in_a_short_window_with_the_full_window_text(transcriber, speech):
+    """On the product's own voice the short window must be enough: same text, no retry."""
+    differ, retried = [], 0
+    for text, voice, audio in speech:
+        if voice != "piper":
+            continue
+        short = transcriber.transcribe(audio)
+        retried += short.retried
+        full = transcriber.transcribe(audio, window_s=30.0)
+        if normalize(short.text) != normalize(full.text):
+            differ.append((text, short.text, full.text))
+    assert retried <= 1
+    assert len(differ) <= 1, differ
+
+
+def test_low_confidence_results_are_retried_in_the_full_window(model_dir, speech):
+    from voice.asr import Transcriber
+
+    always = Transcriber(model_dir("whisper-tiny-en"), AsrConfig(retry_below_logprob=0.0))
+    never = Transcriber(model_dir("whisper-tiny-en"), AsrConfig(retry_below_logprob=None))
+    audio = speech[1][2]
+    retried, plain = always.transcribe(audio), never.transcribe(audio)
+    assert retried.retried and not plain.retried
+    assert retried.avg_logprob >= plain.avg_logprob
+
+
+def test_window_grows_with_the_audio_and_is_capped():
+    cfg = AsrConfig(window_margin_s=2.0, window_step_s=1.0)
+    assert cfg.window_for(0.5) == 3.0
+    assert cfg.window_for(3.2) == 6.0
+    assert cfg.window_for(29.0) == 30.0
+
+
+def test_silence_gives_no_words(transcriber):
+    assert normalize(transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32)).text) == ""
+
+
+def test_long_audio_falls_back_to_long_form(transcriber, speech):
+    gap = np.zeros(SAMPLE_RATE // 2, np.float32)
+    parts = [a for _, v, a in speech if v == "piper"]
+    audio = np.concatenate([x for a in parts for x in (a, gap)])
+    assert len(audio) > 30 * SAMPLE_RATE
+    result = transcriber.transcribe(audio)
+    e, n = word_errors(" ".join(t for t, v, _ in speech if v == "piper"), result.text)
+    assert e / n <= 0.15
+
+
+def test_stereo_is_rejected(transcriber):
+    with pytest.raises(ValueError, match="mono"):
+        transcriber.transcribe(np.zeros((2, 1600), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (
+            "Your call is important to us. Your call is important to",
+            "Your call is important to us.",
+        ),
+        ("Hello there. Hello there. Hello there", "Hello there."),
+        ("so I said turn it off turn it off turn it", "so I said turn it off"),
+        ("Please book a table for two.", "Please book a table for two."),
+        ("No, no, no.", "No, no, no."),  # short repeats are speech
+        ("I think that I think that is right", "I think that I think that is right"),
+    ],
+)
+def test_drop_repeats(text, kept):
+    assert drop_repeats(text) == kept

@@ -1,0 +1,47 @@
+"""TTS with the packaged Piper voice: streaming, rates, and what it says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from audio.resample import resample
+from tests.corpus import word_errors
+from voice.asr import SAMPLE_RATE
+from voice.tts import Synthesizer, TtsConfig
+
+
+def test_streams_a_chunk_per_sentence(synthesizer):
+    chunks = list(synthesizer.stream("First sentence here. And a second one. A third."))
+    assert len(chunks) >= 3
+    assert all(c.dtype == np.float32 and c.ndim == 1 and len(c) > 0 for c in chunks)
+
+
+def test_streamed_rate_conversion_equals_one_shot(model_dir):
+    # Piper's noise makes every synthesis differ; without it the voice is deterministic.
+    quiet = Synthesizer(model_dir("piper-joe-medium"), TtsConfig(noise_scale=0, noise_w_scale=0))
+    text = "One. Two three. Four five six."
+    native = quiet.synthesize(text)
+    streamed = quiet.synthesize(text, 24_000)
+    one_shot = resample(native, quiet.sample_rate, 24_000)
+    assert quiet.sample_rate == 22_050
+    assert len(streamed) == len(one_shot)
+    assert np.max(np.abs(streamed - one_shot)) < 1e-4
+
+
+def test_speech_is_audible_and_intelligible(synthesizer, transcriber):
+    audio = synthesizer.synthesize("Good morning, how can I help you?", SAMPLE_RATE)
+    assert 0.05 < np.max(np.abs(audio)) <= 1.0
+    errors, words = word_errors(
+        "good morning how can i help you", transcriber.transcribe(audio).text
+    )
+    assert errors / words <= 0.15
+
+
+def test_unsupported_rate_is_a_clear_error(synthesizer):
+    with pytest.raises(ValueError, match="supported rates"):
+        list(synthesizer.stream("Hello.", 11_025))
+
+
+def test_empty_text_yields_no_audio(synthesizer):
+    assert len(synthesizer.synthesize("")) == 0

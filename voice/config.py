@@ -1,0 +1,71 @@
+"""Parley's configuration: dataclasses with defaults, read from a TOML profile at the entry point.
+
+``configs/default.toml`` is the CPU profile on the embedded models. Unknown keys are errors, so a
+typo in a profile is reported rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from voice.asr import AsrConfig
+from voice.errors import ParleyError
+from voice.tts import TtsConfig
+
+
+@dataclass(slots=True)
+class ModelChoice:
+    """Which registry entry serves each role (names from ``configs/models.toml``)."""
+
+    asr: str = "whisper-tiny-en"
+    tts: str = "piper-joe-medium"
+    llm: str = "smollm2-135m-instruct"
+    vad: str = "silero-vad"
+
+
+@dataclass(slots=True)
+class ParleyConfig:
+    models: ModelChoice = field(default_factory=ModelChoice)
+    asr: AsrConfig = field(default_factory=AsrConfig)
+    tts: TtsConfig = field(default_factory=TtsConfig)
+    cache_dir: Path | None = None  # None: $PARLEY_CACHE_DIR or the XDG cache
+    registry: Path | None = None  # None: the packaged configs/models.toml
+
+
+_SECTIONS = {"models": ModelChoice, "asr": AsrConfig, "tts": TtsConfig}
+
+
+def _section(cls: type, name: str, values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise ParleyError(f"config: [{name}] must be a table")
+    known = {f.name for f in fields(cls)}
+    if unknown := set(values) - known:
+        raise ParleyError(f"config: unknown key(s) in [{name}]: {', '.join(sorted(unknown))}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ParleyError(f"config: [{name}]: {err}") from None
+
+
+def load_config(path: Path | None = None) -> ParleyConfig:
+    """Read a TOML profile (``configs/default.toml`` when ``path`` is None)."""
+    try:
+        if path is None:
+            text = resources.files("configs").joinpath("default.toml").read_text()
+        else:
+            text = path.read_text()
+        data = tomllib.loads(text)
+    except OSError as err:
+        raise ParleyError(f"config: cannot read {path}: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ParleyError(f"config: {path or 'default.toml'} is not valid TOML: {err}") from None
+    if unknown := set(data) - {*_SECTIONS, "cache_dir", "registry"}:
+        raise ParleyError(f"config: unknown section(s): {', '.join(sorted(unknown))}")
+    sections = {name: _section(cls, name, data.get(name, {})) for name, cls in _SECTIONS.items()}
+    cache = Path(data["cache_dir"]).expanduser() if "cache_dir" in data else None
+    registry = Path(data["registry"]).expanduser() if "registry" in data else None
+    return ParleyConfig(cache_dir=cache, registry=registry, **sections)
