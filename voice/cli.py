@@ -139,6 +139,53 @@ def cmd_say(args: argparse.Namespace, config: ParleyConfig) -> int:
     return 0
 
 
+def _llm_dir(config: ParleyConfig, model: str | None) -> tuple[Path, str]:
+    """The engine's model: a registry name (prepared on demand) or a local GGUF/HF path."""
+    name = model or config.models.llm
+    path = Path(name).expanduser()
+    if path.exists():
+        return path, path.stem if path.is_file() else path.name
+    if "/" in name or name.endswith(".gguf"):
+        raise ParleyError(f"model path {name} does not exist")
+    return _model_dir(config, name), name
+
+
+def cmd_serve(args: argparse.Namespace, config: ParleyConfig) -> int:
+    import asyncio
+    import logging
+
+    from voice.server import serve
+
+    if args.host is not None:
+        config.server.host = args.host
+    if args.port is not None:
+        config.server.port = args.port
+    model_dir, name = _llm_dir(config, args.model)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # uvloop is Linux/macOS only; asyncio's loop works everywhere
+        runner = asyncio.run
+    try:
+        runner(serve(model_dir, name, config.engine, config.server))
+    except OSError as err:
+        raise ParleyError(f"serve: cannot listen on {config.server.host}:"
+                          f"{config.server.port}: {err.strerror}") from None
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace, config: ParleyConfig) -> int:
+    import asyncio
+
+    from voice.chat import chat
+
+    model_dir, name = _llm_dir(config, args.model)
+    asyncio.run(chat(model_dir, config.engine, args.system, args.max_tokens))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parley", description="Parley voice assistant")
     parser.add_argument("--config", type=Path, help="TOML profile (default: configs/default.toml)")
@@ -162,6 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("-o", "--output", type=Path, required=True)
     say.add_argument("--rate", type=int, help="output sample rate (default: the voice's)")
     say.set_defaults(func=cmd_say)
+
+    srv = sub.add_parser("serve", help="serve the assistant (HTTP API) on one port")
+    srv.add_argument("--host", help="address to listen on (default from the profile: 127.0.0.1)")
+    srv.add_argument("--port", type=int, help="port (default from the profile: 8000)")
+    srv.add_argument("--model", help="LLM: a registry name or a local GGUF file / HF directory")
+    srv.set_defaults(func=cmd_serve)
+
+    chat = sub.add_parser("chat", help="text chat with the engine, with per-turn latency")
+    chat.add_argument("--model", help="LLM: a registry name or a local GGUF file / HF directory")
+    chat.add_argument("--system", default="You are a helpful, concise assistant.")
+    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.set_defaults(func=cmd_chat)
     return parser
 
 
@@ -170,10 +229,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace, ParleyConfig], int] = args.func
     from audio.wav import AudioFormatError
+    from llm_engine.errors import EngineError
 
     try:
         return func(args, load_config(args.config))
-    except (ParleyError, AudioFormatError) as err:
+    except (ParleyError, AudioFormatError, EngineError) as err:
         print(f"parley: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -28,15 +28,47 @@ class ModelChoice:
 
 
 @dataclass(slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    default_max_tokens: int = 512
+    max_conversations: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError("server.port must be within 0..65535")
+        if self.default_max_tokens < 1 or self.max_conversations < 1:
+            raise ValueError("server.default_max_tokens and max_conversations must be positive")
+
+
+@dataclass(slots=True)
 class ParleyConfig:
     models: ModelChoice = field(default_factory=ModelChoice)
     asr: AsrConfig = field(default_factory=AsrConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    # EngineConfig's fields but model_dir (the model comes from [models].llm); checked at load
+    engine: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path | None = None  # None: $PARLEY_CACHE_DIR or the XDG cache
     registry: Path | None = None  # None: the packaged configs/models.toml
 
 
-_SECTIONS = {"models": ModelChoice, "asr": AsrConfig, "tts": TtsConfig}
+_SECTIONS = {"models": ModelChoice, "asr": AsrConfig, "tts": TtsConfig, "server": ServerConfig}
+
+
+def _engine_section(values: Any) -> dict[str, Any]:
+    from llm_engine.config import EngineConfig
+    from llm_engine.errors import EngineError
+
+    if not isinstance(values, dict):
+        raise ParleyError("config: [engine] must be a table")
+    if "model_dir" in values:
+        raise ParleyError("config: [engine] takes no model_dir: choose the model in [models].llm")
+    try:
+        EngineConfig(model_dir=Path("."), **values)
+    except (TypeError, EngineError) as err:
+        raise ParleyError(f"config: [engine]: {err}") from None
+    return dict(values)
 
 
 def _section(cls: type, name: str, values: Any) -> Any:
@@ -63,9 +95,10 @@ def load_config(path: Path | None = None) -> ParleyConfig:
         raise ParleyError(f"config: cannot read {path}: {err.strerror}") from None
     except tomllib.TOMLDecodeError as err:
         raise ParleyError(f"config: {path or 'default.toml'} is not valid TOML: {err}") from None
-    if unknown := set(data) - {*_SECTIONS, "cache_dir", "registry"}:
+    if unknown := set(data) - {*_SECTIONS, "engine", "cache_dir", "registry"}:
         raise ParleyError(f"config: unknown section(s): {', '.join(sorted(unknown))}")
     sections = {name: _section(cls, name, data.get(name, {})) for name, cls in _SECTIONS.items()}
     cache = Path(data["cache_dir"]).expanduser() if "cache_dir" in data else None
     registry = Path(data["registry"]).expanduser() if "registry" in data else None
-    return ParleyConfig(cache_dir=cache, registry=registry, **sections)
+    engine = _engine_section(data.get("engine", {}))
+    return ParleyConfig(cache_dir=cache, registry=registry, engine=engine, **sections)

@@ -1,0 +1,328 @@
+"""OpenAI-compatible chat completions over the engine, free of any HTTP library.
+
+That API re-sends the whole history on every turn. Re-tokenizing it would lose the KV cache of
+the engine's own replies (their generated tokens rarely equal a fresh tokenization of their
+text), so each request is matched against the resident conversations instead: the one sharing
+the most leading messages is reused, and :meth:`Conversation.set_messages` keeps every token
+whose bytes the new rendering still contains (the engine's replies are recognised by their
+text) and prefills only what is new. A client replaying a conversation turn by turn therefore
+gets the flat time to first token of a native conversation.
+
+Supported subset (documented in the README): ``model``, ``messages`` (string content or text
+parts), ``stream``, ``stream_options.include_usage``, ``max_tokens`` /
+``max_completion_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``, ``n == 1``, and the
+common extensions ``top_k`` and ``repetition_penalty``. ``usage.prompt_tokens_details.
+cached_tokens`` reports how many prompt tokens were reused. Anything else that would change
+the output (tools, logprobs, non-zero penalties, non-text content) is refused with a clear
+``InvalidRequest`` rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from llm_engine.config import SamplingParams
+from llm_engine.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from llm_engine.conversation import Conversation
+    from llm_engine.engine import Engine
+
+_IGNORED_IF_DEFAULT = {
+    "frequency_penalty": 0,
+    "presence_penalty": 0,
+    "logprobs": False,
+    "parallel_tool_calls": None,
+    "tool_choice": "none",
+    "user": None,
+    "store": False,
+    "metadata": None,
+    "service_tier": None,
+}
+_KNOWN = {
+    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+    "temperature", "top_p", "seed", "stop", "n", "top_k", "repetition_penalty",
+    "response_format", "tools", *_IGNORED_IF_DEFAULT,
+}  # fmt: skip
+
+
+class RequestError(InvalidRequest):
+    """An invalid request, with the OpenAI ``param`` it concerns."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    messages: list[dict[str, str]]
+    params: SamplingParams
+    model: str
+    stream: bool = False
+    include_usage: bool = False
+
+
+def _number(body: dict[str, Any], key: str, lo: float, hi: float) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise RequestError(f"'{key}' must be a number in [{lo}, {hi}]", key)
+    return float(value)
+
+
+def _content(message: Any, i: int) -> str:
+    content = message.get("content")
+    if content is None and message.get("role") == "assistant":
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise RequestError(f"messages[{i}]: only text content parts are supported",
+                                   f"messages.{i}.content")
+            parts.append(str(part.get("text", "")))
+        return "".join(parts)
+    raise RequestError(f"messages[{i}].content must be a string or a list of text parts",
+                       f"messages.{i}.content")
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise RequestError("'messages' must be a non-empty array", "messages")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise RequestError(f"messages[{i}] must be an object", f"messages.{i}")
+        role = m.get("role")
+        if role == "developer":
+            role = "system"  # the newer name of the system role
+        if role not in ("system", "user", "assistant"):
+            raise RequestError(f"messages[{i}].role must be system, user or assistant",
+                               f"messages.{i}.role")
+        if m.get("tool_calls"):
+            raise RequestError("tool calls are not supported", f"messages.{i}.tool_calls")
+        out.append({"role": role, "content": _content(m, i)})
+    return out
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or len(value) > 4 or not all(
+        isinstance(s, str) and s for s in value
+    ):
+        raise RequestError("'stop' must be a non-empty string or up to 4 of them", "stop")
+    return tuple(value)
+
+
+def _max_tokens(body: dict[str, Any], default: int) -> int:
+    value = body.get("max_completion_tokens", body.get("max_tokens"))
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RequestError("'max_tokens' must be a positive integer", "max_tokens")
+    return value
+
+
+def _check_unsupported(body: dict[str, Any]) -> None:
+    if unknown := sorted(set(body) - _KNOWN):
+        raise RequestError(f"unsupported parameter(s): {', '.join(unknown)}", unknown[0])
+    for key, default in _IGNORED_IF_DEFAULT.items():
+        if body.get(key, default) not in (default, None):
+            raise RequestError(f"'{key}' is not supported (only its default)", key)
+    if body.get("tools"):
+        raise RequestError("tools are not supported", "tools")
+    fmt = body.get("response_format")
+    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
+        raise RequestError("only response_format {'type': 'text'} is supported", "response_format")
+    if body.get("n", 1) != 1:
+        raise RequestError("only n = 1 is supported", "n")
+
+
+def parse_chat_request(body: Any, default_max_tokens: int = 512) -> ChatRequest:
+    """Validate a decoded JSON body; raise :class:`RequestError` naming the bad parameter."""
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    _check_unsupported(body)
+    messages = _messages(body.get("messages"))
+    temperature = _number(body, "temperature", 0, 2)
+    top_p = _number(body, "top_p", 0, 1)
+    top_k = body.get("top_k", 0)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise RequestError("'top_k' must be a non-negative integer", "top_k")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise RequestError("'seed' must be an integer", "seed")
+    penalty = _number(body, "repetition_penalty", 0.01, 10)
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise RequestError("'stream_options' must be an object", "stream_options")
+    params = SamplingParams(
+        max_tokens=_max_tokens(body, default_max_tokens),
+        temperature=1.0 if temperature is None else temperature,  # the API's default
+        top_p=1.0 if top_p is None or top_p == 0 else top_p,
+        top_k=top_k,
+        repetition_penalty=1.0 if penalty is None else penalty,
+        seed=seed,
+        stop=_stop(body.get("stop")),
+    )
+    return ChatRequest(
+        messages=messages,
+        params=params,
+        model=str(body.get("model") or ""),
+        stream=bool(body.get("stream", False)),
+        include_usage=bool(stream_options.get("include_usage", False)),
+    )
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }
+
+
+@dataclass(slots=True)
+class Completion:
+    """One running completion: iterate :meth:`deltas`, then read ``usage``/``finish_reason``."""
+
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
+    created: int = field(default_factory=lambda: int(time.time()))
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class _Slot:
+    conv: Conversation
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    used: float = field(default_factory=time.monotonic)
+
+
+def _shared_messages(a: list[dict[str, Any]], b: list[dict[str, str]]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x.get("role") != y["role"] or x.get("content") != y["content"]:
+            break
+        n += 1
+    return n
+
+
+class ChatService:
+    """Serves chat completions from one engine, keeping API conversations resident.
+
+    At most ``max_conversations`` are kept; the least recently used idle one is closed past
+    that (the engine also evicts idle KV on its own when the pool runs short).
+    """
+
+    def __init__(self, engine: Engine, model_name: str, max_conversations: int = 64) -> None:
+        self.engine = engine
+        self.model_name = model_name
+        self.max_conversations = max_conversations
+        self._slots: list[_Slot] = []
+
+    def _pick(self, messages: list[dict[str, str]]) -> _Slot | None:
+        best, best_n = None, 0
+        for slot in self._slots:
+            if slot.lock.locked() or slot.conv.closed:
+                continue
+            n = _shared_messages(slot.conv.messages, messages)
+            if n > best_n or (n == best_n and best is not None and slot.used > best.used):
+                best, best_n = slot, n
+        return best
+
+    async def _trim(self) -> None:
+        idle = sorted((s for s in self._slots if not s.lock.locked()), key=lambda s: s.used)
+        while len(self._slots) > self.max_conversations and idle:
+            slot = idle.pop(0)
+            self._slots.remove(slot)
+            await slot.conv.close()
+
+    async def complete(self, request: ChatRequest, completion: Completion) -> AsyncIterator[str]:
+        """Yield the reply's text deltas; fills ``completion.usage`` and ``finish_reason``.
+
+        Closing the iterator (client gone) aborts the generation within one engine step.
+        """
+        slot = self._pick(request.messages)
+        if slot is None:
+            slot = _Slot(self.engine.open_conversation())
+            self._slots.append(slot)
+            await self._trim()
+        async with slot.lock:
+            slot.used = time.monotonic()
+            before = slot.conv.tokens
+            n_prompt = await slot.conv.set_messages(request.messages)
+            after = slot.conv.tokens
+            reused = next((i for i, (x, y) in enumerate(zip(before, after, strict=False))
+                           if x != y), min(len(before), len(after)))
+            completion.usage = Usage(prompt_tokens=n_prompt, cached_tokens=reused)
+            async for delta in slot.conv.generate(request.params):
+                completion.usage.completion_tokens += len(delta.token_ids)
+                if delta.finish_reason:
+                    completion.finish_reason = delta.finish_reason
+                if delta.text:
+                    yield delta.text
+            slot.used = time.monotonic()
+
+    # --- OpenAI wire objects -------------------------------------------------------------
+
+    def chunk(self, c: Completion, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        return {
+            "id": c.id,
+            "object": "chat.completion.chunk",
+            "created": c.created,
+            "model": self.model_name,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
+
+    def usage_chunk(self, c: Completion) -> dict[str, Any]:
+        return {
+            "id": c.id,
+            "object": "chat.completion.chunk",
+            "created": c.created,
+            "model": self.model_name,
+            "choices": [],
+            "usage": c.usage.as_dict(),
+        }
+
+    def response(self, c: Completion, text: str) -> dict[str, Any]:
+        return {
+            "id": c.id,
+            "object": "chat.completion",
+            "created": c.created,
+            "model": self.model_name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": c.finish_reason or "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": c.usage.as_dict(),
+        }
+
+    def models(self) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{"id": self.model_name, "object": "model", "created": 0, "owned_by": "parley"}],
+        }
