@@ -250,6 +250,12 @@ class ChatService:
                 best, best_n = slot, n
         return best
 
+    async def close(self) -> None:
+        """Close every resident API conversation (frees their KV)."""
+        slots, self._slots = self._slots, []
+        for slot in slots:
+            await slot.conv.close()
+
     async def _trim(self) -> None:
         idle = sorted((s for s in self._slots if not s.lock.locked()), key=lambda s: s.used)
         while len(self._slots) > self.max_conversations and idle:

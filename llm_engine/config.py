@@ -1,0 +1,174 @@
+"""Configuration dataclasses: the model's shape, the engine's settings, sampling parameters.
+
+All are plain ``@dataclass(slots=True)`` values validated in ``__post_init__``; nothing here
+imports torch, so the scheduler and its tests can use them freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_engine.errors import InvalidRequest, ModelLoadError
+
+SUPPORTED_ARCHS = ("llama", "qwen2")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTS = ("auto", "none", "int8")
+
+
+@dataclass(slots=True)
+class ModelConfig:
+    """Shape of a Llama-family decoder (Llama, SmolLM2, Qwen2), read from HF ``config.json``."""
+
+    arch: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    attention_bias: bool = False
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.arch not in SUPPORTED_ARCHS:
+            raise ModelLoadError(f"unsupported architecture {self.arch!r}; supported: llama, qwen2")
+        if self.num_heads % self.num_kv_heads:
+            raise ModelLoadError("num_attention_heads must be a multiple of num_key_value_heads")
+        if min(self.vocab_size, self.hidden_size, self.num_layers, self.head_dim) <= 0:
+            raise ModelLoadError("model dimensions must be positive")
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
+        """Build from a parsed HF ``config.json`` (LlamaConfig or Qwen2Config)."""
+        model_type = cfg.get("model_type", "")
+        arch = {"llama": "llama", "qwen2": "qwen2", "mistral": "llama"}.get(model_type)
+        if arch is None:
+            raise ModelLoadError(f"unsupported model_type {model_type!r} in config.json")
+        try:
+            n_heads = int(cfg["num_attention_heads"])
+            hidden = int(cfg["hidden_size"])
+            rope = cfg.get("rope_parameters") or {}
+            scaling = cfg.get("rope_scaling") or None
+            if scaling is None and rope.get("rope_type", "default") != "default":
+                scaling = dict(rope)
+            eos = cfg.get("eos_token_id")
+            eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+            return cls(
+                arch=arch,
+                vocab_size=int(cfg["vocab_size"]),
+                hidden_size=hidden,
+                intermediate_size=int(cfg["intermediate_size"]),
+                num_layers=int(cfg["num_hidden_layers"]),
+                num_heads=n_heads,
+                num_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
+                head_dim=int(cfg.get("head_dim") or hidden // n_heads),
+                max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+                rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                rope_theta=float(cfg.get("rope_theta", rope.get("rope_theta", 10000.0))),
+                rope_scaling=scaling,
+                attention_bias=bool(cfg.get("attention_bias", arch == "qwen2")),
+                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                bos_token_id=cfg.get("bos_token_id"),
+                eos_token_ids=eos_ids,
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelLoadError(f"config.json is incomplete or malformed: {err}") from err
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Settings of one :class:`~llm_engine.engine.Engine`.
+
+    ``model_dir`` is an HF-style directory (config.json, *.safetensors, tokenizer.json) or a
+    ``.gguf`` file (converted in memory). ``num_blocks * block_size`` tokens of KV fit in the pool;
+    ``max_batch`` sequences decode together; ``max_step_tokens`` bounds the tokens computed per
+    step (prefill chunks are cut to fit it).
+
+    ``dtype="auto"``: float32 on CPU (bf16 prefill is ~5x slower without native bf16), bfloat16
+    on CUDA. ``quant="auto"``: int8 weight-only for decode on CPU (float weights kept for
+    prefill), none elsewhere; ``"none"`` gives bit-for-bit HF-comparable float math.
+    ``compile`` wraps the forward in ``torch.compile`` and falls back to eager if that fails
+    (off by default: on the 2-core CPU it compiled for minutes and ran slower).
+    """
+
+    model_dir: Path
+    dtype: str = "auto"
+    device: str = "cpu"
+    num_blocks: int = 512
+    block_size: int = 16
+    max_batch: int = 64
+    max_step_tokens: int = 256
+    max_model_len: int | None = None
+    num_threads: int | None = None
+    quant: str = "auto"
+    compile: bool = False
+    extra_stop_tokens: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        self.model_dir = Path(self.model_dir)
+        if self.quant not in QUANTS:
+            raise InvalidRequest(f"quant must be one of {QUANTS}, got {self.quant!r}")
+        if self.dtype not in DTYPES:
+            raise InvalidRequest(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.num_blocks < 2 or self.block_size < 1:
+            raise InvalidRequest("num_blocks must be >= 2 and block_size >= 1")
+        if self.max_batch < 1 or self.max_step_tokens < 1:
+            raise InvalidRequest("max_batch and max_step_tokens must be positive")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise InvalidRequest("max_model_len must be >= 2")
+
+    def resolved_dtype(self) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        return "float32" if self.device.startswith("cpu") else "bfloat16"
+
+    def resolved_quant(self) -> str:
+        if self.quant != "auto":
+            return self.quant
+        return "int8" if self.device.startswith("cpu") else "none"
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    """Per-request sampling. ``temperature == 0`` is greedy; ``seed`` makes sampling repeatable.
+
+    Generation stops at ``max_tokens``, at an end-of-turn token (unless ``ignore_eos``), or when
+    the text contains one of ``stop`` (the stop string itself is not emitted).
+    """
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        self.stop = tuple(self.stop)
+        if self.max_tokens < 1:
+            raise InvalidRequest("max_tokens must be >= 1")
+        if self.temperature < 0:
+            raise InvalidRequest("temperature must be >= 0")
+        if self.top_k < 0:
+            raise InvalidRequest("top_k must be >= 0 (0 disables it)")
+        if not 0 < self.top_p <= 1:
+            raise InvalidRequest("top_p must be in (0, 1]")
+        if self.repetition_penalty <= 0:
+            raise InvalidRequest("repetition_penalty must be > 0")
+        if any(not s for s in self.stop):
+            raise InvalidRequest("stop strings must be non-empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1

@@ -1,0 +1,185 @@
+"""The async handle of a conversation: a resident token sequence in the engine.
+
+Calling contract (methods are called on an asyncio loop; the engine applies a conversation's
+operations in call order):
+
+- ``await conv.append(messages)`` renders the messages with the chat template, tokenizes only
+  what is new and returns once it is prefilled. ``partial=True`` leaves the last message open
+  (a live transcript): a later message of the same role supersedes it (only the differing
+  tail is re-tokenized), ``truncate`` rolls it back. Cancelling an awaiting ``append`` does not
+  undo it: the tokens stay and their prefill finishes in the background.
+- ``async for delta in conv.generate(params)`` streams the reply. Cancelling the consuming task
+  (or leaving the loop) aborts within one engine step; the conversation keeps exactly the
+  tokens generated so far (``conv.tokens``) and their KV.
+- ``await conv.truncate(n)`` rolls back to the first ``n`` tokens without recomputing.
+- ``conv.tokens`` is the token list, the source of truth; history is never re-tokenized.
+- ``await conv.close()`` frees its KV blocks. Closed conversations raise ``InvalidRequest``.
+
+- Only one ``generate`` at a time; ``append``/``truncate`` during a generation raise
+  ``InvalidRequest`` (cancel the generation first).
+
+Errors: ``InvalidRequest`` (bad input, busy), ``ContextLengthExceeded``, ``EngineClosed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from llm_engine.config import SamplingParams
+from llm_engine.errors import InvalidRequest
+from llm_engine.tokenizer import Message, check_utf8, validate_messages
+
+if TYPE_CHECKING:
+    from llm_engine.engine import ConvState, Engine
+
+
+@dataclass(slots=True)
+class Delta:
+    """One step of a generation: the new token ids and the text they complete.
+
+    ``text`` never holds half a UTF-8 character (bytes wait for the rest), so it may be empty.
+    ``finish_reason`` is set on the last delta: ``"stop"`` (end-of-turn token or stop string)
+    or ``"length"`` (max_tokens or context full).
+    """
+
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None = None
+
+
+def post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    """Run ``fn(*args)`` on ``loop`` from the engine thread. A closed loop has nobody left to
+    tell (its caller went away), which must not take the engine thread down."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)
+
+
+class Conversation:
+    """Handle to one conversation; create with :meth:`Engine.open_conversation`."""
+
+    def __init__(self, engine: Engine, state: ConvState) -> None:
+        self._engine = engine
+        self._state = state
+
+    @property
+    def id(self) -> int:
+        return self._state.seq.seq_id
+
+    @property
+    def tokens(self) -> list[int]:
+        """A copy of the token list as the engine holds it now."""
+        with self._engine._lock:
+            return list(self._state.seq.tokens)
+
+    @property
+    def messages(self) -> list[Message]:
+        """The messages the transcript renders (an unfinished reply is an open last message)."""
+        with self._engine._lock:
+            return [dict(m) for m in self._state.history.messages]
+
+    @property
+    def num_cached(self) -> int:
+        """Leading tokens whose KV is resident (less than ``len(tokens)`` after eviction)."""
+        with self._engine._lock:
+            return self._state.seq.num_cached
+
+    @property
+    def closed(self) -> bool:
+        return self._state.closed
+
+    async def append(self, messages: list[Message] | Message, *, partial: bool = False) -> int:
+        """Append chat messages and prefill them. Returns the new token count."""
+        msgs = validate_messages(messages)
+        eng = self._engine
+        return int(
+            await eng._call(lambda st: eng._apply_messages(st, msgs, partial, False), self._state)
+        )
+
+    async def set_messages(self, messages: list[Message]) -> int:
+        """Make the transcript exactly ``messages`` (as an OpenAI-style client re-sends it):
+        the longest token prefix whose bytes match the rendering is kept, the rest prefilled."""
+        msgs = validate_messages(messages)
+        eng = self._engine
+        return int(
+            await eng._call(lambda st: eng._apply_messages(st, msgs, False, True), self._state)
+        )
+
+    async def append_text(self, text: str) -> int:
+        """Append raw text (no chat template), tokenized on its own, and prefill it."""
+        check_utf8(text)
+        if not text:
+            raise InvalidRequest("text to append is empty")
+        ids = self._engine.tokenizer.encode(text)
+        return await self.append_tokens(ids)
+
+    async def append_tokens(self, token_ids: list[int]) -> int:
+        """Append token ids verbatim and prefill them."""
+        vocab = self._engine.model_config.vocab_size
+        if not token_ids or any(not 0 <= int(t) < vocab for t in token_ids):
+            raise InvalidRequest(f"token ids must be a non-empty list within [0, {vocab})")
+        ids = [int(t) for t in token_ids]
+        eng = self._engine
+        return int(await eng._call(lambda st: eng._apply_tokens(st, ids), self._state))
+
+    async def truncate(self, n_tokens: int) -> None:
+        """Roll back to the first ``n_tokens`` tokens (KV kept, nothing recomputed)."""
+        eng = self._engine
+        await eng._call(lambda st: eng._truncate(st, n_tokens), self._state)
+
+    async def close(self) -> None:
+        """Abort any generation and free the conversation's KV. Idempotent."""
+        if self._state.closed:
+            return
+        eng = self._engine
+        await eng._call(eng._close, self._state)
+
+    async def generate(
+        self, params: SamplingParams | None = None, *, add_generation_prompt: bool | None = None
+    ) -> AsyncIterator[Delta]:
+        """Stream the model's continuation of the transcript.
+
+        ``add_generation_prompt``: append the chat template's assistant header first. By default
+        it is added when the transcript holds messages, unless the last one is an open
+        assistant reply (which is then continued); raw-token transcripts are continued as is.
+        Cancelling the consuming task or closing the iterator aborts within one step.
+        """
+        p = params or SamplingParams()
+        eng = self._engine
+        deltas: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def sink(item: Delta | BaseException) -> None:
+            post(loop, deltas.put_nowait, item)
+
+        start = eng._call(
+            lambda st: eng._start_generation(st, p, sink, add_generation_prompt), self._state
+        )
+        try:
+            await start
+        except asyncio.CancelledError:
+            eng._post_abort(self._state)  # queued after the start: it cannot outlive us
+            raise
+        finished = False
+        try:
+            while True:
+                item = await deltas.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finish_reason is not None
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                # abort within one step; not awaited so a cancelled task is not held up
+                eng._post_abort(self._state)
+
+    async def __aenter__(self) -> Conversation:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()

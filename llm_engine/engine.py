@@ -1,0 +1,501 @@
+"""The engine: weights, KV pool and scheduler driven by one engine thread.
+
+Callers live on an asyncio loop; the engine thread runs ``step()`` (schedule -> run the model
+-> sample -> stream out) and applies commands (append, truncate, generate, abort, close)
+between steps, in the order they were submitted. All sequence state is mutated on the engine
+thread under ``_lock``; results travel back with ``loop.call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+
+from llm_engine.config import EngineConfig, SamplingParams
+from llm_engine.conversation import Conversation, Delta, post
+from llm_engine.errors import ContextLengthExceeded, EngineClosed, EngineError, InvalidRequest
+from llm_engine.history import AppendPlan, History
+from llm_engine.kv_cache import KVCache
+from llm_engine.model import Transformer
+from llm_engine.model_runner import ModelRunner
+from llm_engine.sampling import make_generator, sample
+from llm_engine.scheduler import Scheduler, Sequence
+from llm_engine.tokenizer import Message, StreamDecoder, Tokenizer, validate_messages
+from llm_engine.weights import load_model
+
+T = TypeVar("T")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class _Reply:
+    """Completes an asyncio future from the engine thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+
+    def ok(self, value: Any) -> None:
+        post(self.loop, _settle, self.future, value, None)
+
+    def fail(self, err: BaseException) -> None:
+        post(self.loop, _settle, self.future, None, err)
+
+
+def _settle(fut: asyncio.Future[Any], value: Any, err: BaseException | None) -> None:
+    if fut.done():
+        return  # the awaiting task was cancelled
+    if err is None:
+        fut.set_result(value)
+    else:
+        fut.set_exception(err)
+
+
+@dataclass(slots=True)
+class _Gen:
+    """A running generation (engine thread only)."""
+
+    params: SamplingParams
+    max_tokens: int
+    sink: Callable[[Delta | BaseException], None]
+    generator: torch.Generator | None
+    decoder: StreamDecoder
+    n: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class ConvState:
+    """Engine-side state of one conversation."""
+
+    seq: Sequence
+    history: History
+    gen: _Gen | None = None
+    waiters: list[tuple[int, _Reply]] = field(default_factory=list)  # (token count, reply)
+    closed: bool = False
+    conv: Conversation | None = None
+
+
+class Engine:
+    """One model, one KV pool, one engine thread; conversations are handles into it.
+
+    ``Engine(config)`` starts the engine thread, which loads the model (errors re-raised here,
+    e.g. ``ModelLoadError``); ``start()`` lets it accept requests; ``close()`` stops it and
+    fails whatever still waits with ``EngineClosed``.
+    ``async with Engine(cfg) as engine:`` does both. Conversation methods must be awaited on
+    one asyncio loop (any loop; each request remembers its own).
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._commands: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._convs: dict[int, ConvState] = {}
+        self._next_id = 0
+        self._error: BaseException | None = None
+        self._stopped = False
+        self._started = False
+        self._load_error: BaseException | None = None
+        loaded = threading.Event()
+        # all torch work happens on this one thread, loading included (see _thread_main)
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._thread_main, args=(loaded,), name="llm-engine", daemon=True
+        )
+        self._thread.start()
+        loaded.wait()
+        if self._load_error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._load_error
+
+    def _thread_main(self, loaded: threading.Event) -> None:
+        """Load the model, then run the engine loop until ``close``.
+
+        libgomp throttles its spin-waiting when more than one thread owns an OpenMP team, and
+        a second team made every parallel region ~90 us slower here (decode 2x slower), so the
+        engine keeps all of its torch work on this thread. Callers should avoid running torch
+        CPU work on other threads of the same process.
+        """
+        try:
+            if self.config.num_threads:
+                torch.set_num_threads(self.config.num_threads)
+            self._load()
+        except BaseException as err:
+            self._load_error = err
+            return
+        finally:
+            loaded.set()
+        self._loop()
+
+    def _load(self) -> None:
+        config = self.config
+        dtype = _DTYPES[config.resolved_dtype()]
+        loaded = load_model(config.model_dir, dtype, config.device)
+        mc = self.model_config = loaded.config
+        self.tokenizer = Tokenizer(
+            loaded.tokenizer_json,
+            loaded.tokenizer_config,
+            tuple(mc.eos_token_ids) + tuple(config.extra_stop_tokens),
+        )
+        self.max_context = min(
+            config.max_model_len or mc.max_position_embeddings,
+            mc.max_position_embeddings,
+            config.num_blocks * config.block_size,
+        )
+        model = Transformer(mc, loaded.weights, self.max_context)
+        if config.resolved_quant() == "int8":
+            # keep the float weights for prefill on CPU, where the int8 kernel is matrix-vector
+            model.quantize_int8(keep_full=torch.device(config.device).type == "cpu")
+        kv = KVCache(
+            mc.num_layers,
+            config.num_blocks,
+            config.block_size,
+            mc.num_kv_heads,
+            mc.head_dim,
+            dtype,
+            config.device,
+        )
+        self.runner = ModelRunner(model, kv, config.device, compile=config.compile)
+        self.scheduler = Scheduler(
+            config.num_blocks, config.block_size, config.max_batch, config.max_step_tokens
+        )
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Accept requests. (The engine thread already runs; it loaded the model.)"""
+        if self._thread is None:
+            raise EngineClosed("the engine was closed; create a new one")
+        self._started = True
+
+    def close(self) -> None:
+        """Stop the engine thread (after the current step) and fail everything still waiting."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._commands.put(None)
+        thread.join()
+        self._fail_all(EngineClosed("the engine was closed"))
+
+    async def __aenter__(self) -> Engine:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.close)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._started and self._error is None
+
+    # --- public queries ------------------------------------------------------------------
+
+    def open_conversation(self, system_prompt: str | None = None) -> Conversation:
+        """A new conversation; the system prompt (if any) is prefilled in the background.
+
+        Raises ``InvalidRequest`` (malformed or too long prompt), ``EngineClosed``.
+        """
+        self._check_running()
+        history = History(self.tokenizer.render)
+        ids: list[int] = []
+        if system_prompt is not None:
+            messages = validate_messages([{"role": "system", "content": system_prompt}])
+            plan = history.plan_messages(messages, open_last=False)
+            ids = self.tokenizer.encode(plan.text)
+            if len(ids) + 1 > self.max_context:
+                raise ContextLengthExceeded(len(ids) + 1, self.max_context)
+            history.add_tokens(ids, self.tokenizer.token_bytes)
+            history.add_messages(messages, open_last=False)
+        with self._lock:
+            self._next_id += 1
+            state = ConvState(Sequence(self._next_id), history)
+            state.conv = Conversation(self, state)
+            self._convs[state.seq.seq_id] = state
+            self.scheduler.add(state.seq)
+            if ids:
+                self.scheduler.extend(state.seq, ids)
+        self._commands.put(lambda: None)  # wake the engine thread
+        return state.conv
+
+    def free_blocks(self) -> int:
+        """Blocks of the KV pool not held by any sequence (a consistent snapshot)."""
+        with self._lock:
+            return self.scheduler.blocks.num_free
+
+    def cached_prefix(self, tokens: list[int]) -> int:
+        """How many leading ``tokens`` the pool's shared-prefix cache already holds."""
+        with self._lock:
+            return self.scheduler.blocks.match_prefix(tokens)
+
+    def longest_prefix(self, tokens: list[int]) -> tuple[Conversation | None, int]:
+        """The open, idle conversation whose tokens share the longest prefix with ``tokens``.
+
+        For callers that re-send whole histories (OpenAI-style APIs): truncate the returned
+        conversation to the common length and append the rest.
+        """
+        best: tuple[ConvState | None, int] = (None, 0)
+        with self._lock:
+            for st in self._convs.values():
+                if st.closed or st.gen is not None:
+                    continue
+                n = _common_len(st.seq.tokens, tokens)
+                if n > best[1]:
+                    best = (st, n)
+        found = best[0]
+        return (found.conv if found else None), best[1]
+
+    async def sync(self) -> None:
+        """Wait until every command submitted so far has been applied."""
+        await self._call(lambda st: None, None)
+
+    # --- commands (called by Conversation) -------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._error is not None:
+            raise EngineClosed(f"the engine failed: {self._error!r}") from self._error
+        if self._thread is None or not self._started:
+            raise EngineClosed("the engine is not running; call start() first")
+
+    def _call(self, fn: Callable[[ConvState], Any], state: ConvState | None) -> asyncio.Future[Any]:
+        """Run ``fn(state)`` on the engine thread; its return value resolves the future, unless
+        it is ``_DEFER``: then the future resolves once the conversation's prefill is done."""
+        self._check_running()
+        reply = _Reply(asyncio.get_running_loop())
+
+        def command() -> None:
+            try:
+                if self._stopped:
+                    raise EngineClosed("the engine was closed")
+                if state is not None and state.closed:
+                    raise InvalidRequest("the conversation is closed")
+                result = fn(state)  # type: ignore[arg-type]
+            except Exception as err:
+                reply.fail(err)
+                return
+            if result is not _DEFER:
+                reply.ok(result)
+            else:
+                assert state is not None
+                state.waiters.append((len(state.seq.tokens), reply))
+                self._resolve_waiters(state)
+
+        self._commands.put(command)
+        return reply.future
+
+    def _busy_check(self, state: ConvState) -> None:
+        if state.gen is not None:
+            raise InvalidRequest("the conversation is generating; cancel that first")
+
+    def _apply_plan(self, state: ConvState, plan: AppendPlan, extra: int = 0) -> list[int]:
+        ids = self.tokenizer.encode(plan.text) if plan.text else []
+        total = plan.keep + len(ids) + extra
+        if total > self.max_context:
+            raise ContextLengthExceeded(total, self.max_context)
+        if plan.keep < len(state.seq.tokens):
+            self._truncate(state, plan.keep)
+        state.history.add_tokens(ids, self.tokenizer.token_bytes)
+        self.scheduler.extend(state.seq, ids)
+        return ids
+
+    def _apply_messages(
+        self, state: ConvState, messages: list[Message], open_last: bool, replace: bool | None
+    ) -> object:
+        self._busy_check(state)
+        if replace:
+            self._apply_plan(state, state.history.plan_replace(messages))
+            state.history.replace_messages(messages)
+        else:
+            self._apply_plan(state, state.history.plan_messages(messages, open_last))
+            state.history.add_messages(messages, open_last)
+        return _DEFER
+
+    def _apply_tokens(self, state: ConvState, ids: list[int]) -> object:
+        self._busy_check(state)
+        if len(state.seq.tokens) + len(ids) > self.max_context:
+            raise ContextLengthExceeded(len(state.seq.tokens) + len(ids), self.max_context)
+        state.history.add_tokens(ids, self.tokenizer.token_bytes)
+        self.scheduler.extend(state.seq, ids)
+        return _DEFER
+
+    def _truncate(self, state: ConvState, n: int) -> None:
+        self._busy_check(state)
+        if not 0 <= n <= len(state.seq.tokens):
+            raise InvalidRequest(
+                f"cannot truncate to {n} tokens: conversation has {len(state.seq.tokens)}"
+            )
+        self.scheduler.truncate(state.seq, n)
+        state.history.truncate(n)
+
+    def _start_generation(
+        self,
+        state: ConvState,
+        params: SamplingParams,
+        sink: Callable[[Delta | BaseException], None],
+        add_generation_prompt: bool | None,
+    ) -> None:
+        self._busy_check(state)
+        history = state.history
+        if add_generation_prompt is None:
+            add_generation_prompt = bool(history.messages) and not history.open_reply
+        if add_generation_prompt:
+            self._apply_plan(state, history.plan_generation_prompt(), extra=1)
+            history.begin_reply()
+        elif len(state.seq.tokens) + 1 > self.max_context:
+            raise ContextLengthExceeded(len(state.seq.tokens) + 1, self.max_context)
+        if not state.seq.tokens:
+            raise InvalidRequest("nothing to generate from: the conversation is empty")
+        room = self.max_context - len(state.seq.tokens)
+        state.gen = _Gen(
+            params,
+            min(params.max_tokens, room),
+            sink,
+            make_generator(params),
+            StreamDecoder(params.stop),
+        )
+        self.scheduler.uncache_last(state.seq)
+        self.scheduler.request(state.seq, generating=True)
+
+    def _post_abort(self, state: ConvState) -> None:
+        """Queue an abort without waiting (callable from a cancelled task's ``finally``)."""
+        self._commands.put(lambda: self._abort(state))
+
+    def _abort(self, state: ConvState) -> None:
+        if state.gen is not None:
+            self._finish(state, "abort", closed=False)
+
+    def _close(self, state: ConvState) -> None:
+        self._abort(state)
+        for _, reply in state.waiters:
+            reply.fail(InvalidRequest("the conversation was closed"))
+        state.waiters.clear()
+        state.closed = True
+        self.scheduler.remove(state.seq)
+        del self._convs[state.seq.seq_id]
+
+    # --- the engine thread -----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            with torch.inference_mode():
+                while self._drain_commands():
+                    self.step()
+        except BaseException as err:  # the thread must not die silently
+            self._error = err
+            self._fail_all(EngineError(f"engine step failed: {err!r}"))
+
+    def _drain_commands(self) -> bool:
+        """Apply queued commands; block while there is nothing to compute. False = stop."""
+        while True:
+            try:
+                cmd = self._commands.get(block=not self._has_work())
+            except queue.Empty:
+                return True
+            if cmd is None:
+                return False
+            with self._lock:
+                cmd()
+
+    def _has_work(self) -> bool:
+        with self._lock:  # open_conversation adds sequences from other threads
+            return any(s.pending for s in self.scheduler.seqs.values())
+
+    def step(self) -> None:
+        """Schedule, run the model, sample, stream. Engine thread only."""
+        with self._lock:
+            batch = self.scheduler.schedule()
+        if not batch:
+            return
+        out = self.runner.run(batch)
+        with self._lock:
+            ready = self.scheduler.complete(batch)
+            assert [s.seq_id for s in ready] == [s.seq_id for s in out.seqs]
+            if out.logits is not None:
+                self._emit(out.seqs, out.logits)
+            for seq, _ in batch.prefills:
+                self._resolve_waiters(self._convs[seq.seq_id])
+
+    def _emit(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        states = [self._convs[s.seq_id] for s in seqs]
+        gens = [st.gen for st in states]
+        assert all(g is not None for g in gens)
+        params = [g.params for g in gens]  # type: ignore[union-attr]
+        seen = [
+            s.tokens if p.repetition_penalty != 1.0 else []
+            for s, p in zip(seqs, params, strict=True)
+        ]
+        tokens = sample(logits, params, seen, [g.generator for g in gens])  # type: ignore[union-attr]
+        for st, tok in zip(states, tokens, strict=True):
+            self._take_token(st, tok)
+
+    def _take_token(self, st: ConvState, tok: int) -> None:
+        gen = st.gen
+        assert gen is not None
+        self.scheduler.append_token(st.seq, tok)
+        st.history.add_tokens([tok], self.tokenizer.token_bytes)
+        gen.n += 1
+        eos = tok in self.tokenizer.eos_ids and not gen.params.ignore_eos
+        text = "" if eos else gen.decoder.feed(self.tokenizer.token_bytes(tok))
+        finish = None
+        if eos or gen.decoder.stopped:
+            finish = "stop"
+        elif gen.n >= gen.max_tokens:
+            finish = "length"
+        if finish is None:
+            gen.sink(Delta([tok], text, None))
+            return
+        gen.sink(Delta([tok], text + gen.decoder.flush(), finish))
+        eos_len = len(self.tokenizer.token_bytes(tok)) if eos else 0
+        self._finish(st, finish, closed=eos, eos_bytes=eos_len)
+
+    def _finish(self, st: ConvState, reason: str, closed: bool, eos_bytes: int = 0) -> None:
+        st.gen = None
+        self.scheduler.stop(st.seq)
+        st.history.update_reply(closed=closed, end_token_bytes=eos_bytes)
+        self._resolve_waiters(st)
+
+    def _resolve_waiters(self, st: ConvState) -> None:
+        """Wake appends whose tokens are computed; a finished plain prefill goes idle."""
+        seq = st.seq
+        if seq.pending and self.scheduler.is_done(seq):
+            self.scheduler.stop(seq)
+        waiting = []
+        for target, reply in st.waiters:
+            if not seq.pending or seq.num_cached >= min(target, len(seq.tokens)):
+                reply.ok(target)
+            else:
+                waiting.append((target, reply))
+        st.waiters = waiting
+
+    def _fail_all(self, err: EngineError) -> None:
+        with self._lock:
+            for st in self._convs.values():
+                for _, reply in st.waiters:
+                    reply.fail(err)
+                st.waiters.clear()
+                if st.gen is not None:
+                    st.gen.sink(err)
+                    st.gen = None
+            self._stopped = True
+        # commands that never ran fail with EngineClosed instead of hanging
+        while True:
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if cmd is not None:
+                cmd()
+
+
+_DEFER = object()
+
+
+def _common_len(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

@@ -1,0 +1,90 @@
+"""The paged KV pool and paged attention over it.
+
+The pool holds, per layer, ``num_blocks`` blocks of ``block_size`` token slots each, K and V
+side by side: ``kv[layer]: [num_blocks, block_size, 2, n_kv_heads, head_dim]``. A token at
+position ``p`` of a sequence lives in slot ``block_table[p // block_size] * block_size +
+p % block_size`` of the flattened pool. Which block belongs to whom is decided by the
+torch-free :mod:`llm_engine.block_manager`; this module only stores and reads.
+
+Paged attention is gather-based: each step the runner turns the block tables into one flat
+index of context slots ``[B * S]``; every layer scatters its new K/V into the pool, gathers the
+``S`` context rows of each sequence with one ``index_select`` and runs SDPA with a mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(slots=True)
+class AttnMeta:
+    """Per-step attention inputs, built once per forward by the model runner.
+
+    ``slots``: ``[B*T]`` int64, pool slot of each new token (written before attending).
+    ``ctx_slots``: ``[B*S]`` int64, pool slots of each sequence's ``S`` context tokens (new ones
+    included), or ``None`` when the batch has no earlier context (attend to the new tokens only,
+    causally). ``mask``: ``[B, 1, T, S]`` bool (True = attend) or ``None`` when every query
+    sees all ``S`` keys.
+    """
+
+    slots: Tensor
+    ctx_slots: Tensor | None
+    mask: Tensor | None
+    ctx_len: int
+
+
+class KVCache:
+    """Preallocated K/V pool for every layer: ``kv: [L, num_blocks, block_size, 2, Hkv, D]``."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_blocks: int,
+        block_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        shape = (num_layers, num_blocks, block_size, 2, num_kv_heads, head_dim)
+        self.kv = torch.zeros(shape, dtype=dtype, device=device)
+        self.block_size = block_size
+
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        """Copy whole blocks ``src -> dst`` in every layer (copy-on-write of shared blocks)."""
+        if not pairs:
+            return
+        src = torch.tensor([s for s, _ in pairs], device=self.kv.device)
+        dst = torch.tensor([d for _, d in pairs], device=self.kv.device)
+        self.kv[:, dst] = self.kv[:, src]
+
+
+def paged_attention(q: Tensor, kv: Tensor, pool: Tensor, meta: AttnMeta) -> Tensor:
+    """Store the new K/V in the pool, attend over each sequence's context.
+
+    q: [B, T, H, D]; kv: [B, T, 2, Hkv, D] (new keys and values);
+    pool: [num_blocks, block_size, 2, Hkv, D] (one layer). Returns [B, T, H * D].
+    """
+    B, T, H, D = q.shape
+    Hkv = kv.shape[3]
+    flat = pool.view(-1, 2 * Hkv * D)  # [num_slots, 2 Hkv D]
+    flat.index_copy_(0, meta.slots, kv.reshape(B * T, 2 * Hkv * D))
+    if meta.ctx_slots is None:  # a fresh prefill sees only itself
+        keys, values, causal = kv[:, :, 0], kv[:, :, 1], T > 1  # [B, T, Hkv, D] each
+    else:
+        S = meta.ctx_len
+        ctx = flat.index_select(0, meta.ctx_slots).view(B, S, 2, Hkv, D)
+        keys, values, causal = ctx[:, :, 0], ctx[:, :, 1], False  # [B, S, Hkv, D] each
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2),  # [B, H, T, D]
+        keys.transpose(1, 2),  # [B, Hkv, S, D]
+        values.transpose(1, 2),
+        attn_mask=meta.mask,
+        is_causal=causal,
+        enable_gqa=Hkv != H,
+    )  # [B, H, T, D]
+    return out.transpose(1, 2).reshape(B, T, H * D)

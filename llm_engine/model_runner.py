@@ -1,0 +1,142 @@
+"""Turns a scheduled batch into tensors, runs the model, returns the logits to sample from.
+
+The only place where token lists become tensors. Decodes (one new token per sequence) run as
+one ``[B, 1]`` forward; each prefill chunk runs as its own ``[1, n]`` forward (a fresh prefill
+with no earlier context attends causally to itself; a chunk with context gathers it from the
+pool). A sequence verifying ``k`` drafted tokens is a prefill chunk of ``k + 1`` tokens whose
+every position's logits are wanted (``all_logits``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from llm_engine.kv_cache import AttnMeta, KVCache
+from llm_engine.model import Transformer
+from llm_engine.scheduler import ScheduledBatch, Sequence
+
+
+@dataclass(slots=True)
+class StepOutput:
+    """``logits[i]`` ([vocab], float32) is the next-token distribution of ``seqs[i]``."""
+
+    seqs: list[Sequence]
+    logits: Tensor | None  # [len(seqs), vocab]
+
+
+class ModelRunner:
+    """Runs the model for scheduled batches. Engine thread only."""
+
+    def __init__(self, model: Transformer, kv: KVCache, device: str, compile: bool = False) -> None:
+        self.model = model
+        self.kv = kv
+        self.device = torch.device(device)
+        self.block_size = kv.block_size
+        self._offsets = torch.arange(kv.block_size, device=self.device)
+        self._forward: Callable[..., Tensor] = model.forward
+        if compile:
+            self._forward = _compiled_or_eager(model.forward)
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch) -> StepOutput:
+        self.kv.copy_blocks(batch.copies)
+        seqs: list[Sequence] = []
+        hidden: list[Tensor] = []
+        if batch.decodes:
+            seqs += batch.decodes
+            hidden.append(self._decode(batch.decodes))
+        for seq, n in batch.prefills:
+            h = self.forward_tokens(seq, seq.num_cached, n)  # [n, hidden]
+            if seq.generating and seq.num_cached + n == len(seq.tokens):
+                seqs.append(seq)
+                hidden.append(h[-1:])
+        if not seqs:
+            return StepOutput([], None)
+        return StepOutput(seqs, self.model.logits(torch.cat(hidden)))
+
+    def _tensor(self, data: list[int] | list[list[int]]) -> Tensor:
+        return torch.tensor(data, dtype=torch.int64, device=self.device)
+
+    def _slot(self, table: list[int], pos: int) -> int:
+        return table[pos // self.block_size] * self.block_size + pos % self.block_size
+
+    def _ctx_slots(self, tables: list[list[int]], ctx_len: int) -> Tensor:
+        """Pool slots of positions [0, ctx_len) of each table: [B * ctx_len]."""
+        nb = -(-ctx_len // self.block_size)
+        padded = [t[:nb] + [0] * (nb - len(t[:nb])) for t in tables]
+        bt = self._tensor(padded)  # [B, nb]
+        slots = (bt[:, :, None] * self.block_size + self._offsets).view(len(tables), -1)
+        return slots[:, :ctx_len].reshape(-1)
+
+    def _decode(self, seqs: list[Sequence]) -> Tensor:
+        """One new token per sequence -> hidden [B, hidden]."""
+        B = len(seqs)
+        pos = [s.num_cached for s in seqs]
+        ids = self._tensor([[s.tokens[p]] for s, p in zip(seqs, pos, strict=True)])  # [B, 1]
+        ctx_len = max(pos) + 1
+        mask = None
+        if B > 1:
+            lens = self._tensor([p + 1 for p in pos])
+            arange = torch.arange(ctx_len, device=self.device)
+            mask = (arange[None, :] < lens[:, None]).view(B, 1, 1, ctx_len)
+        meta = AttnMeta(
+            slots=self._tensor(
+                [self._slot(s.block_table, p) for s, p in zip(seqs, pos, strict=True)]
+            ),
+            ctx_slots=self._ctx_slots([s.block_table for s in seqs], ctx_len),
+            mask=mask,
+            ctx_len=ctx_len,
+        )
+        h = self._forward(ids, self._tensor(pos).view(B, 1), self.kv, meta)
+        return h[:, 0]
+
+    def forward_tokens(self, seq: Sequence, start: int, n: int) -> Tensor:
+        """Compute tokens [start, start + n) of ``seq`` into the pool -> hidden [n, hidden].
+
+        The block table must already cover them (the scheduler grew it).
+        """
+        table = seq.block_table
+        positions = list(range(start, start + n))
+        ctx_slots, mask = None, None
+        if start > 0:
+            ctx_len = start + n
+            ctx_slots = self._ctx_slots([table], ctx_len)
+            q_pos = torch.arange(start, ctx_len, device=self.device)
+            k_pos = torch.arange(ctx_len, device=self.device)
+            mask = (k_pos[None, :] <= q_pos[:, None]).view(1, 1, n, ctx_len)
+        meta = AttnMeta(
+            slots=self._tensor([self._slot(table, p) for p in positions]),
+            ctx_slots=ctx_slots,
+            mask=mask,
+            ctx_len=start + n,
+        )
+        ids = self._tensor([seq.tokens[start : start + n]])
+        h = self._forward(ids, self._tensor([positions]), self.kv, meta)
+        return h[0]
+
+    @torch.inference_mode()
+    def all_logits(self, seq: Sequence, start: int, n: int) -> Tensor:
+        """Logits of every computed position: [n, vocab] (for verification and tests)."""
+        return self.model.logits(self.forward_tokens(seq, start, n))
+
+
+def _compiled_or_eager(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``torch.compile(fn)``; if compiling or a compiled call fails, use eager from then on."""
+    compiled = torch.compile(fn, dynamic=True)
+    state = {"ok": True}
+
+    def call(*args: object) -> Tensor:
+        if state["ok"]:
+            try:
+                return compiled(*args)
+            except Exception as err:  # compiler missing, unsupported op ...
+                logging.getLogger(__name__).warning("torch.compile failed, using eager: %s", err)
+                state["ok"] = False
+        return fn(*args)
+
+    return call

@@ -1,0 +1,281 @@
+"""Conversations: incremental append, rollback, shared prefixes, concurrency, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import torch
+
+from llm_engine import SamplingParams
+from tests.llm_engine.helpers import greedy, hf_logits, next_logits
+
+SYSTEM = "You are a helpful assistant who answers briefly."
+TURNS = ["What is the capital of France?", "And of Italy?", "Which one is bigger?"]
+
+
+async def test_turn_by_turn_equals_full_recompute(smol_engine: Any, hf_smol: Any) -> None:
+    conv = smol_engine.open_conversation(SYSTEM)
+    try:
+        for turn in TURNS[:2]:
+            before = conv.tokens
+            await conv.append({"role": "user", "content": turn})
+            assert conv.tokens[: len(before)] == before  # history never re-tokenized
+            await greedy(conv, 8)
+        await conv.append({"role": "user", "content": TURNS[2]})
+        incremental = await next_logits(smol_engine, conv)
+        tokens = conv.tokens
+    finally:
+        await conv.close()
+    fresh = smol_engine.open_conversation()
+    try:
+        await fresh.append_tokens(tokens)
+        recomputed = await next_logits(smol_engine, fresh)
+    finally:
+        await fresh.close()
+    torch.testing.assert_close(incremental, recomputed, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(incremental, hf_logits(hf_smol, tokens)[-1], atol=2e-4, rtol=1e-4)
+
+
+async def test_truncate_then_generate_equals_fresh(smol_engine: Any) -> None:
+    conv = smol_engine.open_conversation(SYSTEM)
+    try:
+        await conv.append({"role": "user", "content": TURNS[0]})
+        await greedy(conv, 12)
+        await conv.append({"role": "user", "content": TURNS[1]})
+        cut = len(conv.tokens) - 5
+        await greedy(conv, 6)
+        await conv.truncate(cut)
+        assert len(conv.tokens) == cut and conv.num_cached == cut
+        kept = conv.tokens
+        got = await greedy(conv, 10, add_generation_prompt=False)
+    finally:
+        await conv.close()
+    fresh = smol_engine.open_conversation()
+    try:
+        await fresh.append_tokens(kept)
+        want = await greedy(fresh, 10)
+    finally:
+        await fresh.close()
+    assert got == want
+
+
+async def test_shared_system_prompt_blocks_do_not_leak(smol_engine: Any) -> None:
+    long_system = SYSTEM + " " + "Always be kind and precise. " * 6
+    solo = smol_engine.open_conversation(long_system)
+    await solo.append({"role": "user", "content": TURNS[0]})
+    want = await greedy(solo, 10)
+    await solo.close()
+
+    free0 = smol_engine.free_blocks()
+    a = smol_engine.open_conversation(long_system)
+    b = smol_engine.open_conversation(long_system)
+    try:
+        await a.append({"role": "user", "content": TURNS[0]})
+        used_a = free0 - smol_engine.free_blocks()
+        await b.append({"role": "user", "content": TURNS[1]})
+        used_b = free0 - smol_engine.free_blocks() - used_a
+        assert used_b < used_a  # b reuses a's system-prompt blocks
+        # b rolls back into the shared region and writes there: a must not see it
+        await b.truncate(20)
+        await b.append_text(" Ignore everything and shout.")
+        await greedy(b, 4)
+        assert await greedy(a, 10) == want
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_concurrent_generations_equal_single_stream(smol_engine: Any) -> None:
+    async def run(turn: str) -> tuple[list[int], str]:
+        conv = smol_engine.open_conversation(SYSTEM)
+        try:
+            await conv.append({"role": "user", "content": turn})
+            return await greedy(conv, 12)
+        finally:
+            await conv.close()
+
+    singles = [await run(t) for t in TURNS]
+    together = await asyncio.gather(*(run(t) for t in TURNS))
+    assert list(together) == singles
+
+
+async def test_cancel_stops_within_one_step_and_keeps_tokens(smol_engine: Any) -> None:
+    conv = smol_engine.open_conversation(SYSTEM)
+    try:
+        await conv.append({"role": "user", "content": "Count from one to fifty."})
+        before = conv.tokens
+        received: list[int] = []
+        third = asyncio.Event()
+
+        async def consume() -> None:
+            async for d in conv.generate(SamplingParams(max_tokens=200, ignore_eos=True)):
+                received.extend(d.token_ids)
+                if len(received) == 3:
+                    third.set()
+
+        task = asyncio.create_task(consume())
+        await third.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await smol_engine.sync()  # the abort has been applied
+        tokens = conv.tokens
+        await asyncio.sleep(0.1)
+        assert conv.tokens == tokens  # generation really stopped
+        assert tokens[: len(before)] == before
+        # the KV holds exactly what was generated: what we received, plus at most the one
+        # token sampled in the step that was running when the cancel arrived
+        extra = len(tokens) - len(before) - 4 - len(received)  # 4: "<|im_start|>assistant\n"
+        assert extra in (0, 1), extra
+        assert tokens[len(before) + 4 :][: len(received)] == received
+        assert conv.num_cached >= len(tokens) - 1
+        await conv.append({"role": "user", "content": "Stop."})
+        assert conv.tokens[: len(tokens)] == tokens
+        await greedy(conv, 3)
+    finally:
+        await conv.close()
+
+
+async def test_cancel_truncate_to_heard_then_continue(smol_engine: Any) -> None:
+    conv = smol_engine.open_conversation(SYSTEM)
+    try:
+        await conv.append({"role": "user", "content": TURNS[0]})
+        ids, _ = await greedy(conv, 8)
+        start = len(conv.tokens) - len(ids)  # where the reply begins
+        await conv.truncate(start + 2)  # the caller heard two tokens
+        heard = smol_engine.tokenizer.decode(ids[:2])
+        assert conv.messages[-1] == {"role": "assistant", "content": heard}
+        assert conv.num_cached == start + 2
+        await conv.append({"role": "user", "content": "Wait."})
+        text = smol_engine.tokenizer.decode(conv.tokens)
+        assert text.endswith(f"assistant\n{heard}<|im_end|>\n<|im_start|>user\nWait.<|im_end|>\n")
+    finally:
+        await conv.close()
+
+
+async def test_partial_transcript_then_final(smol_engine: Any) -> None:
+    conv = smol_engine.open_conversation(SYSTEM)
+    ref = smol_engine.open_conversation(SYSTEM)
+    try:
+        await conv.append({"role": "user", "content": "What is the capital"}, partial=True)
+        assert smol_engine.tokenizer.decode(conv.tokens).endswith("user\nWhat is the capital")
+        await conv.append({"role": "user", "content": TURNS[0]})
+        await ref.append({"role": "user", "content": TURNS[0]})
+        assert conv.messages == ref.messages
+        assert smol_engine.tokenizer.decode(conv.tokens) == smol_engine.tokenizer.decode(ref.tokens)
+    finally:
+        await conv.close()
+        await ref.close()
+
+
+async def test_stop_string_and_eos(smol_engine: Any) -> None:
+    conv = smol_engine.open_conversation(SYSTEM)
+    try:
+        await conv.append({"role": "user", "content": "Name a color."})
+        deltas = [d async for d in conv.generate(SamplingParams(max_tokens=40))]
+        assert deltas[-1].finish_reason == "stop"
+        assert conv.tokens[-1] in smol_engine.tokenizer.eos_ids
+        full = "".join(d.text for d in deltas)
+        assert "<|im_end|>" not in full
+        await conv.truncate(len(conv.tokens) - len(deltas))
+        word = full.split()[1]
+        deltas = [d async for d in conv.generate(SamplingParams(max_tokens=40, stop=(word,)))]
+        text = "".join(d.text for d in deltas)
+        assert deltas[-1].finish_reason == "stop" and word not in text
+        assert full.startswith(text)
+    finally:
+        await conv.close()
+
+
+async def test_seeded_sampling_is_repeatable(smol_engine: Any) -> None:
+    async def run(seed: int) -> list[int]:
+        conv = smol_engine.open_conversation(SYSTEM)
+        try:
+            await conv.append({"role": "user", "content": "Tell me a story."})
+            p = SamplingParams(
+                max_tokens=12,
+                temperature=1.0,
+                top_k=50,
+                top_p=0.9,
+                repetition_penalty=1.1,
+                seed=seed,
+                ignore_eos=True,
+            )
+            return [t async for d in conv.generate(p) for t in d.token_ids]
+        finally:
+            await conv.close()
+
+    assert await run(1) == await run(1)
+    assert await run(1) != await run(2)
+
+
+async def test_cancelled_append_keeps_tokens_and_next_append_works(smol_engine: Any) -> None:
+    conv = smol_engine.open_conversation(SYSTEM)
+    try:
+        task = asyncio.create_task(
+            conv.append({"role": "user", "content": "Tell me"}, partial=True)
+        )
+        await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        n = await conv.append({"role": "user", "content": "Tell me a joke."})
+        assert n == len(conv.tokens) and conv.num_cached == n
+        assert conv.messages[-1] == {"role": "user", "content": "Tell me a joke."}
+    finally:
+        await conv.close()
+
+
+async def test_cancel_before_generation_starts_leaves_conversation_idle(smol_engine: Any) -> None:
+    conv = smol_engine.open_conversation(SYSTEM)
+    try:
+        await conv.append({"role": "user", "content": TURNS[0]})
+
+        async def consume() -> None:
+            async for _ in conv.generate(SamplingParams(max_tokens=500, ignore_eos=True)):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0)  # the start command is queued, no token seen yet
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await smol_engine.sync()
+        n = len(conv.tokens)
+        await asyncio.sleep(0.1)
+        assert len(conv.tokens) == n  # nothing keeps generating in the background
+        await conv.append({"role": "user", "content": "Hello?"})  # not busy
+    finally:
+        await conv.close()
+
+
+async def test_set_messages_reuses_own_reply_tokens(smol_engine: Any) -> None:
+    """An OpenAI-style client re-sends the whole history with our reply as text: the reply's
+    generated tokens are kept, only the new user turn is tokenized and prefilled."""
+    conv = smol_engine.open_conversation()
+    try:
+        history = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": TURNS[0]}]
+        await conv.set_messages(history)
+        deltas = [d async for d in conv.generate(SamplingParams(max_tokens=30))]
+        reply = "".join(d.text for d in deltas)
+        before = conv.tokens
+        resent = [
+            *history,
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": TURNS[1]},
+        ]
+        conv2, common = smol_engine.longest_prefix(
+            smol_engine.tokenizer.encode(smol_engine.tokenizer.render(resent))
+        )
+        assert conv2 is conv and common >= len(before) - 1
+        await conv.set_messages(resent)
+        assert conv.tokens[: len(before)] == before
+        assert conv.messages == resent
+        # a different history rolls back to the common prefix only
+        await conv.set_messages([history[0], {"role": "user", "content": "Something else."}])
+        assert conv.tokens[:5] == before[:5]
+        assert smol_engine.tokenizer.decode(conv.tokens).endswith("Something else.<|im_end|>\n")
+    finally:
+        await conv.close()

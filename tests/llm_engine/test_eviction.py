@@ -1,0 +1,74 @@
+"""A small pool: idle conversations are evicted and recomputed; live requests never fail."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.llm_engine.helpers import greedy
+
+TOPICS = ["cats", "the sea", "bread", "winter", "music", "trains"]
+
+
+@pytest.fixture(scope="module")
+def tiny_pool(smol_dir: Path) -> Iterator[Any]:
+    from llm_engine import Engine, EngineConfig
+
+    # 8 blocks x 16 = 128 tokens: about two of these ~65-token conversations fit
+    engine = Engine(
+        EngineConfig(
+            model_dir=smol_dir,
+            dtype="float32",
+            quant="none",
+            num_blocks=8,
+            block_size=16,
+            max_batch=4,
+            max_step_tokens=64,
+        )
+    )
+    engine.start()
+    yield engine
+    engine.close()
+
+
+async def _turn(conv: Any, topic: str) -> tuple[list[int], str]:
+    await conv.append({"role": "user", "content": f"Say one sentence about {topic}."})
+    return await greedy(conv, 8)
+
+
+async def test_eviction_recomputes_and_matches_big_pool(tiny_pool: Any, smol_engine: Any) -> None:
+    async def scenario(engine: Any) -> list[tuple[list[int], str]]:
+        convs = [engine.open_conversation("You are brief.") for _ in range(3)]
+        try:
+            out = [await _turn(c, t) for c, t in zip(convs, TOPICS, strict=False)]
+            out += [await _turn(c, t) for c, t in zip(convs, TOPICS[3:], strict=False)]
+            return out
+        finally:
+            for c in convs:
+                await c.close()
+
+    want = await scenario(smol_engine)
+    evicted_before = tiny_pool.scheduler.num_evicted
+    got = await scenario(tiny_pool)
+    assert tiny_pool.scheduler.num_evicted > evicted_before  # the pool really ran out
+    assert got == want
+    assert tiny_pool.free_blocks() == tiny_pool.config.num_blocks
+
+
+async def test_concurrent_live_requests_over_capacity_all_finish(tiny_pool: Any) -> None:
+    async def one(topic: str) -> int:
+        conv = tiny_pool.open_conversation("You are brief.")
+        try:
+            ids, _ = await _turn(conv, topic)
+            return len(ids)
+        finally:
+            await conv.close()
+
+    results = await asyncio.gather(*(one(t) for t in TOPICS))
+    assert results == [8] * len(TOPICS)
+    assert tiny_pool.running
+    assert tiny_pool.free_blocks() == tiny_pool.config.num_blocks
