@@ -22,6 +22,7 @@ from voice.config import ServerConfig
 
 log = logging.getLogger("parley.server")
 SERVICE_KEY = web.AppKey("chat", ChatService)
+MAX_TOKENS_KEY = web.AppKey("default_max_tokens", int)
 MAX_BODY = 4 << 20
 
 
@@ -58,7 +59,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         return _error(400, f"the body is not valid JSON: {err}", "invalid_request_error")
     try:
-        chat = parse_chat_request(body, request.app["default_max_tokens"])
+        chat = parse_chat_request(body, request.app[MAX_TOKENS_KEY])
     except RequestError as err:
         return _error(400, str(err), "invalid_request_error", err.param)
     completion = Completion()
@@ -106,7 +107,7 @@ async def _sse(request: web.Request, service: ChatService, include_usage: bool,
 def build_app(service: ChatService, config: ServerConfig) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[SERVICE_KEY] = service
-    app["default_max_tokens"] = config.default_max_tokens
+    app[MAX_TOKENS_KEY] = config.default_max_tokens
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat_completions)

@@ -1,0 +1,168 @@
+"""The HTTP API over a real socket, driven by the official `openai` SDK and raw HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from llm_engine.chat_api import ChatService
+from voice.config import ServerConfig
+from voice.server import build_app
+
+SYSTEM = {"role": "system", "content": "You are a concise assistant."}
+
+
+@pytest.fixture
+async def api(smol_engine):
+    service = ChatService(smol_engine, "smollm2")
+    server = TestServer(build_app(service, ServerConfig()), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield f"http://127.0.0.1:{server.port}", service
+    finally:
+        await server.close()
+        await service.close()
+
+
+@pytest.fixture
+def client(api):
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI(base_url=api[0] + "/v1", api_key="unused", max_retries=0)
+
+
+async def test_sdk_streaming_equals_non_streaming(client):
+    messages = [SYSTEM, {"role": "user", "content": "Name three colors."}]
+    full = await client.chat.completions.create(
+        model="smollm2", messages=messages, max_tokens=24, temperature=0
+    )
+    text = full.choices[0].message.content
+    assert text and full.usage.completion_tokens > 0 and full.usage.prompt_tokens > 10
+    stream = await client.chat.completions.create(
+        model="smollm2", messages=messages, max_tokens=24, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, usage, finish = [], None, None
+    async for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(pieces) == text
+    assert finish == full.choices[0].finish_reason
+    assert usage is not None and usage.completion_tokens == full.usage.completion_tokens
+    models = await client.models.list()
+    assert [m.id for m in models.data] == ["smollm2"]
+
+
+async def test_replayed_history_reuses_the_engines_own_reply(client, smol_engine):
+    turn1 = [SYSTEM, {"role": "user", "content": "Tell me one fact about the moon."}]
+    r1 = await client.chat.completions.create(
+        model="smollm2", messages=turn1, max_tokens=20, temperature=0
+    )
+    reply = r1.choices[0].message.content
+    turn2 = [*turn1, {"role": "assistant", "content": reply},
+             {"role": "user", "content": "And one about the sun?"}]
+    r2 = await client.chat.completions.create(
+        model="smollm2", messages=turn2, max_tokens=20, temperature=0
+    )
+    cached = r2.usage.prompt_tokens_details.cached_tokens
+    assert cached >= r1.usage.prompt_tokens + r1.usage.completion_tokens - 1
+    assert r2.usage.prompt_tokens - cached < 20  # only the new user turn was prefilled
+
+    conv = smol_engine.open_conversation()  # the same history, prefilled from scratch
+    try:
+        await conv.set_messages(turn2)
+        from llm_engine import SamplingParams
+
+        fresh = "".join([d.text async for d in conv.generate(SamplingParams(max_tokens=20))])
+    finally:
+        await conv.close()
+    assert r2.choices[0].message.content == fresh
+
+
+async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http, http.post(
+        base + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    ) as r:
+        return r.status, await r.json()
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{not json", None),
+        (b'{"messages": "\xff\xfe"}', None),
+        ('{"messages": []}', "messages"),
+        ('{"messages": [{"role": "robot", "content": "hi"}]}', "messages.0.role"),
+        ('{"messages": [{"role": "user", "content": 5}]}', "messages.0.content"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "temperature": 5}', "temperature"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', "max_tokens"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "frobnicate": 1}', "frobnicate"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "tools": [{}]}', "tools"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "n": 2}', "n"),
+        ('[1, 2]', None),
+    ],
+)
+async def test_bad_requests_get_a_400_with_a_message(api, body, param):
+    status, payload = await _post(api[0], body)
+    assert status == 400
+    assert payload["error"]["message"] and payload["error"]["param"] == param
+
+
+async def test_over_the_context_limit_then_still_serving(api, client):
+    long = " ".join(["word"] * 20_000)
+    status, payload = await _post(
+        api[0], '{"messages": [{"role": "user", "content": "%s"}]}' % long
+    )
+    assert status == 400 and payload["error"]["code"] == "context_length_exceeded"
+    ok = await client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+    )
+    assert ok.choices[0].message.content is not None
+
+
+async def test_client_leaving_mid_stream_aborts_and_frees_the_conversation(api, client, smol_engine):
+    base, service = api
+    body = ('{"messages": [{"role": "user", "content": "Write a long story about a dragon."}],'
+            '"max_tokens": 400, "temperature": 0, "stream": true}')
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base + "/v1/chat/completions", data=body) as r:
+            assert r.status == 200
+            await r.content.readline()  # the first event arrived: generation is running
+        # leaving the block closed the connection mid-stream
+    for _ in range(200):  # the abort lands within a step; wait on the engine, not a clock
+        await smol_engine.sync()
+        if not any(st.gen is not None for st in smol_engine._convs.values()):
+            break
+        await asyncio.sleep(0.01)
+    assert not any(st.gen is not None for st in smol_engine._convs.values())
+    again = await client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+        max_tokens=4,
+    )
+    assert again.usage.completion_tokens == 4
+
+
+async def test_concurrent_streams_each_equal_their_single_result(client):
+    prompts = ["Count to five.", "Name a fruit.", "What is rain?"]
+
+    async def ask(p: str) -> str:
+        r = await client.chat.completions.create(
+            model="smollm2", messages=[SYSTEM, {"role": "user", "content": p}], max_tokens=16,
+            temperature=0,
+        )
+        return r.choices[0].message.content
+
+    alone = [await ask(p) for p in prompts]
+    together = await asyncio.gather(*(ask(p) for p in prompts))
+    assert list(together) == alone
+
+
+async def test_healthz(api):
+    async with aiohttp.ClientSession() as http, http.get(api[0] + "/healthz") as r:
+        assert r.status == 200 and (await r.json())["status"] == "ok"
