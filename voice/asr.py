@@ -27,6 +27,7 @@ import numpy as np
 
 SAMPLE_RATE = 16_000
 FRAMES_PER_SECOND = 100  # Whisper's mel hop is 10 ms
+SILENCE_PEAK = 10 ** (-60 / 20)  # below -60 dBFS everywhere: nothing to recognise
 
 
 @dataclass(slots=True)
@@ -75,6 +76,7 @@ class Transcript:
     no_speech_prob: float = 0.0
     tokens: list[int] = field(default_factory=list)
     retried: bool = False  # decoded a second time in the full window (low confidence)
+    no_speech: bool = False  # judged silence: Whisper's no-speech rule, or no signal at all
 
 
 class Transcriber:
@@ -107,6 +109,8 @@ class Transcriber:
             raise ValueError(f"expected mono audio (1-D), got shape {audio.shape}")
         audio = np.asarray(audio, dtype=np.float32)
         duration = len(audio) / SAMPLE_RATE
+        if not len(audio) or float(np.max(np.abs(audio))) < SILENCE_PEAK:
+            return Transcript("", 0.0, no_speech=True)  # Whisper hallucinates on digital silence
         if duration > self.config.max_window_s:
             return self._long_form(audio)
         if window_s is not None:
@@ -153,11 +157,16 @@ class Transcriber:
         )[0]
         t2 = time.perf_counter()
         tokens = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
-        if result.no_speech_prob > self.config.no_speech_threshold and result.scores[0] < -1.0:
-            tokens = []  # Whisper's own rule: likely silence, and not confidently words
+        no_speech = result.no_speech_prob > self.config.no_speech_threshold and (
+            result.scores[0] < -1.0  # Whisper's own rule: likely silence, not confidently words
+        )
+        if no_speech:
+            tokens = []
         text = drop_repeats(self._tokenizer.decode(tokens).strip())
-        score, no_speech = result.scores[0], result.no_speech_prob
-        return Transcript(text, window_s, t1 - t0, t2 - t1, score, no_speech, tokens)
+        return Transcript(
+            text, window_s, t1 - t0, t2 - t1, result.scores[0], result.no_speech_prob, tokens,
+            no_speech=no_speech,
+        )
 
     def _long_form(self, audio: np.ndarray) -> Transcript:
         t0 = time.perf_counter()
@@ -165,8 +174,7 @@ class Transcriber:
             audio,
             language=self._tokenizer.language_code,
             beam_size=self.config.beam_size,
-            without_timestamps=True,
-            condition_on_previous_text=False,
+            condition_on_previous_text=False,  # one misheard window must not steer the next
         )
         text = " ".join(s.text.strip() for s in segments)
         return Transcript(text, self.config.max_window_s, decode_s=time.perf_counter() - t0)

@@ -56,7 +56,9 @@ def test_window_grows_with_the_audio_and_is_capped():
 
 
 def test_silence_gives_no_words(transcriber):
-    assert normalize(transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32)).text) == ""
+    result = transcriber.transcribe(np.zeros(SAMPLE_RATE, np.float32))
+    assert result.text == "" and result.no_speech
+    assert transcriber.transcribe(np.zeros(0, np.float32)).text == ""
 
 
 def test_long_audio_falls_back_to_long_form(transcriber, speech):
@@ -66,7 +68,7 @@ def test_long_audio_falls_back_to_long_form(transcriber, speech):
     assert len(audio) > 30 * SAMPLE_RATE
     result = transcriber.transcribe(audio)
     e, n = word_errors(" ".join(t for t, v, _ in speech if v == "piper"), result.text)
-    assert e / n <= 0.15
+    assert e / n <= 0.05
 
 
 def test_stereo_is_rejected(transcriber):
