@@ -1,0 +1,494 @@
+"""LLM engine benchmark: the four scenarios of the GLM-5.1 High-Speed report on SmolLM2-135M.
+
+Parley's engine side by side with HF transformers on the same weights (its faster dtype, greedy,
+DynamicCache reused across turns) and with llama.cpp on the packaged Q4_1 GGUF when
+`llama-cpp-python` is installed:
+  1. short reply (64 tokens): time to first token and decode tokens/s;
+  2. long reply (1,024 tokens): decode tokens/s;
+  3. 50 summaries of ~300-token texts all at once: total tokens/s (and Parley batch-50 vs batch-1);
+  4. a 10-round conversation of ~40-token user turns: time to first token per round.
+Also the memory-bandwidth ceiling of each backend's weights and an abort check. No asserts:
+these are figures to read. Each backend runs in its own process (torch's OpenMP teams must not
+meet the engine thread's), one after the other. Run on a quiet machine:
+`python bench/llm.py [--quick] [--no-hf] [--no-llama-cpp] [--threads N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata as md
+import importlib.util
+import inspect
+import multiprocessing as mp
+import os
+import platform
+import random
+import statistics
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.corpus import SENTENCES
+from voice import assets
+
+MODEL = "smollm2-135m-instruct"
+SYSTEM = "You are a helpful assistant."
+SHORT_PROMPT = "Give me one tip for a good night's sleep."
+PARLEY, HF, HF_RESEND, LLAMA = "Parley", "HF transformers", "HF re-send history", "llama.cpp"
+Result = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    short: int = 64  # tokens of the short reply
+    long: int = 1024  # tokens of the long reply
+    batch: int = 50  # summaries generated at once
+    summary: int = 64  # tokens per summary
+    doc: int = 300  # tokens per text to summarise
+    rounds: int = 10  # conversation rounds
+    turn: int = 40  # tokens per user turn
+    reply: int = 48  # tokens per assistant reply (10 rounds grow the history to ~950 tokens)
+    probe: int = 16  # decode tokens of HF's dtype probe
+
+
+QUICK = Sizes(short=16, long=128, batch=8, summary=16, rounds=3, reply=16, probe=8)
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """What every backend runs: texts for Parley, the same prompts as token ids for the others
+    (rendered with SmolLM2's ChatML template; generated tokens are appended as ids, never
+    re-tokenized)."""
+
+    sizes: Sizes
+    threads: int
+    model_dir: str
+    gguf: str
+    pad_id: int
+    docs: list[str]  # user messages asking for a summary
+    turns: list[str]  # user messages of the conversation
+    short_ids: list[int]  # system + short prompt + assistant header
+    doc_ids: list[list[int]]  # system + summary request + assistant header
+    turn_ids: list[list[int]]  # turn 0 with the system prompt; later turns close the reply first
+
+
+def chatml(role: str, content: str) -> str:
+    return f"<|im_start|>{role}\n{content}<|im_end|>\n"
+
+
+def make_workload(sizes: Sizes, threads: int) -> Workload:
+    from tokenizers import Tokenizer
+
+    spec = assets.load_registry()[MODEL]
+    model_dir = assets.ensure(spec, assets.default_cache_dir())
+    gguf = assets.locate(spec.files[0].parts[0], spec)  # found via importlib.metadata
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    rng = random.Random(0)
+
+    def text(n_tokens: int) -> str:  # sentences in random order, cut to n_tokens
+        words: list[str] = []
+        while len(tok.encode(" ".join(words)).ids) < n_tokens:
+            words.append(rng.choice(SENTENCES))
+        return tok.decode(tok.encode(" ".join(words)).ids[:n_tokens])
+
+    def ids(prefix: str, user: str) -> list[int]:
+        return tok.encode(prefix + chatml("user", user) + "<|im_start|>assistant\n").ids
+
+    docs = [f"Summarize this text in two sentences:\n\n{text(sizes.doc)}" for _ in range(50)]
+    docs = docs[: sizes.batch]
+    turns = [text(sizes.turn) for _ in range(sizes.rounds)]
+    system, pad = chatml("system", SYSTEM), tok.token_to_id("<|im_end|>") or 0
+    turn_ids = [ids(system if i == 0 else "<|im_end|>\n", t) for i, t in enumerate(turns)]
+    doc_ids = [ids(system, d) for d in docs]
+    short_ids = ids(system, SHORT_PROMPT)
+    return Workload(
+        sizes, threads, str(model_dir), str(gguf), pad, docs, turns, short_ids, doc_ids, turn_ids
+    )
+
+
+def progress(r: Result, *keys: str) -> None:
+    """Print figures as they come: a full run takes a while."""
+    shown = []
+    for k in keys:
+        if k.endswith("tps"):
+            shown.append(f"{k} {r[k]:.1f} tok/s")
+        else:  # seconds, one or a list
+            shown.append(f"{k} {' '.join(f'{x * 1e3:.0f}' for x in np.atleast_1d(r[k]))} ms")
+    print(f"  [{r['label']}] " + ", ".join(shown), flush=True)
+
+
+def timing(t0: float, times: list[float]) -> tuple[float, float]:
+    """(time to first token, decode tokens/s after the first) from per-token arrival times."""
+    decode_s = max(times[-1] - times[0], 1e-9)
+    return times[0] - t0, (len(times) - 1) / decode_s
+
+
+# --- memory bandwidth -------------------------------------------------------------------------
+
+
+def read_bandwidth(threads: int) -> float:
+    """Bytes/s that a sum over a 1 GiB buffer (>> L3) reads with ``threads`` threads; best of 5."""
+    import torch
+
+    torch.set_num_threads(threads)
+    buf = torch.ones(2**30 // 4)
+    best = float("inf")
+    for _ in range(5):
+        t0 = perf_counter()
+        buf.sum()
+        best = min(best, perf_counter() - t0)
+    return 2**30 / best
+
+
+def parley_weight_bytes(engine: Any) -> int:
+    """Weight bytes one decode step reads: every projection and the head (the tied embedding),
+    at the engine's weight width. Norms and int8 scales add well under 1 %."""
+    mc, cfg = engine.model_config, engine.config
+    h, inter, d = mc.hidden_size, mc.intermediate_size, mc.head_dim
+    layer = (mc.num_heads + 2 * mc.num_kv_heads) * d * h + h * mc.num_heads * d + 3 * inter * h
+    width = {"float32": 4, "bfloat16": 2, "float16": 2}[cfg.resolved_dtype()]
+    if cfg.resolved_quant() == "int8":
+        width = 1
+    return (mc.num_layers * layer + mc.vocab_size * h) * width
+
+
+# --- Parley -----------------------------------------------------------------------------------
+
+
+async def parley_turn(conv: Any, text: str, n: int) -> tuple[float, float]:
+    """Append a user turn and generate ``n`` tokens: (time to first token, decode tokens/s)."""
+    from llm_engine import SamplingParams
+
+    t0 = perf_counter()
+    await conv.append({"role": "user", "content": text})
+    times = []
+    async for delta in conv.generate(SamplingParams(max_tokens=n, ignore_eos=True)):
+        times += [perf_counter()] * len(delta.token_ids)
+    return timing(t0, times)
+
+
+async def parley_reply(engine: Any, text: str, n: int) -> tuple[float, float]:
+    conv = engine.open_conversation(SYSTEM)
+    try:
+        return await parley_turn(conv, text, n)
+    finally:
+        await conv.close()
+
+
+async def parley_summaries(engine: Any, docs: list[str], n: int) -> float:
+    """Total tokens/s of one conversation per text, all generating concurrently."""
+    t0 = perf_counter()
+    await asyncio.gather(*(parley_reply(engine, doc, n) for doc in docs))
+    return len(docs) * n / (perf_counter() - t0)
+
+
+async def parley_rounds(engine: Any, turns: list[str], n: int) -> tuple[list[float], list[int]]:
+    """Time to first token per round of one resident conversation, and its length before each."""
+    conv = engine.open_conversation(SYSTEM)
+    ttfts, lengths = [], []
+    for text in turns:
+        lengths.append(len(conv.tokens))
+        ttfts.append((await parley_turn(conv, text, n))[0])
+    await conv.close()
+    return ttfts, lengths
+
+
+async def parley_abort(engine: Any, after: int = 8) -> tuple[float, int]:
+    """Cancel a generation after ``after`` tokens: (seconds until the engine applied the abort,
+    tokens the conversation gained after the cancel)."""
+    from llm_engine import SamplingParams
+
+    conv = engine.open_conversation(SYSTEM)
+    await conv.append({"role": "user", "content": SHORT_PROMPT})
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        got = 0
+        async for delta in conv.generate(SamplingParams(max_tokens=4096, ignore_eos=True)):
+            got += len(delta.token_ids)
+            if got >= after:
+                started.set()
+
+    task = asyncio.create_task(consume())
+    await started.wait()
+    t0, at_cancel = perf_counter(), len(conv.tokens)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await engine.sync()  # the abort was queued before this: it has been applied
+    stopped = perf_counter() - t0
+    extra = len(conv.tokens) - at_cancel
+    await conv.close()
+    return stopped, extra
+
+
+async def parley_main(w: Workload) -> Result:
+    from llm_engine import Engine, EngineConfig
+
+    s = w.sizes
+    blocks = 256 + s.batch * (s.doc + 128 + s.summary) // 16  # all summaries resident at once
+    cfg = EngineConfig(model_dir=Path(w.model_dir), num_threads=w.threads, num_blocks=blocks)
+    async with Engine(cfg) as engine:
+        r: Result = {"label": PARLEY, "bytes_per_token": parley_weight_bytes(engine)}
+        r["setup"] = f"dtype {cfg.resolved_dtype()}, quant {cfg.resolved_quant()}"
+        base = engine.free_blocks()
+        await parley_reply(engine, SHORT_PROMPT, 4)  # warm-up
+        r["short_ttft"], r["short_tps"] = await parley_reply(engine, SHORT_PROMPT, s.short)
+        r["long_tps"] = (await parley_reply(engine, SHORT_PROMPT, s.long))[1]
+        progress(r, "short_ttft", "short_tps", "long_tps")
+        r["batch1_tps"] = await parley_summaries(engine, w.docs[:1], s.summary)
+        r["batch_tps"] = await parley_summaries(engine, w.docs, s.summary)
+        r["rounds"], r["history"] = await parley_rounds(engine, w.turns, s.reply)
+        progress(r, "batch_tps", "batch1_tps", "rounds")
+        r["abort_s"], r["abort_extra"] = await parley_abort(engine)
+        r["blocks"] = (base, engine.free_blocks())
+    return r
+
+
+def run_parley(w: Workload) -> Result:
+    return asyncio.run(parley_main(w))
+
+
+# --- HF transformers --------------------------------------------------------------------------
+
+
+def hf_greedy(model: Any, cache: Any, ids: list[int], n: int) -> tuple[float, float, list[int]]:
+    """Feed ``ids`` on top of ``cache`` and decode ``n`` greedy tokens (EOS ignored); the last
+    one is not fed. Returns (time to first token, decode tokens/s, tokens)."""
+    import torch
+
+    params = inspect.signature(model.forward).parameters  # `cache` replaced `past_key_values`
+    kw = {"cache" if "cache" in params else "past_key_values": cache}
+    t0, times, out = perf_counter(), [], []
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        for _ in range(n):
+            logits = model(input_ids=x, use_cache=True, logits_to_keep=1, **kw)
+            out.append(int(logits.logits[0, -1].argmax()))
+            times.append(perf_counter())
+            x = torch.tensor([[out[-1]]])
+    return (*timing(t0, times), out)
+
+
+def hf_batch(model: Any, prompts: list[list[int]], n: int, pad: int) -> float:
+    """Total tokens/s of one left-padded static batch through ``generate``."""
+    import torch
+
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    t0 = perf_counter()
+    with torch.inference_mode():
+        model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+            do_sample=False, pad_token_id=pad,
+        )  # fmt: skip
+    return len(prompts) * n / (perf_counter() - t0)
+
+
+def hf_rounds(model: Any, turns: list[list[int]], n: int, reuse: bool) -> list[float]:
+    """Time to first token per round: feed only what the cache lacks (``reuse``), or re-send the
+    whole history into a fresh cache every round."""
+    from transformers import DynamicCache
+
+    cache, ttfts = DynamicCache(), []
+    history: list[int] = []
+    for turn in turns:
+        if not reuse:
+            cache = DynamicCache()
+        fed = cache.get_seq_length()
+        ttft, _, out = hf_greedy(model, cache, history[fed:] + turn, n)
+        history += turn + out
+        ttfts.append(ttft)
+    return ttfts
+
+
+def run_hf(w: Workload) -> Result:
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    torch.set_num_threads(w.threads)
+    models, probe = {}, {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        models[name] = AutoModelForCausalLM.from_pretrained(w.model_dir, dtype=dtype).eval()
+        hf_greedy(models[name], DynamicCache(), w.short_ids, 2)  # warm-up
+        ttft, tps, _ = hf_greedy(models[name], DynamicCache(), w.doc_ids[0], w.sizes.probe)
+        probe[name] = (len(w.doc_ids[0]) / ttft, tps)  # prefill of ~300 tokens, decode
+        print(f"  [{HF}] {name}: prefill {probe[name][0]:.0f} tok/s, decode {tps:.1f} tok/s")
+    dec = max(probe, key=lambda k: probe[k][1])  # single-sequence decode: short, long
+    pre = max(probe, key=lambda k: probe[k][0])  # many rows per matrix: batch, turn prefill
+    s, model = w.sizes, models[dec]
+    r: Result = {"label": HF, "setup": f"{dec} for decode, {pre} for batch and prefill"}
+    r["bytes_per_token"] = sum(p.numel() * p.element_size() for p in model.parameters())
+    r["short_ttft"], r["short_tps"], _ = hf_greedy(model, DynamicCache(), w.short_ids, s.short)
+    r["long_tps"] = hf_greedy(model, DynamicCache(), w.short_ids, s.long)[1]
+    progress(r, "short_ttft", "short_tps", "long_tps")
+    r["batch_tps"] = hf_batch(models[pre], w.doc_ids, s.summary, w.pad_id)
+    r["rounds"] = hf_rounds(models[pre], w.turn_ids, s.reply, reuse=True)
+    r["rounds_resend"] = hf_rounds(models[pre], w.turn_ids, s.reply, reuse=False)
+    progress(r, "batch_tps", "rounds", "rounds_resend")
+    return r
+
+
+# --- llama.cpp --------------------------------------------------------------------------------
+
+
+def llama_greedy(llm: Any, ids: list[int], n: int) -> tuple[float, float, list[int]]:
+    """Greedy ``n`` tokens (EOS ignored); llama.cpp reuses the longest cached token prefix."""
+    t0, times, out = perf_counter(), [], []
+    for tok in llm.generate(ids, temp=0.0):
+        out.append(tok)
+        times.append(perf_counter())
+        if len(out) == n:
+            break
+    return (*timing(t0, times), out)
+
+
+def run_llama(w: Workload) -> Result:
+    from llama_cpp import Llama
+
+    s = w.sizes
+    n = w.threads
+    llm = Llama(model_path=w.gguf, n_ctx=4096, n_threads=n, n_threads_batch=n, verbose=False)
+    r: Result = {"label": LLAMA, "setup": "Q4_1 GGUF", "bytes_per_token": os.path.getsize(w.gguf)}
+    llama_greedy(llm, w.short_ids, 4)  # warm-up
+    r["short_ttft"], r["short_tps"], _ = llama_greedy(llm, w.short_ids, s.short)
+    r["long_tps"] = llama_greedy(llm, w.short_ids, s.long)[1]
+    progress(r, "short_ttft", "short_tps", "long_tps")
+    t0 = perf_counter()
+    for ids in w.doc_ids:  # one sequence at a time
+        llama_greedy(llm, ids, s.summary)
+    r["batch_tps"] = len(w.doc_ids) * s.summary / (perf_counter() - t0)
+    history: list[int] = []
+    r["rounds"] = []
+    for turn in w.turn_ids:  # re-send the history; the prompt-prefix cache does the rest
+        ttft, _, out = llama_greedy(llm, history + turn, s.reply)
+        history += turn + out
+        r["rounds"].append(ttft)
+    progress(r, "batch_tps", "rounds")
+    return r
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def isolated(fn: Any, *args: Any) -> Any:
+    """Run ``fn(*args)`` in a fresh process (its own torch threads and memory)."""
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def compare(title: str, unit: str, figs: dict[str, float], scale: float = 1.0) -> None:
+    """One figure per backend and Parley's speed-up over each; ``unit`` ms = lower is better."""
+    print(f"\n## {title}")
+    ours = figs.get(PARLEY)
+    for name, value in figs.items():
+        ratio = ""
+        if ours and name != PARLEY:
+            x = value / ours if unit == "ms" else ours / value
+            ratio = f"Parley {x:.2f}x faster" if x >= 1 else f"Parley {1 / x:.2f}x slower"
+        print(f"  {name:22} {value * scale:9.1f} {unit:6} {ratio}")
+
+
+def figures(results: list[Result], key: str) -> dict[str, Any]:
+    return {r["label"]: r[key] for r in results if key in r}
+
+
+def report_rounds(results: list[Result]) -> None:
+    cols = figures(results, "rounds")
+    cols.update((HF_RESEND, r["rounds_resend"]) for r in results if "rounds_resend" in r)
+    history = results[0]["history"]  # Parley's tokens before each round
+    print("\n## 4. Conversation: time to first token per round, ms")
+    print("  (target: p50 <= 60 ms, last/1st <= 1.2)")
+    print("  round  history" + "".join(f"{name:>20}" for name in cols))
+    for i, hist in enumerate(history):
+        print(f"  {i + 1:5}  {hist:7}" + "".join(f"{c[i] * 1e3:20.0f}" for c in cols.values()))
+    print("  last/1st      " + "".join(f"{c[-1] / c[0]:20.2f}" for c in cols.values()))
+    p50 = {name: statistics.median(c) for name, c in cols.items()}
+    compare("4. Conversation: p50 time to first token", "ms", p50, 1e3)
+    print("  (history: Parley's tokens before the round; the baselines' differ by a few)")
+
+
+def report(results: list[Result], bandwidth: float) -> None:
+    compare("1. Short reply: time to first token", "ms", figures(results, "short_ttft"), 1e3)
+    target = "(target: >= llama.cpp, >= 3x HF)"
+    compare(f"1. Short reply: decode {target}", "tok/s", figures(results, "short_tps"))
+    compare(f"2. Long reply: decode {target}", "tok/s", figures(results, "long_tps"))
+    compare("3. Batch of summaries: total", "tok/s", figures(results, "batch_tps"))
+    ours = next((r for r in results if r["label"] == PARLEY), None)
+    if ours:
+        gain = ours["batch_tps"] / ours["batch1_tps"]
+        batch1 = f"its own batch-1 ({ours['batch1_tps']:.1f} tok/s)"
+        print(f"  Parley vs {batch1}: {gain:.2f}x (target >= 5x)")
+    report_rounds(results)
+    print(f"\n## Memory-bandwidth ceiling (read bandwidth {bandwidth / 1e9:.1f} GB/s)")
+    for r in results:
+        ceiling = bandwidth / r["bytes_per_token"]
+        best = max(r["short_tps"], r["long_tps"])
+        print(
+            f"  {r['label']:22} {r['bytes_per_token'] / 1e6:6.1f} MB/token ({r['setup']}): "
+            f"ceiling {ceiling:6.1f} tok/s, decode {best:6.1f} = {best / ceiling:4.0%}"
+        )
+    if ours:
+        base, after = ours["blocks"]
+        print(
+            f"\n## Abort: engine stopped {ours['abort_s'] * 1e3:.1f} ms after the cancel, "
+            f"{ours['abort_extra']} token(s) past it (one decode step "
+            f"≈ {1e3 / ours['short_tps']:.1f} ms, target: within one); free blocks {after}/{base}"
+            " after closing (target: all back)"
+        )
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, a couple of minutes")
+    parser.add_argument("--no-hf", action="store_true", help="skip HF transformers")
+    parser.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    w = make_workload(QUICK if args.quick else Sizes(), args.threads)
+    has_llama = importlib.util.find_spec("llama_cpp") is not None
+    versions = []
+    for dist in ("torch", "transformers", "llama-cpp-python"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            versions.append(f"{dist} {md.version(dist)}")
+    print(f"# bench/llm.py  {MODEL}  threads={args.threads}  {'quick' if args.quick else 'full'}")
+    load = os.getloadavg()[0]
+    print(f"# {cpu_name()}, {os.cpu_count()} CPUs, load {load:.2f}; " + ", ".join(versions))
+    print(f"# sizes: {w.sizes}")
+    bandwidth = isolated(read_bandwidth, args.threads)
+    results = [isolated(run_parley, w)]
+    if not args.no_hf:
+        results.append(isolated(run_hf, w))
+    if has_llama and not args.no_llama_cpp:
+        results.append(isolated(run_llama, w))
+    elif not has_llama:
+        print("# llama-cpp-python is not installed: llama.cpp skipped")
+    for r in results:
+        print(f"# {r['label']}: {r['setup']}")
+    report(results, bandwidth)
+    print(f"\n# load average at the end {os.getloadavg()[0]:.2f} (figures are noisy when busy)")
+
+
+if __name__ == "__main__":
+    main()
