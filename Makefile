@@ -40,6 +40,7 @@ lint: $(INSTALLED)
 
 bench: models
 	$(BIN)/python bench/speech.py
+	$(BIN)/python bench/llm.py
 
 clean:
 	rm -rf $(VENV)
