@@ -1,20 +1,34 @@
 """Weight-only int8 quantization and the ``linear`` every projection goes through.
 
 Per output channel, symmetric: w[n, :] ~= q[n, :] * scale[n], q in [-127, 127].
-Decode reads every weight once per step, so int8 quarters the bytes fp32 moves. On CPU the
-int8 kernel (``_weight_int8pack_mm``, bf16 activations) is a matrix-vector kernel: fast for a
-few rows, slower than fp32 GEMM for many, so ``full`` keeps the float weight for prefill.
+Decode reads every weight once per step, so int8 quarters the bytes fp32 moves. Two CPU
+kernels serve decode, picked by shape (measured on the 2-core AVX2 box, one thread):
+
+- ``_weight_int8pack_mm`` (int8 weights, bf16 activations): lowest fixed cost; used for one
+  input row times a small weight (q/k/v, o, down). It is compute-bound, not bandwidth-bound:
+  ~3 GB/s on the 49k-row head, and its cost grows linearly with the rows.
+- fbgemm's fp16-weight linear (``quantized::linear_dynamic_fp16``, fp32 activations, a copy of
+  the weight in ``packed``): ~2x faster for big weights (gate/up, the head) and for a few rows
+  (small-batch decode), and closer to fp32 than int8. fbgemm's int8 kernel
+  (``linear_dynamic``) is faster still but quantizes activations per tensor to 7 bits, which
+  SmolLM2's activation outliers do not survive (logits off by ~60%), so it is not used.
+
+Both are matrix-vector style kernels; fp32 GEMM wins for many rows, so ``full`` keeps the float
+weight for prefill.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-INT8_MAX_ROWS = 8  # above this many input rows, the float weight (if kept) is faster
+INT8_MAX_ROWS = 8  # above this many input rows, the float weight (if kept) beats int8pack
+FP16_MAX_ROWS = 64  # with the fp16 copy: fp32 GEMM was 1.5-3x slower up to 64 rows
+FBGEMM_MIN_ELEMS = 1 << 20  # one-row matmuls use fbgemm only for weights this big (N * K)
 
 
 @dataclass(slots=True)
@@ -22,13 +36,27 @@ class Int8Weight:
     q: Tensor  # [N, K] int8
     scale: Tensor  # [N] bfloat16 (CPU kernel) or the activation dtype
     full: Tensor | None  # [N, K] float weight for many-row inputs, or None
+    packed: Any = None  # fbgemm's prepacked fp16 copy of the weight on CPU, or None
+    one_row_packed: bool = False  # one input row goes to ``packed`` too (big weights)
 
 
 def quantize_int8(w: Tensor, keep_full: bool) -> Int8Weight:
     """w: [N, K] float -> per-channel symmetric int8."""
     scale = w.float().abs().amax(dim=1).clamp(min=1e-8) / 127.0  # [N]
     q = torch.round(w.float() / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return Int8Weight(q, scale.to(torch.bfloat16), w if keep_full else None)
+    packed = _fbgemm_pack(w) if w.device.type == "cpu" else None
+    big = w.numel() >= FBGEMM_MIN_ELEMS
+    return Int8Weight(q, scale.to(torch.bfloat16), w if keep_full else None, packed, big)
+
+
+def _fbgemm_pack(w: Tensor) -> Any:
+    """Prepack ``w`` as fp16 for ``quantized::linear_dynamic_fp16``; None without fbgemm."""
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        return None
+    try:
+        return torch.ops.quantized.linear_prepack_fp16(w.float(), None)
+    except (RuntimeError, AttributeError):
+        return None
 
 
 def linear(x: Tensor, w: Tensor | Int8Weight, bias: Tensor | None = None) -> Tensor:
@@ -37,11 +65,14 @@ def linear(x: Tensor, w: Tensor | Int8Weight, bias: Tensor | None = None) -> Ten
         return F.linear(x, w, bias)
     K = x.shape[-1]
     rows = x.numel() // K
-    if w.full is not None and rows > INT8_MAX_ROWS:
+    if w.full is not None and rows > (INT8_MAX_ROWS if w.packed is None else FP16_MAX_ROWS):
         return F.linear(x, w.full, bias)
-    if x.device.type == "cpu":
-        y = torch._weight_int8pack_mm(x.reshape(rows, K).to(torch.bfloat16), w.q, w.scale)
+    x2 = x.reshape(rows, K)
+    if w.packed is not None and (rows > 1 or w.one_row_packed):
+        y = torch.ops.quantized.linear_dynamic_fp16(x2.float(), w.packed)
+    elif x.device.type == "cpu":
+        y = torch._weight_int8pack_mm(x2.to(torch.bfloat16), w.q, w.scale)
     else:
-        y = F.linear(x.reshape(rows, K), w.q.to(x.dtype)) * w.scale.to(x.dtype)
+        y = F.linear(x2, w.q.to(x.dtype)) * w.scale.to(x.dtype)
     y = y.view(*x.shape[:-1], w.q.shape[0]).to(x.dtype)
     return y if bias is None else y + bias

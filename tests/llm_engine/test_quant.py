@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from llm_engine.quant import INT8_MAX_ROWS, linear, quantize_int8
+from llm_engine.quant import FP16_MAX_ROWS, INT8_MAX_ROWS, linear, quantize_int8
 
 
 def test_int8_linear_close_to_float() -> None:
@@ -20,7 +20,7 @@ def test_int8_linear_close_to_float() -> None:
     got = linear(x, q)  # few rows: the int8 kernel
     assert got.dtype == torch.float32
     assert (got - ref).abs().max() / ref.abs().max() < 0.03
-    many = torch.randn(INT8_MAX_ROWS + 1, 64)
+    many = torch.randn(max(INT8_MAX_ROWS, FP16_MAX_ROWS) + 1, 64)
     torch.testing.assert_close(linear(many, q), many @ w.T)  # many rows: the float weight
 
 
@@ -71,3 +71,70 @@ async def test_compile_failure_falls_back_to_eager(
         await conv.close()
     finally:
         engine.close()
+
+
+def test_fbgemm_path_close_to_float() -> None:
+    """Big weights (one row) and few-row inputs go through fbgemm's fp16-weight kernel."""
+    torch.manual_seed(0)
+    w = torch.randn(2048, 576)  # >= FBGEMM_MIN_ELEMS
+    q = quantize_int8(w, keep_full=True)
+    if q.packed is None:
+        pytest.skip("this torch build has no fbgemm")
+    assert q.one_row_packed
+    assert not quantize_int8(torch.randn(64, 64), keep_full=False).one_row_packed
+    for rows in (1, 4):
+        x = torch.randn(rows, 576)
+        ref = x @ w.T
+        got = linear(x, q)
+        assert got.dtype == torch.float32 and got.shape == ref.shape
+        assert (got - ref).abs().max() / ref.abs().max() < 2e-3  # fp16 weights, fp32 math
+
+
+def _runner(model_dir: Path, quant: bool) -> Any:
+    from llm_engine.kv_cache import KVCache
+    from llm_engine.model import Transformer
+    from llm_engine.model_runner import ModelRunner
+    from llm_engine.weights import load_model
+
+    loaded = load_model(model_dir, torch.float32, "cpu")
+    model = Transformer(loaded.config, loaded.weights, 512)
+    if quant:
+        model.quantize_int8(keep_full=True)
+    mc = loaded.config
+    kv = KVCache(mc.num_layers, 32, 16, mc.num_kv_heads, mc.head_dim, torch.float32, "cpu")
+    return ModelRunner(model, kv, "cpu")
+
+
+def _greedy_decode(runner: Any, prompts: list[list[int]], n: int) -> tuple[list[Any], Any]:
+    """Prefill each prompt, then decode ``n`` tokens for all of them together."""
+    from llm_engine.scheduler import ScheduledBatch, Sequence
+
+    seqs = []
+    for i, p in enumerate(prompts):
+        seq = Sequence(i + 1, tokens=list(p), block_table=list(range(i * 8, i * 8 + 8)))
+        runner.run(ScheduledBatch([], [(seq, len(p) - 1)], []))
+        seq.num_cached = len(p) - 1
+        seqs.append(seq)
+    first = None
+    for _ in range(n):
+        out = runner.run(ScheduledBatch(seqs, [], []))
+        first = out.logits if first is None else first
+        for seq, tok in zip(seqs, out.logits.argmax(-1).tolist(), strict=True):
+            seq.num_cached += 1
+            seq.tokens.append(tok)
+    return [s.tokens for s in seqs], first
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_int8_decode_close_to_float(smol_dir: Path, batch: int) -> None:
+    """int8 decode (both CPU kernels, head included) keeps SmolLM2's logits and greedy tokens."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(smol_dir / "tokenizer.json"))
+    texts = ["The capital of France is", "One, two, three, four,", "def add(a, b):\n    return"]
+    prompts = [tok.encode(t).ids for t in texts[:batch]]
+    want, ref = _greedy_decode(_runner(smol_dir, quant=False), prompts, 8)
+    got, logits = _greedy_decode(_runner(smol_dir, quant=True), prompts, 8)
+    assert (logits - ref).abs().max() < 0.05 * ref.abs().max()
+    assert torch.equal(logits.argmax(-1), ref.argmax(-1))
+    assert got == want
