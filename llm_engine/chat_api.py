@@ -87,12 +87,14 @@ def _content(message: Any, i: int) -> str:
         parts = []
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text":
-                raise RequestError(f"messages[{i}]: only text content parts are supported",
-                                   f"messages.{i}.content")
+                raise RequestError(
+                    f"messages[{i}]: only text content parts are supported", f"messages.{i}.content"
+                )
             parts.append(str(part.get("text", "")))
         return "".join(parts)
-    raise RequestError(f"messages[{i}].content must be a string or a list of text parts",
-                       f"messages.{i}.content")
+    raise RequestError(
+        f"messages[{i}].content must be a string or a list of text parts", f"messages.{i}.content"
+    )
 
 
 def _messages(value: Any) -> list[dict[str, str]]:
@@ -106,8 +108,9 @@ def _messages(value: Any) -> list[dict[str, str]]:
         if role == "developer":
             role = "system"  # the newer name of the system role
         if role not in ("system", "user", "assistant"):
-            raise RequestError(f"messages[{i}].role must be system, user or assistant",
-                               f"messages.{i}.role")
+            raise RequestError(
+                f"messages[{i}].role must be system, user or assistant", f"messages.{i}.role"
+            )
         if m.get("tool_calls"):
             raise RequestError("tool calls are not supported", f"messages.{i}.tool_calls")
         out.append({"role": role, "content": _content(m, i)})
@@ -119,8 +122,10 @@ def _stop(value: Any) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or len(value) > 4 or not all(
-        isinstance(s, str) and s for s in value
+    if (
+        not isinstance(value, list)
+        or len(value) > 4
+        or not all(isinstance(s, str) and s for s in value)
     ):
         raise RequestError("'stop' must be a non-empty string or up to 4 of them", "stop")
     return tuple(value)
@@ -278,8 +283,10 @@ class ChatService:
             before = slot.conv.tokens
             n_prompt = await slot.conv.set_messages(request.messages)
             after = slot.conv.tokens
-            reused = next((i for i, (x, y) in enumerate(zip(before, after, strict=False))
-                           if x != y), min(len(before), len(after)))
+            reused = next(
+                (i for i, (x, y) in enumerate(zip(before, after, strict=False)) if x != y),
+                min(len(before), len(after)),
+            )
             completion.usage = Usage(prompt_tokens=n_prompt, cached_tokens=reused)
             async for delta in slot.conv.generate(request.params):
                 completion.usage.completion_tokens += len(delta.token_ids)
@@ -330,5 +337,7 @@ class ChatService:
     def models(self) -> dict[str, Any]:
         return {
             "object": "list",
-            "data": [{"id": self.model_name, "object": "model", "created": 0, "owned_by": "parley"}],
+            "data": [
+                {"id": self.model_name, "object": "model", "created": 0, "owned_by": "parley"}
+            ],
         }

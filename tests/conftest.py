@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,46 @@ def speech(synthesizer, tmp_path_factory):
         items.append((text, "piper", synthesizer.synthesize(text, SAMPLE_RATE)))
         items.append((text, "espeak", espeak(text, tmp / f"{i}.wav")))
     return items
+
+
+@pytest.fixture(scope="session")
+def smol_gguf(registry) -> Path:
+    spec = registry["smollm2-135m-instruct"]
+    return assets.locate(spec.files[0].parts[0], spec)
+
+
+@pytest.fixture(scope="session")
+def smol_dir(model_dir) -> Path:
+    """SmolLM2-135M-Instruct as the engine loads it: prepared (converted) from its package."""
+    return model_dir("smollm2-135m-instruct")
+
+
+def _engine(model_dir: Path, **kw: object) -> Iterator[object]:
+    from llm_engine import Engine, EngineConfig
+
+    engine = Engine(EngineConfig(model_dir=model_dir, dtype="float32", quant="none", **kw))  # type: ignore[arg-type]
+    engine.start()
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def smol_engine_session(smol_dir: Path) -> Iterator[object]:
+    yield from _engine(smol_dir, num_blocks=256, block_size=16, max_batch=8)
+
+
+def _checked(engine: object) -> Iterator[object]:
+    from llm_engine.engine import Engine
+
+    assert isinstance(engine, Engine)
+    baseline = engine.config.num_blocks
+    yield engine
+    assert engine.running, "the engine thread died during the test"
+    leftover = [st.conv for st in engine._convs.values()]
+    assert not leftover, f"test left {len(leftover)} conversation(s) open"
+    assert engine.free_blocks() == baseline, "KV blocks leaked"
+
+
+@pytest.fixture
+def smol_engine(smol_engine_session: object) -> Iterator[object]:
+    yield from _checked(smol_engine_session)

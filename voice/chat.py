@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 
-async def chat(model_dir: Path, engine_options: dict[str, Any], system: str, max_tokens: int) -> None:
+async def chat(
+    model_dir: Path, engine_options: dict[str, Any], system: str, max_tokens: int
+) -> None:
     from llm_engine import Engine, EngineConfig, SamplingParams
 
     async with Engine(EngineConfig(model_dir=model_dir, **engine_options)) as engine:
@@ -37,5 +39,8 @@ async def chat(model_dir: Path, engine_options: dict[str, Any], system: str, max
             end = time.perf_counter()
             ttft = (first or end) - t0
             rate = (n - 1) / (end - first) if first and n > 1 and end > first else 0.0
-            print(f"\n  [first token {ttft * 1e3:.0f} ms, {rate:.1f} tok/s, {n} tokens, "
-                  f"history {len(conv.tokens)} tokens]", file=sys.stderr)
+            print(
+                f"\n  [first token {ttft * 1e3:.0f} ms, {rate:.1f} tok/s, {n} tokens, "
+                f"history {len(conv.tokens)} tokens]",
+                file=sys.stderr,
+            )

@@ -162,17 +162,20 @@ def cmd_serve(args: argparse.Namespace, config: ParleyConfig) -> int:
         config.server.port = args.port
     model_dir, name = _llm_dir(config, args.model)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    loop_factory: Callable[[], asyncio.AbstractEventLoop]
     try:
         import uvloop
 
-        runner = uvloop.run
+        loop_factory = uvloop.new_event_loop
     except ImportError:  # uvloop is Linux/macOS only; asyncio's loop works everywhere
-        runner = asyncio.run
+        loop_factory = asyncio.new_event_loop
     try:
-        runner(serve(model_dir, name, config.engine, config.server))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve(model_dir, name, config.engine, config.server))
     except OSError as err:
-        raise ParleyError(f"serve: cannot listen on {config.server.host}:"
-                          f"{config.server.port}: {err.strerror}") from None
+        raise ParleyError(
+            f"serve: cannot listen on {config.server.host}:{config.server.port}: {err.strerror}"
+        ) from None
     return 0
 
 
@@ -181,7 +184,7 @@ def cmd_chat(args: argparse.Namespace, config: ParleyConfig) -> int:
 
     from voice.chat import chat
 
-    model_dir, name = _llm_dir(config, args.model)
+    model_dir, _ = _llm_dir(config, args.model)
     asyncio.run(chat(model_dir, config.engine, args.system, args.max_tokens))
     return 0
 

@@ -26,8 +26,9 @@ MAX_TOKENS_KEY = web.AppKey("default_max_tokens", int)
 MAX_BODY = 4 << 20
 
 
-def _error(status: int, message: str, kind: str, param: str | None = None,
-           code: str | None = None) -> web.Response:
+def _error(
+    status: int, message: str, kind: str, param: str | None = None, code: str | None = None
+) -> web.Response:
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return web.json_response(body, status=status)
 
@@ -74,10 +75,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return await _sse(request, service, chat.include_usage, completion, stream, first)
 
 
-async def _sse(request: web.Request, service: ChatService, include_usage: bool,
-               completion: Completion, stream: Any, first: str | None) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+async def _sse(
+    request: web.Request,
+    service: ChatService,
+    include_usage: bool,
+    completion: Completion,
+    stream: Any,
+    first: str | None,
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
     await response.prepare(request)
 
     async def send(obj: dict[str, Any] | str) -> None:
@@ -114,8 +122,13 @@ def build_app(service: ChatService, config: ServerConfig) -> web.Application:
     return app
 
 
-async def serve(model_dir: Path, model_name: str, engine_options: dict[str, Any],
-                config: ServerConfig, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    model_dir: Path,
+    model_name: str,
+    engine_options: dict[str, Any],
+    config: ServerConfig,
+    ready: asyncio.Event | None = None,
+) -> None:
     """Start the engine and serve until SIGINT/SIGTERM (or cancellation)."""
     from llm_engine import Engine, EngineConfig
 

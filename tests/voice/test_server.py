@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import pytest
@@ -42,7 +43,11 @@ async def test_sdk_streaming_equals_non_streaming(client):
     text = full.choices[0].message.content
     assert text and full.usage.completion_tokens > 0 and full.usage.prompt_tokens > 10
     stream = await client.chat.completions.create(
-        model="smollm2", messages=messages, max_tokens=24, temperature=0, stream=True,
+        model="smollm2",
+        messages=messages,
+        max_tokens=24,
+        temperature=0,
+        stream=True,
         stream_options={"include_usage": True},
     )
     pieces, usage, finish = [], None, None
@@ -65,8 +70,11 @@ async def test_replayed_history_reuses_the_engines_own_reply(client, smol_engine
         model="smollm2", messages=turn1, max_tokens=20, temperature=0
     )
     reply = r1.choices[0].message.content
-    turn2 = [*turn1, {"role": "assistant", "content": reply},
-             {"role": "user", "content": "And one about the sun?"}]
+    turn2 = [
+        *turn1,
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": "And one about the sun?"},
+    ]
     r2 = await client.chat.completions.create(
         model="smollm2", messages=turn2, max_tokens=20, temperature=0
     )
@@ -86,9 +94,12 @@ async def test_replayed_history_reuses_the_engines_own_reply(client, smol_engine
 
 
 async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as http, http.post(
-        base + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            base + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        ) as r,
+    ):
         return r.status, await r.json()
 
 
@@ -105,7 +116,7 @@ async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
         ('{"messages": [{"role": "user", "content": "hi"}], "frobnicate": 1}', "frobnicate"),
         ('{"messages": [{"role": "user", "content": "hi"}], "tools": [{}]}', "tools"),
         ('{"messages": [{"role": "user", "content": "hi"}], "n": 2}', "n"),
-        ('[1, 2]', None),
+        ("[1, 2]", None),
     ],
 )
 async def test_bad_requests_get_a_400_with_a_message(api, body, param):
@@ -117,7 +128,7 @@ async def test_bad_requests_get_a_400_with_a_message(api, body, param):
 async def test_over_the_context_limit_then_still_serving(api, client):
     long = " ".join(["word"] * 20_000)
     status, payload = await _post(
-        api[0], '{"messages": [{"role": "user", "content": "%s"}]}' % long
+        api[0], json.dumps({"messages": [{"role": "user", "content": long}]})
     )
     assert status == 400 and payload["error"]["code"] == "context_length_exceeded"
     ok = await client.chat.completions.create(
@@ -126,15 +137,21 @@ async def test_over_the_context_limit_then_still_serving(api, client):
     assert ok.choices[0].message.content is not None
 
 
-async def test_client_leaving_mid_stream_aborts_and_frees_the_conversation(api, client, smol_engine):
-    base, service = api
-    body = ('{"messages": [{"role": "user", "content": "Write a long story about a dragon."}],'
-            '"max_tokens": 400, "temperature": 0, "stream": true}')
-    async with aiohttp.ClientSession() as http:
-        async with http.post(base + "/v1/chat/completions", data=body) as r:
-            assert r.status == 200
-            await r.content.readline()  # the first event arrived: generation is running
-        # leaving the block closed the connection mid-stream
+async def test_client_leaving_mid_stream_aborts_and_frees_the_conversation(
+    api, client, smol_engine
+):
+    base = api[0]
+    body = (
+        '{"messages": [{"role": "user", "content": "Write a long story about a dragon."}],'
+        '"max_tokens": 400, "temperature": 0, "stream": true}'
+    )
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(base + "/v1/chat/completions", data=body) as r,
+    ):
+        assert r.status == 200
+        await r.content.readline()  # the first event arrived: generation is running
+    # leaving the block closed the connection mid-stream
     for _ in range(200):  # the abort lands within a step; wait on the engine, not a clock
         await smol_engine.sync()
         if not any(st.gen is not None for st in smol_engine._convs.values()):
@@ -142,7 +159,8 @@ async def test_client_leaving_mid_stream_aborts_and_frees_the_conversation(api, 
         await asyncio.sleep(0.01)
     assert not any(st.gen is not None for st in smol_engine._convs.values())
     again = await client.chat.completions.create(
-        model="smollm2", messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+        model="smollm2",
+        messages=[{"role": "user", "content": "Write a long story about a dragon."}],
         max_tokens=4,
     )
     assert again.usage.completion_tokens == 4
@@ -153,7 +171,9 @@ async def test_concurrent_streams_each_equal_their_single_result(client):
 
     async def ask(p: str) -> str:
         r = await client.chat.completions.create(
-            model="smollm2", messages=[SYSTEM, {"role": "user", "content": p}], max_tokens=16,
+            model="smollm2",
+            messages=[SYSTEM, {"role": "user", "content": p}],
+            max_tokens=16,
             temperature=0,
         )
         return r.choices[0].message.content
