@@ -17,6 +17,7 @@ Decoding goes through a 256-entry table built once, on first use.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Final
 
 import numpy as np
@@ -61,12 +62,17 @@ def _ulaw_decode_codes(codes: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
     return np.where(u & 0x80, _ULAW_BIAS - t, t - _ULAW_BIAS)
 
 
+def _decode_table(decode: Callable[[npt.NDArray[np.int32]], npt.NDArray[np.int32]]) -> Int16Array:
+    """The read-only 256-entry table (code -> int16) of a per-code decode function."""
+    table = decode(np.arange(256, dtype=np.int32)).astype(np.int16)
+    table.setflags(write=False)
+    return table
+
+
 @functools.cache
 def ulaw_table() -> Int16Array:
     """The 256-entry mu-law decode table (code -> int16). Built once; do not mutate."""
-    table = _ulaw_decode_codes(np.arange(256, dtype=np.int32)).astype(np.int16)
-    table.setflags(write=False)
-    return table
+    return _decode_table(_ulaw_decode_codes)
 
 
 def ulaw_decode(codes: UInt8Array | BytesLike) -> Int16Array:
@@ -102,9 +108,7 @@ def _alaw_decode_codes(codes: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
 @functools.cache
 def alaw_table() -> Int16Array:
     """The 256-entry A-law decode table (code -> int16). Built once; do not mutate."""
-    table = _alaw_decode_codes(np.arange(256, dtype=np.int32)).astype(np.int16)
-    table.setflags(write=False)
-    return table
+    return _decode_table(_alaw_decode_codes)
 
 
 def alaw_decode(codes: UInt8Array | BytesLike) -> Int16Array:
