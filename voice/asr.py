@@ -42,6 +42,9 @@ class AsrConfig:
     language: str = "en"
     beam_size: int = 1
     window_margin_s: float = 2.0
+    # Silence put before the audio: speech starting at the window's first frame is misheard
+    # ("Hello there" read as "Below there" in 4 of 20 syntheses; 0 of 20 with 0.4 s).
+    lead_silence_s: float = 0.4
     window_step_s: float = 1.0
     max_window_s: float = 30.0
     max_tokens_per_second: float = 8.0
@@ -55,6 +58,8 @@ class AsrConfig:
     def __post_init__(self) -> None:
         if self.beam_size < 1:
             raise ValueError("asr.beam_size must be at least 1")
+        if not 0 <= self.lead_silence_s <= 2:
+            raise ValueError("asr.lead_silence_s must be within [0, 2]")
         if not 0 <= self.window_margin_s < self.max_window_s:
             raise ValueError("asr.window_margin_s must be in [0, max_window_s)")
         if not 0 < self.window_step_s <= self.max_window_s <= 30:
@@ -111,11 +116,13 @@ class Transcriber:
         duration = len(audio) / SAMPLE_RATE
         if not len(audio) or float(np.max(np.abs(audio))) < SILENCE_PEAK:
             return Transcript("", 0.0, no_speech=True)  # Whisper hallucinates on digital silence
-        if duration > self.config.max_window_s:
+        if duration + self.config.lead_silence_s > self.config.max_window_s:
             return self._long_form(audio)
         if window_s is not None:
             return self._transcribe_window(audio, window_s)
-        result = self._transcribe_window(audio, self.config.window_for(duration))
+        result = self._transcribe_window(
+            audio, self.config.window_for(duration + self.config.lead_silence_s)
+        )
         floor = self.config.retry_below_logprob
         if (
             floor is None
@@ -135,6 +142,8 @@ class Transcriber:
     def _transcribe_window(self, audio: np.ndarray, window_s: float) -> Transcript:
         import ctranslate2
 
+        lead = np.zeros(round(self.config.lead_silence_s * SAMPLE_RATE), np.float32)
+        audio = np.concatenate([lead, audio])
         n_samples = round(window_s * SAMPLE_RATE)
         frames = round(window_s * FRAMES_PER_SECOND)
         padded = np.pad(audio[:n_samples], (0, max(0, n_samples - len(audio))))
@@ -144,7 +153,7 @@ class Transcriber:
             ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])), to_cpu=False
         )
         t1 = time.perf_counter()
-        budget = int(len(audio) / SAMPLE_RATE * self.config.max_tokens_per_second) + 8
+        budget = int((len(audio) - len(lead)) / SAMPLE_RATE * self.config.max_tokens_per_second) + 8
         result = self._whisper.model.generate(
             encoded,
             [self._prompt],
@@ -164,7 +173,13 @@ class Transcriber:
             tokens = []
         text = drop_repeats(self._tokenizer.decode(tokens).strip())
         return Transcript(
-            text, window_s, t1 - t0, t2 - t1, result.scores[0], result.no_speech_prob, tokens,
+            text,
+            window_s,
+            t1 - t0,
+            t2 - t1,
+            result.scores[0],
+            result.no_speech_prob,
+            tokens,
             no_speech=no_speech,
         )
 
