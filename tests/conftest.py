@@ -104,3 +104,30 @@ def _checked(engine: object) -> Iterator[object]:
 @pytest.fixture
 def smol_engine(smol_engine_session: object) -> Iterator[object]:
     yield from _checked(smol_engine_session)
+
+
+@pytest.fixture(scope="session")
+def voice_app(model_dir) -> Iterator[tuple[str, object]]:
+    """(base URL, aiohttp app) of a real Parley server on the default models and config, as
+    ``parley serve`` runs it, shared by the end-to-end tests of the whole run."""
+    from tests.voice.server_thread import server_thread
+    from voice.config import load_config
+    from voice.server import ModelDirs
+
+    config = load_config()
+    config.session.max_reply_tokens = 48  # ~10 s of speech: the tests need no more
+    dirs = ModelDirs(
+        asr=model_dir(config.models.asr),
+        tts=model_dir(config.models.tts),
+        vad=model_dir(config.models.vad) / "silero_vad.onnx",
+        llm=model_dir(config.models.llm),
+        llm_name=config.models.llm,
+    )
+    with server_thread(config, dirs) as (url, app):
+        yield url, app
+
+
+@pytest.fixture(scope="session")
+def voice_server(voice_app) -> str:
+    """Base URL (``http://127.0.0.1:PORT``) of the shared real server: page, /v1/realtime."""
+    return voice_app[0]

@@ -154,13 +154,25 @@ def cmd_serve(args: argparse.Namespace, config: ParleyConfig) -> int:
     import asyncio
     import logging
 
-    from voice.server import serve
+    from voice.server import ModelDirs, serve
 
     if args.host is not None:
         config.server.host = args.host
     if args.port is not None:
         config.server.port = args.port
-    model_dir, name = _llm_dir(config, args.model)
+    if config.llm.backend == "remote":
+        assert config.llm.remote is not None
+        llm_dir, name = None, config.llm.remote.model
+    else:
+        llm_dir, name = _llm_dir(config, args.model)
+    m = config.models
+    dirs = ModelDirs(
+        asr=_model_dir(config, m.asr),
+        tts=_model_dir(config, m.tts),
+        vad=_model_dir(config, m.vad) / "silero_vad.onnx",
+        llm=llm_dir,
+        llm_name=name,
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     loop_factory: Callable[[], asyncio.AbstractEventLoop]
     try:
@@ -171,7 +183,7 @@ def cmd_serve(args: argparse.Namespace, config: ParleyConfig) -> int:
         loop_factory = asyncio.new_event_loop
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(serve(model_dir, name, config.engine, config.server))
+            runner.run(serve(config, dirs))
     except OSError as err:
         raise ParleyError(
             f"serve: cannot listen on {config.server.host}:{config.server.port}: {err.strerror}"
@@ -213,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--rate", type=int, help="output sample rate (default: the voice's)")
     say.set_defaults(func=cmd_say)
 
-    srv = sub.add_parser("serve", help="serve the assistant (HTTP API) on one port")
+    srv = sub.add_parser(
+        "serve", help="serve the assistant (page, realtime WebSocket, chat API) on one port"
+    )
     srv.add_argument("--host", help="address to listen on (default from the profile: 127.0.0.1)")
     srv.add_argument("--port", type=int, help="port (default from the profile: 8000)")
     srv.add_argument("--model", help="LLM: a registry name or a local GGUF file / HF directory")

@@ -10,11 +10,16 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from voice.asr import AsrConfig
+from voice.chunker import ChunkerConfig
 from voice.errors import ParleyError
+from voice.remote_llm import RemoteLlmConfig
+from voice.session import VoiceConfig
+from voice.streaming_asr import StreamingAsrConfig
 from voice.tts import TtsConfig
+from voice.turns import TurnConfig
 
 
 @dataclass(slots=True)
@@ -42,18 +47,50 @@ class ServerConfig:
 
 
 @dataclass(slots=True)
+class LlmConfig:
+    """``[llm]``: the built-in engine (``local``, the model in ``[models].llm``) or an
+    OpenAI-compatible endpoint (``remote``, set in the ``[llm.remote]`` table)."""
+
+    backend: Literal["local", "remote"] = "local"
+    remote: RemoteLlmConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("local", "remote"):
+            raise ValueError(f"llm.backend must be 'local' or 'remote', not {self.backend!r}")
+        if isinstance(self.remote, dict):
+            self.remote = _section(RemoteLlmConfig, "llm.remote", self.remote)
+        if self.backend == "remote" and self.remote is None:
+            raise ValueError("llm.backend = 'remote' needs an [llm.remote] table (base_url, model)")
+
+
+@dataclass(slots=True)
 class ParleyConfig:
     models: ModelChoice = field(default_factory=ModelChoice)
     asr: AsrConfig = field(default_factory=AsrConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    session: VoiceConfig = field(default_factory=VoiceConfig)
+    turns: TurnConfig = field(default_factory=TurnConfig)
+    chunker: ChunkerConfig = field(default_factory=ChunkerConfig)
+    streaming_asr: StreamingAsrConfig = field(default_factory=StreamingAsrConfig)
+    llm: LlmConfig = field(default_factory=LlmConfig)
     # EngineConfig's fields but model_dir (the model comes from [models].llm); checked at load
     engine: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path | None = None  # None: $PARLEY_CACHE_DIR or the XDG cache
     registry: Path | None = None  # None: the packaged configs/models.toml
 
 
-_SECTIONS = {"models": ModelChoice, "asr": AsrConfig, "tts": TtsConfig, "server": ServerConfig}
+_SECTIONS: dict[str, type] = {
+    "models": ModelChoice,
+    "asr": AsrConfig,
+    "tts": TtsConfig,
+    "server": ServerConfig,
+    "session": VoiceConfig,
+    "turns": TurnConfig,
+    "chunker": ChunkerConfig,
+    "streaming_asr": StreamingAsrConfig,
+    "llm": LlmConfig,
+}
 
 
 def _engine_section(values: Any) -> dict[str, Any]:
@@ -79,6 +116,8 @@ def _section(cls: type, name: str, values: Any) -> Any:
         raise ParleyError(f"config: unknown key(s) in [{name}]: {', '.join(sorted(unknown))}")
     try:
         return cls(**values)
+    except ParleyError:
+        raise
     except (TypeError, ValueError) as err:
         raise ParleyError(f"config: [{name}]: {err}") from None
 

@@ -1,6 +1,8 @@
-"""Parley's HTTP server: one port, one engine shared by every client.
+"""Parley's HTTP server: one port, one engine and one set of speech models shared by every client.
 
-Routes: ``GET /healthz``, ``GET /v1/models``, ``POST /v1/chat/completions`` (OpenAI-compatible,
+Routes: ``GET /`` (the browser page) and ``/web/*``, ``GET /v1/realtime`` (the
+Realtime-compatible WebSocket, ``voice.realtime.handler``), ``GET /healthz``, and with the
+built-in engine ``GET /v1/models`` and ``POST /v1/chat/completions`` (OpenAI-compatible,
 streaming SSE or not). Each request's errors become an OpenAI-style error body at this one
 boundary; a failing request never affects another.
 """
@@ -8,9 +10,12 @@ boundary; a failing request never affects another.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +23,21 @@ from aiohttp import web
 
 from llm_engine.chat_api import ChatService, Completion, RequestError, parse_chat_request
 from llm_engine.errors import ContextLengthExceeded, EngineClosed, EngineError, InvalidRequest
-from voice.config import ServerConfig
+from voice.asr import Transcriber
+from voice.config import ParleyConfig, ServerConfig
+from voice.llm import Dialogue, local_dialogue
+from voice.realtime.handler import SESSIONS_KEY, VOICE_KEY, realtime
+from voice.remote_llm import RemoteLlm
+from voice.responder import TtsWorker
+from voice.session import VoiceServices
+from voice.streaming_asr import AsrWorker
+from voice.tts import Synthesizer
 
 log = logging.getLogger("parley.server")
 SERVICE_KEY = web.AppKey("chat", ChatService)
 MAX_TOKENS_KEY = web.AppKey("default_max_tokens", int)
 MAX_BODY = 4 << 20
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 def _error(
@@ -44,9 +58,12 @@ def _request_error(err: EngineError) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    service = request.app[SERVICE_KEY]
-    ok = service.engine.running
-    return web.json_response({"status": "ok" if ok else "engine down"}, status=200 if ok else 503)
+    service = request.app.get(SERVICE_KEY)
+    ok = service is None or service.engine.running
+    body: dict[str, Any] = {"status": "ok" if ok else "engine down"}
+    if SESSIONS_KEY in request.app:
+        body["sessions"] = len(request.app[SESSIONS_KEY])
+    return web.json_response(body, status=200 if ok else 503)
 
 
 async def models(request: web.Request) -> web.Response:
@@ -104,50 +121,119 @@ async def _sse(
         await send("[DONE]")
     except EngineError as err:  # mid-stream: the status is sent, so report in-band
         await send({"error": {"message": str(err), "type": "server_error"}})
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:  # the client left (a barge-in closes the stream): routine
         log.info("client left mid-stream; generation aborted")
+    except asyncio.CancelledError:
+        log.info("request cancelled mid-stream; generation aborted")
         raise
     finally:
         await stream.aclose()  # aborts the generation if the client left
     return response
 
 
-def build_app(service: ChatService, config: ServerConfig) -> web.Application:
+def build_app(
+    service: ChatService | None, config: ServerConfig, voice: VoiceServices | None = None
+) -> web.Application:
+    """The app: chat completions when the engine is local, the realtime API and the page when
+    ``voice`` is given, and ``/healthz`` always."""
     app = web.Application(client_max_size=MAX_BODY)
-    app[SERVICE_KEY] = service
     app[MAX_TOKENS_KEY] = config.default_max_tokens
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/v1/models", models)
-    app.router.add_post("/v1/chat/completions", chat_completions)
+    if service is not None:
+        app[SERVICE_KEY] = service
+        app.router.add_get("/v1/models", models)
+        app.router.add_post("/v1/chat/completions", chat_completions)
+    if voice is not None:
+        app[VOICE_KEY] = voice
+        app[SESSIONS_KEY] = {}
+        app.router.add_get("/v1/realtime", realtime)
+        app.router.add_get("/", index)
+        app.router.add_static("/web/", WEB_DIR, append_version=False)
     return app
 
 
-async def serve(
-    model_dir: Path,
-    model_name: str,
-    engine_options: dict[str, Any],
-    config: ServerConfig,
-    ready: asyncio.Event | None = None,
-) -> None:
-    """Start the engine and serve until SIGINT/SIGTERM (or cancellation)."""
+async def index(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(WEB_DIR / "index.html")
+
+
+@dataclass(slots=True)
+class ModelDirs:
+    """Where each prepared model lives (``llm`` is None with a remote LLM)."""
+
+    asr: Path
+    tts: Path
+    vad: Path
+    llm: Path | None
+    llm_name: str
+
+
+@contextlib.asynccontextmanager
+async def running(config: ParleyConfig, dirs: ModelDirs) -> AsyncIterator[web.Application]:
+    """Load the models and the engine, yield the app, release everything on exit."""
     from llm_engine import Engine, EngineConfig
 
-    engine = Engine(EngineConfig(model_dir=model_dir, **engine_options))
-    engine.start()
-    service = ChatService(engine, model_name, config.max_conversations)
-    runner = web.AppRunner(build_app(service, config), handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    log.warning("Parley serving %s on http://%s:%d", model_name, config.host, config.port)
-    if ready is not None:
-        ready.set()
+    engine = None
+    service = None
+    remote = None
+    if dirs.llm is not None:
+        engine = Engine(EngineConfig(model_dir=dirs.llm, **config.engine))
+        engine.start()
+        service = ChatService(engine, dirs.llm_name, config.server.max_conversations)
+    asr = AsrWorker(Transcriber(dirs.asr, config.asr))
+    tts = TtsWorker(Synthesizer(dirs.tts, config.tts))
     try:
-        await stop.wait()
+        open_dialogue: Callable[[str], Awaitable[Dialogue]]
+        if engine is not None:
+            eng = engine
+
+            async def open_dialogue(instructions: str) -> Dialogue:
+                return local_dialogue(eng, instructions)
+
+        else:
+            assert config.llm.remote is not None  # checked when the config was read
+            remote = RemoteLlm(config.llm.remote)
+            client = remote
+
+            async def open_dialogue(instructions: str) -> Dialogue:
+                return client.open(instructions)
+
+        voice = VoiceServices(
+            asr=asr,
+            tts=tts,
+            vad_model=dirs.vad,
+            open_dialogue=open_dialogue,
+            model_name=dirs.llm_name,
+            voice=config.session,
+            turns=config.turns,
+            chunker=config.chunker,
+            streaming=config.streaming_asr,
+        )
+        yield build_app(service, config.server, voice)
     finally:
-        await runner.cleanup()
-        engine.close()
+        if remote is not None:
+            await remote.close()
+        await asr.close()
+        tts.close()
+        if engine is not None:
+            engine.close()
+
+
+async def serve(config: ParleyConfig, dirs: ModelDirs, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (or cancellation)."""
+    async with running(config, dirs) as app:
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, config.server.host, config.server.port)
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        host, port = config.server.host, config.server.port
+        log.warning("Parley serving %s on http://%s:%d/", dirs.llm_name, host, port)
+        if ready is not None:
+            ready.set()
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()

@@ -82,6 +82,7 @@ _EPS = 1e-9  # frame durations are summed in floating point; 10 x 0.02 must reac
 DEFAULT_BACKCHANNELS: tuple[str, ...] = (
     "uh-huh", "mm-hmm", "mhm", "mm", "hmm", "yeah", "yes", "yep", "yup", "ok", "okay",
     "right", "sure", "got it", "i see", "alright", "all right", "cool", "thanks", "thank you",
+    "uh", "um", "ah", "oh", "huh",  # ASR often hears an "uh-huh" as its first half
 )  # fmt: skip
 
 
@@ -513,9 +514,13 @@ def _reached(value: float, threshold: float) -> bool:
 _WORD = re.compile(r"[a-z0-9']+")
 
 
+_HELD = re.compile(r"([a-z])\1{2,}")
+
+
 def _words(text: str) -> tuple[str, ...]:
-    """Lower-case words; hyphens separate ("Mm-hmm." -> ("mm", "hmm"))."""
-    return tuple(_WORD.findall(text.lower().replace("-", " ")))
+    """Lower-case words; hyphens separate ("Mm-hmm." -> ("mm", "hmm")); a letter held longer
+    than twice counts twice, as ASR spells a hum any length ("MMMM", "hmmm" -> "mm", "hmm")."""
+    return tuple(_WORD.findall(_HELD.sub(r"\1\1", text.lower().replace("-", " "))))
 
 
 def _segment(words: tuple[str, ...], phrases: tuple[tuple[str, ...], ...]) -> tuple[bool, bool]:

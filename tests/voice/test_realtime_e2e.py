@@ -1,0 +1,167 @@
+"""End to end over a real socket: the real server (all default models) and a Realtime client
+streaming generated speech at real time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import numpy as np
+import pytest
+
+from audio.pcm import pcm16_to_float32
+from audio.resample import resample
+from tests.corpus import normalize
+from tests.voice.rt_client import RATE, RealtimeClient, pcm24k, user_text
+
+QUESTION = "What is the capital of France?"
+STORY = "Please tell me a long story about a brave knight and a dragon."
+
+
+@pytest.fixture(scope="module")
+def say(synthesizer):
+    cache: dict[str, bytes] = {}
+
+    def get(text: str) -> bytes:
+        if text not in cache:
+            cache[text] = pcm24k(synthesizer.synthesize(text, 16_000))
+        return cache[text]
+
+    return get
+
+
+@pytest.fixture
+async def client(voice_server):
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(voice_server + "/v1/realtime")
+        rt = RealtimeClient(ws)
+        await rt.wait_for("session.created")
+        try:
+            yield rt
+        finally:
+            await rt.close()
+
+
+def session_of(voice_app, rt: RealtimeClient):
+    from voice.realtime.handler import SESSIONS_KEY
+
+    sid = rt.of("session.created")[0]["session"]["id"]
+    return voice_app[1][SESSIONS_KEY][sid]
+
+
+async def test_spoken_question_gets_a_spoken_answer(client, say, transcriber):
+    await client.silence(0.3)
+    await client.stream(say(QUESTION))
+    await client.silence(1.5)
+    done = await client.wait_for("response.done", timeout=60)
+    kinds = [e["type"] for e in client.events]
+    assert (
+        kinds.index("input_audio_buffer.speech_started")
+        < kinds.index("input_audio_buffer.speech_stopped")
+        < kinds.index("response.created")
+    )
+    heard = client.of("conversation.item.input_audio_transcription.completed")[0]["transcript"]
+    assert {"capital", "france"} <= set(normalize(heard).split())
+    response = done["response"]
+    assert response["status"] == "completed"
+    transcript = response["output"][0]["content"][0]["transcript"]
+    assert transcript.strip()
+    # the reply audio speaks words: Whisper hears something in it
+    audio = pcm16_to_float32(client.audio(response["id"]))
+    assert len(audio) > RATE // 2
+    text = transcriber.transcribe(resample(audio, RATE, 16_000)).text
+    assert normalize(text).split()
+    metrics = response["parley"]["metrics"]
+    for key in ("end_of_turn_ms", "asr_final_ms", "first_token_ms", "first_chunk_ms"):
+        assert metrics[key] is not None and metrics[key] >= 0, key
+    assert metrics["first_audio_ms"] >= metrics["first_chunk_ms"]
+
+
+async def test_barge_in_keeps_only_the_heard_words(client, say, voice_app):
+    client.start_mic()
+    await client.say(say(STORY))
+    first = await client.wait_for("response.output_audio.delta", timeout=60)
+    created = client.of("response.created")[0]["response"]["id"]
+    await asyncio.sleep(1.5)  # the caller hears the start of the story
+    mark = len(client.events)
+    await client.say(say("Stop, stop. Wait a moment please."))
+    done = await client.wait_for("response.done", timeout=30, after=mark)
+    response = done["response"]
+    assert response["id"] == created
+    assert response["status"] == "cancelled"
+    assert response["status_details"]["reason"] == "turn_detected"
+    truncated = client.of("conversation.item.truncated")[-1]
+    assert truncated["item_id"] == first["item_id"]
+    kept = response["output"][0]["content"][0]["transcript"]
+    sent = "".join(
+        e["delta"]
+        for e in client.of("response.output_audio_transcript.delta")
+        if e["response_id"] == created
+    )
+    # what was kept is a prefix of what was sent, and less than the whole story
+    assert normalize(sent).startswith(normalize(kept))
+    assert len(sent) > 0 and kept.strip()
+    audio_s = len(client.audio(created)) / 2 / RATE
+    assert truncated["audio_end_ms"] < audio_s * 1000
+    assert response["parley"]["metrics"]["barge_in_stop_ms"] is not None
+    # the conversation the model sees holds the heard words, and its tokens say the same
+    session = session_of(voice_app, client)
+    dialogue = session._dialogue
+    history = dialogue.history
+    assistant = [m for m in history if m["role"] == "assistant"][-1]
+    assert assistant["content"] == kept
+    conv = dialogue.conversation
+    tok = conv._engine.tokenizer
+    assert tok.decode(conv.tokens).endswith(kept)
+    # the interjection is the next user turn and gets its own reply
+    after = client.events.index(done) + 1
+    nxt = await client.wait_for("response.done", timeout=60, after=after)
+    assert nxt["response"]["id"] != created
+    user = client.of("conversation.item.input_audio_transcription.completed")[-1]
+    assert {"wait", "moment", "stop"} & set(normalize(user["transcript"]).split())
+
+
+@pytest.mark.parametrize("ack", ["Yeah.", "Uh huh."])
+async def test_backchannel_does_not_interrupt(client, say, ack):
+    client.start_mic()
+    await client.say(say(STORY))
+    await client.wait_for("response.output_audio.delta", timeout=60)
+    await asyncio.sleep(1.0)
+    await client.say(say(ack))
+    done = await client.wait_for("response.done", timeout=90)
+    assert done["response"]["status"] == "completed"
+    assert not client.of("conversation.item.truncated")
+    assert len(client.of("input_audio_buffer.speech_started")) == 1
+
+
+async def test_text_turn_in_text_mode(client):
+    await client.send(user_text("Say hello."))
+    await client.send({"type": "response.create", "response": {"output_modalities": ["text"]}})
+    done = await client.wait_for("response.done", timeout=60)
+    assert done["response"]["status"] == "completed"
+    deltas = "".join(e["delta"] for e in client.of("response.output_text.delta"))
+    assert deltas.strip()
+    assert not client.of("response.output_audio.delta")
+
+
+async def test_g711_ulaw_session(client, say, transcriber):
+    ulaw_fmt = {"format": {"type": "audio/pcmu"}}
+    audio = {"input": ulaw_fmt, "output": ulaw_fmt}
+    await client.send({"type": "session.update", "session": {"type": "realtime", "audio": audio}})
+    await client.wait_for("session.updated")
+    from audio.codec import encode
+
+    pcm = pcm16_to_float32(say(QUESTION))
+    ulaw = encode(resample(pcm, RATE, 8000), "ulaw")
+    silence = encode(np.zeros(8000, np.float32), "ulaw")
+    for chunk in (silence[:2400], ulaw, silence, silence):
+        for i in range(0, len(chunk), 320):
+            await client.append(chunk[i : i + 320])
+            await asyncio.sleep(0.04)
+    done = await client.wait_for("response.done", timeout=60)
+    assert done["response"]["status"] == "completed"
+    from audio.codec import decode
+
+    audio = decode(client.audio(done["response"]["id"]), "ulaw")
+    assert len(audio) > 4000
+    assert normalize(transcriber.transcribe(resample(audio, 8000, 16_000)).text).split()

@@ -1,0 +1,183 @@
+"""One assistant reply, from the model's text to paced audio events.
+
+``Reply.run()`` streams the dialogue's reply into a ``SentenceChunker`` (first a short clause,
+then sentences); each chunk is synthesized by the shared ``TtsWorker``, encoded in the output
+format and sent as ``response.output_audio.delta`` events, paced so the client holds at most
+``lead_s`` seconds it has not played. Each chunk's text goes out as a transcript delta with its
+first audio, so ``Playout`` knows which text each second of audio carries. A text-only reply
+sends the model's text as it comes.
+
+Generation and speech overlap: the model keeps generating while earlier chunks are spoken.
+
+Nothing is sent before ``opener()`` returns: the session uses it to hold a preemptive reply
+until the caller's turn is confirmed, and to announce the response (``response.created`` ...).
+Cancelling ``run()`` stops everything at once; the caller then reads ``text``, ``playout`` and
+``times`` to truncate the reply to what was heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from audio.codec import encode
+from audio.pcm import Float32Array
+from voice.chunker import Chunk, ChunkerConfig, SentenceChunker
+from voice.llm import Dialogue, ReplyParams
+from voice.playout import Playout
+from voice.realtime import events as ev
+from voice.tts import Synthesizer
+
+__all__ = ["Reply", "ReplyTimes", "TtsWorker"]
+
+_DELTA_S = 0.1  # audio per output event: pacing granularity
+
+
+class TtsWorker:
+    """The process's one Synthesizer behind one thread (Piper is not thread-safe)."""
+
+    def __init__(self, synthesizer: Synthesizer) -> None:
+        self._synth = synthesizer
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="parley-tts")
+
+    async def synthesize(self, text: str, sample_rate: int) -> Float32Array:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._synth.synthesize, text, sample_rate)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(slots=True)
+class ReplyTimes:
+    """Monotonic times of a reply's stages (None until reached)."""
+
+    first_token: float | None = None
+    first_chunk: float | None = None
+    first_audio: float | None = None
+
+
+class Reply:
+    """One response of a session; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        response_id: str,
+        item_id: str,
+        dialogue: Dialogue,
+        params: ReplyParams,
+        tts: TtsWorker | None,
+        output_format: ev.AudioFormat,
+        chunker: ChunkerConfig,
+        lead_s: float,
+        emit: Callable[[ev.ServerEvent], None],
+        opener: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.response_id = response_id
+        self.item_id = item_id
+        self.text = ""  # the raw reply text generated so far
+        self.spoken = ""  # the transcript sent so far
+        self.playout = Playout()
+        self.times = ReplyTimes()
+        self._dialogue = dialogue
+        self._params = params
+        self._tts = tts
+        self._format = output_format
+        self._chunker = SentenceChunker(chunker)
+        self._lead_s = lead_s
+        self._emit = emit
+        self._opener = opener
+        self._opened = False
+
+    @property
+    def audio(self) -> bool:
+        return self._tts is not None
+
+    @property
+    def opened(self) -> bool:
+        """Whether anything of this reply has been sent."""
+        return self._opened
+
+    async def run(self) -> None:
+        if self._tts is None:
+            await self._run_text()
+            return
+        chunks: asyncio.Queue[Chunk | None] = asyncio.Queue()
+        generator = asyncio.create_task(self._generate(chunks))
+        try:
+            await self._speak(chunks)
+            await generator  # re-raises its error, if any
+            await self._open()  # a reply with nothing to say is still announced
+        finally:
+            generator.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await generator
+
+    async def _open(self) -> None:
+        if not self._opened:
+            await self._opener()
+            self._opened = True
+
+    async def _run_text(self) -> None:
+        async for piece in self._dialogue.reply(self._params):
+            if self.times.first_token is None:
+                self.times.first_token = time.monotonic()
+            await self._open()
+            self.text += piece
+            self.spoken += piece
+            self._emit(ev.TextDelta(self.response_id, self.item_id, 0, 0, piece))
+        await self._open()
+
+    async def _generate(self, chunks: asyncio.Queue[Chunk | None]) -> None:
+        try:
+            async for piece in self._dialogue.reply(self._params):
+                if self.times.first_token is None:
+                    self.times.first_token = time.monotonic()
+                self.text += piece
+                for chunk in self._chunker.push(piece):
+                    self._chunk_ready(chunk, chunks)
+            for chunk in self._chunker.flush():
+                self._chunk_ready(chunk, chunks)
+        finally:
+            chunks.put_nowait(None)
+
+    def _chunk_ready(self, chunk: Chunk, chunks: asyncio.Queue[Chunk | None]) -> None:
+        if self.times.first_chunk is None:
+            self.times.first_chunk = time.monotonic()
+        chunks.put_nowait(chunk)
+
+    async def _speak(self, chunks: asyncio.Queue[Chunk | None]) -> None:
+        assert self._tts is not None
+        rate = self._format.sample_rate
+        while (chunk := await chunks.get()) is not None:
+            audio = await self._tts.synthesize(chunk.text, rate)
+            if not len(audio):
+                continue
+            await self._open()
+            self.playout.begin_chunk(chunk.source_start, chunk.source_end)
+            text = chunk.text if not self.spoken else " " + chunk.text
+            self.spoken += text
+            self._emit(ev.TranscriptDelta(self.response_id, self.item_id, 0, 0, text))
+            await self._send_audio(audio, rate)
+
+    async def _send_audio(self, audio: Float32Array, rate: int) -> None:
+        step = max(1, int(_DELTA_S * rate))
+        for start in range(0, len(audio), step):
+            piece = audio[start : start + step]
+            wait = self.playout.buffered_s(time.monotonic()) - self._lead_s
+            if wait > 0:
+                await asyncio.sleep(wait)
+            now = time.monotonic()
+            if self.times.first_audio is None:
+                self.times.first_audio = now
+            self._emit(
+                ev.AudioDelta(
+                    self.response_id, self.item_id, 0, 0, encode(piece, self._format.encoding)
+                )
+            )
+            self.playout.sent(len(piece) / rate, now)
