@@ -72,6 +72,8 @@ class VoiceConfig:
     hold_first_audio_s:  after a pause, how long the first reply audio waits for the end of the
                          turn to be confirmed (0: send as soon as it is ready; a resumed caller
                          then hears the reply start and stop).
+    final_after_silence_s: silence after which the final transcript is started, ahead of the
+                         pause decision (None: at the pause); speech after it discards it.
     output_lead_s:       reply audio sent ahead of the client's playout (its buffer).
     max_reply_tokens:    a reply's token budget.
     max_input_ahead_s:   input audio may run this far ahead of real time (a burst); beyond it
@@ -83,6 +85,7 @@ class VoiceConfig:
 
     instructions: str = DEFAULT_INSTRUCTIONS
     hold_first_audio_s: float = 0.15
+    final_after_silence_s: float | None = 0.1
     output_lead_s: float = 0.5
     max_reply_tokens: int = 200
     temperature: float = 0.0
@@ -170,6 +173,7 @@ class _Partial:
 class _Final:
     utt: _Utterance
     text: str
+    seq: int  # which request of the utterance it answers (only the latest counts)
 
 
 @dataclass(slots=True)
@@ -194,8 +198,10 @@ class _Utterance:
     asr_final_wall: float | None = None
     end_of_turn_wall: float | None = None
     final_task: asyncio.Task[None] | None = None
+    final_seq: int = 0
     ended: asyncio.Event = field(default_factory=asyncio.Event)  # EndOfTurn decided
     committed: bool = False
+    replied: bool = False  # a reply to it was started
 
 
 @dataclass(slots=True, eq=False)
@@ -243,6 +249,7 @@ class Session:
         self._drain_pending = False  # the caller hears audio of a finished reply
         self._last_item: str | None = None
         self._last: _ActiveReply | None = None  # the latest reply, finished or not
+        self._last_is_tail = False  # nothing was added to the dialogue after self._last
         self._runner: asyncio.Task[None] | None = None
         self.closed = asyncio.Event()
 
@@ -389,8 +396,24 @@ class Session:
         if utt is not None:
             self._recognizer.add(frame)
         await self._feed(tt.VadFrame(vad.is_speech, vad.probability, FRAME_S), now)
-        if utt is not None and utt is self._utt and utt.overlap:
-            self._overlap_silence(utt, vad.is_speech)
+        if utt is not None and utt is self._utt:
+            if utt.overlap:
+                self._overlap_silence(utt, vad.is_speech)
+            elif utt.pause_at is None:
+                self._early_final(utt, vad.is_speech)
+
+    def _early_final(self, utt: _Utterance, speech: bool) -> None:
+        """Start the final transcript as soon as the caller falls silent, before the Pause
+        decision, so the reply can start at the Pause; more speech makes it stale."""
+        if speech:
+            utt.quiet_s = 0.0
+            if utt.final_task is not None:
+                self._forget_final(utt)
+            return
+        utt.quiet_s += FRAME_S
+        early = self._svc.voice.final_after_silence_s
+        if early is not None and utt.quiet_s >= early - 1e-9 and utt.final_task is None:
+            self._request_final(utt)
 
     def _overlap_silence(self, utt: _Utterance, speech: bool) -> None:
         """Speech over the assistant that has gone quiet gets a final transcript, so the
@@ -398,12 +421,11 @@ class Session:
         if speech:
             utt.quiet_s = 0.0
             if utt.final_task is not None:  # more speech: the earlier final is stale
-                utt.final_task.cancel()
-                utt.final_task, utt.final = None, None
+                self._forget_final(utt)
             return
         utt.quiet_s += FRAME_S
         if utt.quiet_s >= self._svc.turns.pause_s and utt.final_task is None:
-            utt.final_task = self._spawn(self._final(utt))
+            self._request_final(utt)
 
     def _wall_at(self, audio_t: float) -> float:
         """When the input audio at ``audio_t`` arrived (monotonic)."""
@@ -424,7 +446,7 @@ class Session:
             case tt.Resumed():
                 await self._on_resumed(d, now)
             case tt.Pause():
-                self._on_pause(d, now)
+                await self._on_pause(d, now)
             case tt.EndOfTurn():
                 await self._on_end_of_turn(d)
             case tt.BargeIn():
@@ -461,7 +483,8 @@ class Session:
     def _forget_final(utt: _Utterance) -> None:
         if utt.final_task is not None:
             utt.final_task.cancel()
-        utt.final_task, utt.final = None, None
+        utt.final_task, utt.final, utt.asr_final_wall = None, None, None
+        utt.final_seq += 1  # a result already on its way is stale
 
     def _announce(self, utt: _Utterance) -> None:
         self._emit(ev.SpeechStarted(round(utt.audio_start * 1000), utt.item_id))
@@ -479,47 +502,60 @@ class Session:
         active = self._active
         if active is not None and active.utt is utt and not active.reply.opened:
             await self._stop(active, None)  # nothing went out: roll back quietly
-            async with self._lock:
-                assert self._dialogue is not None
-                await self._dialogue.restore(active.mark)
+            await self._rollback(active)
+            self._last_is_tail = False
         if utt is None or utt.committed:
             self._open_utterance(d.audio_start, overlap=False)
             return
         self._forget_final(utt)
-        utt.audio_end, utt.pause_at = None, None
+        utt.audio_end, utt.pause_at, utt.replied, utt.quiet_s = None, None, False, 0.0
 
-    def _on_pause(self, d: tt.Pause, now: float) -> None:
+    async def _on_pause(self, d: tt.Pause, now: float) -> None:
         utt = self._utt
         if utt is None or utt.overlap:
             return
         utt.audio_end = d.audio_end
         utt.end_wall = self._wall_at(d.audio_end)
         utt.pause_at = now
-        if utt.final_task is None:
-            utt.final_task = self._spawn(self._final(utt))
+        if utt.final is not None:  # the early final is in: reply now
+            await self._reply_to(utt)
+        elif utt.final_task is None:
+            self._request_final(utt)
 
-    async def _final(self, utt: _Utterance) -> None:
+    def _request_final(self, utt: _Utterance) -> None:
+        utt.final_seq += 1
+        utt.final_task = self._spawn(self._final(utt, utt.final_seq))
+
+    async def _final(self, utt: _Utterance, seq: int) -> None:
         transcript = await self._recognizer.final()
-        self._post(_Final(utt, transcript.text.strip()))
+        self._post(_Final(utt, transcript.text.strip(), seq))
 
     async def _on_final(self, m: _Final, now: float) -> None:
         utt = m.utt
-        if utt.overlap:
-            if utt is self._utt:
-                utt.final = m.text
-                await self._feed(tt.AsrFinal(m.text), now)
-            return
-        if utt is not self._utt and not utt.ended.is_set():
-            return  # superseded (the caller resumed or was cut off)
+        if m.seq != utt.final_seq or (utt is not self._utt and not utt.ended.is_set()):
+            return  # superseded: the caller spoke on, resumed or was cut off
         utt.final = m.text
+        if utt.overlap:
+            await self._feed(tt.AsrFinal(m.text), now)
+            return
         utt.asr_final_wall = now
         if not utt.ended.is_set():
             await self._feed(tt.AsrFinal(m.text), now)
-        if utt.ended.is_set() and not _has_words(m.text):
-            self._discard(utt)
+        if utt.pause_at is not None or utt.ended.is_set():
+            await self._reply_to(utt)
+
+    async def _reply_to(self, utt: _Utterance) -> None:
+        """The caller paused and their words are known: answer (or just commit the turn)."""
+        assert utt.final is not None
+        if not _has_words(utt.final):
+            if utt.ended.is_set():
+                self._discard(utt)
             return
-        if _has_words(m.text) and self._auto_respond() and self._active is None:
-            await self._start_reply(utt, m.text)
+        if utt.replied:
+            return
+        if self._auto_respond() and self._active is None:
+            utt.replied = True
+            await self._start_reply(utt, utt.final)
         elif utt.ended.is_set():
             self._commit(utt)
 
@@ -537,15 +573,9 @@ class Session:
         self._utt = None  # the next speech is a new utterance
         if utt.final is None:
             if utt.final_task is None:
-                utt.final_task = self._spawn(self._final(utt))
+                self._request_final(utt)
             return  # _on_final finishes the turn
-        if not _has_words(utt.final):
-            self._discard(utt)
-        elif self._active is None or self._active.utt is not utt:
-            if self._auto_respond() and self._active is None:
-                await self._start_reply(utt, utt.final)
-            else:
-                self._commit(utt)
+        await self._reply_to(utt)
 
     def _discard(self, utt: _Utterance) -> None:
         """Speech with no words (a cough, noise): report its end, make no item of it."""
@@ -586,6 +616,7 @@ class Session:
                 async with self._lock:
                     assert self._dialogue is not None
                     await self._dialogue.set_user(partial.stable, final=False)
+                    self._last_is_tail = False
 
     async def _on_partial(self, m: _Partial, now: float) -> None:
         log.debug("session %s: partial %r stable %r", self.config.id, m.text, m.stable)
@@ -633,7 +664,8 @@ class Session:
         )
         mark = self._dialogue.mark()
         task = asyncio.create_task(self._reply_task(reply, user_text))
-        self._active = _ActiveReply(reply, task, utt, mark)
+        self._active = self._last = _ActiveReply(reply, task, utt, mark)
+        self._last_is_tail = True
         task.add_done_callback(lambda t: self._post(_ReplyEnded(t)))
 
     async def _reply_task(self, reply: Reply, user_text: str | None) -> None:
@@ -695,7 +727,7 @@ class Session:
         """Stop the reply playing now and keep only what the caller heard of it."""
         active = self._active
         if active is None:
-            if self._drain_pending and self._last is not None:
+            if self._drain_pending and self._last is not None and self._last_is_tail:
                 # the reply is fully sent but the caller is still hearing it
                 await self._truncate_heard(self._last, time.monotonic(), None)
                 self._drain_pending = False
@@ -853,6 +885,7 @@ class Session:
         async with self._lock:
             assert self._dialogue is not None
             await fn(self._dialogue)
+            self._last_is_tail = False
 
     async def _reopen(self, old: Dialogue, instructions: str) -> None:
         """A new system prompt: the conversation so far is carried over under it."""
@@ -884,7 +917,14 @@ class Session:
         self._last_item = item.id
 
     async def _on_item_truncate(self, m: ev.ItemTruncate, now: float) -> None:
-        target = self._active or self._last
+        last = self._last
+        moved_on = self._active is None and last is not None and not self._last_is_tail
+        if moved_on and last is not None and last.reply.item_id == m.item_id:
+            # the caller spoke since (a barge-in the server already truncated on its own
+            # estimate): the dialogue has moved on; acknowledge, change nothing
+            self._emit(ev.ItemTruncated(m.item_id, m.content_index, m.audio_end_ms))
+            return
+        target = self._active or (last if self._last_is_tail else None)
         if target is None or target.reply.item_id != m.item_id:
             raise ProtocolError(
                 "invalid_value",
