@@ -1,0 +1,603 @@
+"""Voice latency benchmark: a caller talking to Parley over ``/v1/realtime``, timed client side.
+
+Run (from the repository root, on a quiet machine: figures on a busy one are several times
+worse, see DESIGN.md):
+
+    .venv/bin/python bench/voice_latency.py                  # sessions 1,4,8, 16 turns each
+    .venv/bin/python bench/voice_latency.py --quick          # sessions 1,4, 3 turns (~3 min)
+    .venv/bin/python bench/voice_latency.py --url http://127.0.0.1:8000   # a running server
+    .venv/bin/python bench/voice_latency.py --barge-in onset # the other barge-in policy
+
+Without ``--url`` the real server (default models, ``configs/default.toml``, replies capped at
+``--reply-tokens``) runs in this process, in a thread with its own event loop; the client shares
+the process (and the GIL) with it. With ``--url`` the server's own config applies (start it
+with a short ``session.max_reply_tokens``, or turns last as long as its replies).
+
+Each session is one caller with a live microphone: 24 kHz PCM16 streamed at real time in 20 ms
+appends, silence between utterances, as a real client sends it. The speech is Piper's (noise off,
+so every run hears the same audio). Per session, turns alternate over a few short questions;
+every fourth turn (from the third) asks for a story and, one second into its audio, interrupts it.
+Each reply is heard to its end (its audio length after its first delta) plus a short gap. The
+interjection's own reply is heard out too but not counted (its turn began over the assistant).
+
+Measured, per turn (client clock, monotonic):
+  - end of speech -> first audio: from sending the 20 ms append that holds the utterance's last
+    sample above ``SPEECH_LEVEL`` to receiving the reply's first ``response.output_audio.delta``;
+  - the server's stages (``response.parley.metrics``, ms after the end of speech as it saw it);
+  - barge-in, from sending the interjection's first speech sample: to receiving the interrupted
+    response's ``response.done`` (status cancelled), "stopped" (an upper bound: the server sends
+    it right after it stopped the audio); to the last audio delta of that response received
+    after the onset, "last audio (>=)" (a lower bound: the server may have had nothing to send
+    for a while before it stopped); to the barge-in decision (the interjection's
+    ``input_audio_buffer.speech_started``, which the server sends just before it cancels), and
+    from the decision to "stopped"; beside the server's own ``barge_in_stop_ms`` (from the
+    speech onset its VAD found, which lags the first sample above ``SPEECH_LEVEL``).
+The same scenario runs with 1, 4, 8 concurrent sessions (staggered starts). In-process only, the
+one-session scenario also runs on a second server with ``hold_first_audio_s`` = ``--hold`` (the
+reply always waits for the end of turn to be confirmed) beside the default (0.15 s): one after
+the other, so on a noisy machine their ratio carries the noise of both runs.
+No asserts: these are figures to read, against the targets printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from audio.pcm import float32_to_pcm16
+from voice import assets
+from voice.config import ParleyConfig, load_config
+from voice.server import ModelDirs, running
+from voice.tts import Synthesizer, TtsConfig
+
+RATE = 24_000  # the Realtime API's default input: PCM16 mono at 24 kHz
+CHUNK = RATE // 50  # 20 ms appends
+SPEECH_LEVEL = 0.005  # |sample| above this is speech (about -46 dBFS; Piper's pauses are ~0)
+QUESTIONS = (
+    "What is the capital of France?",
+    "How many days are in a week?",
+    "Who wrote Romeo and Juliet?",
+    "What color is the sky?",
+    "How do I boil an egg?",
+    "Can you recommend a good book?",
+)
+STORY = "Please tell me a long story about a brave knight and a dragon."
+INTERJECTION = "Stop, wait a moment please."
+BARGE_EVERY, BARGE_FIRST = 4, 2  # turns 2, 6, 10, ... ask for the story and interrupt it
+HEAR_S = 1.0  # the caller hears this much of the story before interrupting
+GAP_S = 0.6  # silence after a reply ends before the next question
+STAGGER_S = 1.0  # session k starts k * STAGGER_S after the first
+TIMEOUT_S = 120.0  # for any one awaited event
+STAGES = ("end_of_turn_ms", "asr_final_ms", "first_token_ms", "first_chunk_ms", "first_audio_ms")
+TARGET_P50_MS, TARGET_P95_MS, TARGET_BARGE_P95_MS, TARGET_RATIO_4 = 400.0, 600.0, 150.0, 1.5
+
+
+# -- speech to send -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    text: str
+    pcm: bytes  # 24 kHz PCM16
+    onset: int  # sample index of the first speech sample
+    end: int  # sample index of the last speech sample
+
+
+def speech_bounds(audio: np.ndarray) -> tuple[int, int]:
+    loud = np.flatnonzero(np.abs(audio) > SPEECH_LEVEL)
+    assert len(loud), "synthesized audio holds no speech"
+    return int(loud[0]), int(loud[-1])
+
+
+def synthesize(tts_dir: Path, texts: list[str]) -> dict[str, Utterance]:
+    synth = Synthesizer(tts_dir, TtsConfig(noise_scale=0, noise_w_scale=0))
+    out = {}
+    for text in texts:
+        audio = synth.synthesize(text, RATE)
+        onset, end = speech_bounds(audio)
+        out[text] = Utterance(text, float32_to_pcm16(audio), onset, end)
+    return out
+
+
+# -- the client -----------------------------------------------------------------------------
+class Connection:
+    """A Realtime WebSocket: sends events, records every received one with its arrival time
+    (``_t``, monotonic) in ``events``."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.events: list[dict[str, Any]] = []
+        self._new = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                event = json.loads(msg.data)
+                event["_t"] = time.monotonic()
+                async with self._new:
+                    self.events.append(event)
+                    self._new.notify_all()
+
+    async def append(self, pcm: bytes) -> None:
+        audio = base64.b64encode(pcm).decode()
+        await self.ws.send_str(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
+
+    async def wait_for(
+        self, match: Callable[[dict[str, Any]], bool], after: int = 0
+    ) -> dict[str, Any]:
+        """The first event at index >= ``after`` that ``match``es (TimeoutError after a while)."""
+
+        def found() -> dict[str, Any] | None:
+            return next((e for e in self.events[after:] if match(e)), None)
+
+        async with asyncio.timeout(TIMEOUT_S), self._new:
+            await self._new.wait_for(lambda: found() is not None)
+        event = found()
+        assert event is not None
+        return event
+
+    def deltas(self, response_id: str) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.events
+            if e["type"] == "response.output_audio.delta" and e["response_id"] == response_id
+        ]
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        await self.ws.close()
+
+
+def of_type(kind: str, response_id: str | None = None) -> Callable[[dict[str, Any]], bool]:
+    def match(e: dict[str, Any]) -> bool:
+        rid = e.get("response_id") or e.get("response", {}).get("id")
+        return bool(e["type"] == kind and (response_id is None or rid == response_id))
+
+    return match
+
+
+@dataclass(slots=True)
+class Spoken:
+    """When an utterance's first and last speech samples were sent (monotonic)."""
+
+    utterance: Utterance
+    onset_at: float = 0.0
+    end_at: float = 0.0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class LiveMic:
+    """A microphone that never stops: 20 ms of audio per append at real time, silence when
+    nobody speaks. Each append leaves when its last sample is captured, as from a sound card."""
+
+    def __init__(self, send: Callable[[bytes], Awaitable[None]]) -> None:
+        self._send = send
+        self._queue: asyncio.Queue[Spoken] = asyncio.Queue()
+        self._task = asyncio.create_task(self._run())
+
+    async def say(self, utterance: Utterance) -> Spoken:
+        """Speak ``utterance``; returns once its last sample was sent."""
+        spoken = Spoken(utterance)
+        self._queue.put_nowait(spoken)
+        await spoken.done.wait()
+        return spoken
+
+    async def _run(self) -> None:
+        start, sent = time.monotonic(), 0
+        current, pos = None, 0
+        while True:
+            if current is None and not self._queue.empty():
+                current, pos = self._queue.get_nowait(), 0
+            await asyncio.sleep(max(0.0, start + (sent + CHUNK) / RATE - time.monotonic()))
+            if current is None:
+                await self._send(bytes(2 * CHUNK))
+            else:
+                await self._send(current.utterance.pcm[2 * pos : 2 * (pos + CHUNK)])
+                self._mark(current, pos, time.monotonic())
+                pos += CHUNK
+                if 2 * pos >= len(current.utterance.pcm):
+                    current.done.set()
+                    current = None
+            sent += CHUNK
+
+    @staticmethod
+    def _mark(spoken: Spoken, pos: int, now: float) -> None:
+        if pos <= spoken.utterance.onset < pos + CHUNK:
+            spoken.onset_at = now
+        if pos <= spoken.utterance.end < pos + CHUNK:
+            spoken.end_at = now
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
+# -- one caller -----------------------------------------------------------------------------
+@dataclass(slots=True)
+class Barge:
+    stopped_ms: float  # onset -> the interrupted response's response.done
+    last_audio_ms: float | None  # onset -> its last audio delta (None: none after the onset)
+    decision_ms: float | None  # onset -> the interjection's speech_started
+    server_ms: float | None  # the server's barge_in_stop_ms
+
+
+@dataclass(slots=True)
+class Results:
+    first_audio_ms: list[float] = field(default_factory=list)
+    stages: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    barges: list[Barge] = field(default_factory=list)
+    missed_barges: int = 0  # the story ended (or was not interrupted) before the interjection
+    failed_turns: int = 0  # no reply, or a reply without audio
+
+    def merge(self, other: Results) -> None:
+        self.first_audio_ms += other.first_audio_ms
+        for stage, values in other.stages.items():
+            self.stages[stage] += values
+        self.barges += other.barges
+        self.missed_barges += other.missed_barges
+        self.failed_turns += other.failed_turns
+
+
+@dataclass(slots=True)
+class Caller:
+    conn: Connection
+    mic: LiveMic
+    results: Results = field(default_factory=Results)
+
+    async def ask(self, utterance: Utterance) -> tuple[str, float] | None:
+        """Say ``utterance``; return (response id, first audio arrival), None with no audio."""
+        mark = len(self.conn.events)
+        spoken = await self.mic.say(utterance)
+        first = await self.conn.wait_for(
+            lambda e: e["type"] in ("response.output_audio.delta", "response.done"), mark
+        )
+        if first["type"] == "response.done":
+            self.results.failed_turns += 1
+            return None
+        self.results.first_audio_ms.append(1000 * (first["_t"] - spoken.end_at))
+        return first["response_id"], first["_t"]
+
+    async def hear_out(self, response_id: str, first_at: float) -> dict[str, Any]:
+        """Wait for the response to finish and its audio to play out (as a client plays it:
+        from its first delta, at real time); return its ``response.done``."""
+        done = await self.conn.wait_for(of_type("response.done", response_id))
+        audio_s = sum(len(e["delta"]) * 3 // 4 for e in self.conn.deltas(response_id)) / 2 / RATE
+        await asyncio.sleep(max(0.0, first_at + audio_s - time.monotonic()) + GAP_S)
+        return done
+
+    def record_stages(self, done: dict[str, Any]) -> None:
+        metrics = done["response"].get("parley", {}).get("metrics", {})
+        for stage in STAGES:
+            if metrics.get(stage) is not None:
+                self.results.stages[stage].append(metrics[stage])
+
+    async def question(self, utterance: Utterance) -> None:
+        reply = await self.ask(utterance)
+        if reply is not None:
+            self.record_stages(await self.hear_out(*reply))
+
+    async def barge_in(self, story: Utterance, interjection: Utterance) -> None:
+        reply = await self.ask(story)
+        if reply is None:
+            return
+        response_id = reply[0]
+        await asyncio.sleep(HEAR_S)
+        mark = len(self.conn.events)
+        spoken = await self.mic.say(interjection)
+        done = await self.conn.wait_for(of_type("response.done", response_id))
+        self.record_stages(done)
+        if done["response"]["status"] != "cancelled":
+            self.results.missed_barges += 1
+        else:
+            self.results.barges.append(self._barge(done, spoken, mark))
+        # the interjection is the caller's next turn: hear its reply out
+        nxt = await self.conn.wait_for(
+            lambda e: of_type("response.done")(e) and e["response"]["id"] != response_id, mark
+        )
+        deltas = self.conn.deltas(nxt["response"]["id"])
+        if deltas:
+            await self.hear_out(nxt["response"]["id"], deltas[0]["_t"])
+
+    def _barge(self, done: dict[str, Any], spoken: Spoken, mark: int) -> Barge:
+        onset = spoken.onset_at
+        late = [e["_t"] for e in self.conn.deltas(done["response"]["id"]) if e["_t"] >= onset]
+        started = [
+            e["_t"]
+            for e in self.conn.events[mark:]
+            if e["type"] == "input_audio_buffer.speech_started"
+        ]
+        metrics = done["response"].get("parley", {}).get("metrics", {})
+        return Barge(
+            stopped_ms=1000 * (done["_t"] - onset),
+            last_audio_ms=1000 * (late[-1] - onset) if late else None,
+            decision_ms=1000 * (started[0] - onset) if started else None,
+            server_ms=metrics.get("barge_in_stop_ms"),
+        )
+
+
+async def run_caller(
+    url: str, speech: dict[str, Utterance], turns: int, offset: int, delay: float
+) -> Results:
+    """One session: ``turns`` turns, questions rotated by ``offset``, starting after ``delay``."""
+    await asyncio.sleep(delay)
+    async with aiohttp.ClientSession() as http, http.ws_connect(url + "/v1/realtime") as ws:
+        conn = Connection(ws)
+        await conn.wait_for(of_type("session.created"))
+        caller = Caller(conn, LiveMic(conn.append))
+        try:
+            await asyncio.sleep(0.5)
+            for turn in range(turns):
+                await play_turn(caller, speech, turn, offset)
+        finally:
+            caller.mic.close()
+            await conn.close()
+    return caller.results
+
+
+async def play_turn(caller: Caller, speech: dict[str, Utterance], turn: int, offset: int) -> None:
+    try:
+        if turn % BARGE_EVERY == BARGE_FIRST:
+            await caller.barge_in(speech[STORY], speech[INTERJECTION])
+        else:
+            await caller.question(speech[QUESTIONS[(turn + offset) % len(QUESTIONS)]])
+    except TimeoutError:
+        caller.results.failed_turns += 1
+        await asyncio.sleep(GAP_S)
+
+
+async def run_sessions(
+    url: str, speech: dict[str, Utterance], sessions: int, turns: int
+) -> Results:
+    runs = [run_caller(url, speech, turns, k, k * STAGGER_S) for k in range(sessions)]
+    total = Results()
+    for results in await asyncio.gather(*runs):
+        total.merge(results)
+    return total
+
+
+# -- the server -----------------------------------------------------------------------------
+def model_dirs(config: ParleyConfig) -> ModelDirs:
+    registry = assets.load_registry(config.registry)
+    cache = config.cache_dir or assets.default_cache_dir()
+    m = config.models
+
+    def get(name: str) -> Path:
+        return assets.ensure(registry[name], cache)
+
+    return ModelDirs(
+        asr=get(m.asr), tts=get(m.tts), vad=get(m.vad) / "silero_vad.onnx", llm=get(m.llm),
+        llm_name=m.llm,
+    )  # fmt: skip
+
+
+@asynccontextmanager
+async def _listening(config: ParleyConfig, dirs: ModelDirs) -> AsyncIterator[str]:
+    async with running(config, dirs) as app:
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            host, port = runner.addresses[0][:2]
+            yield f"http://{host}:{port}"
+        finally:
+            await runner.cleanup()
+
+
+@contextmanager
+def server_thread(config: ParleyConfig, dirs: ModelDirs) -> Iterator[str]:
+    """The real server on a free port, in a thread with its own loop; yields its base URL."""
+    loop = asyncio.new_event_loop()
+    urls: list[str] = []
+    failed: list[BaseException] = []
+    started, stop = threading.Event(), asyncio.Event()
+
+    async def main() -> None:
+        try:
+            async with _listening(config, dirs) as url:
+                urls.append(url)
+                started.set()
+                await stop.wait()
+        except BaseException as err:
+            failed.append(err)
+            started.set()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    started.wait()
+    if failed:
+        raise failed[0]
+    try:
+        yield urls[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(60)
+        loop.close()
+
+
+# -- report ---------------------------------------------------------------------------------
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def summary(values: list[float]) -> str:
+    if not values:
+        return f"{'-':>5} {'-':>7} {'-':>7} {'-':>7}"
+    figures = (statistics.fmean(values), pct(values, 50), pct(values, 95))
+    return f"{len(values):5d} " + " ".join(f"{round(x):7d}" for x in figures)  # no "-0"
+
+
+def print_latency(by_sessions: dict[int, Results]) -> None:
+    print("\n## end of speech -> first audio (client, ms)")
+    print("sessions     n    mean     p50     p95  p50 vs 1  failed turns")
+    base = pct(by_sessions[min(by_sessions)].first_audio_ms, 50)
+    for n, r in by_sessions.items():
+        ratio = pct(r.first_audio_ms, 50) / base
+        print(f"{n:8d} {summary(r.first_audio_ms)}  {ratio:7.2f}x  {r.failed_turns:12d}")
+    print("\n## server stages, p50 (ms after the end of speech as the server saw it)")
+    print("sessions  " + "  ".join(f"{s.removesuffix('_ms'):>12}" for s in STAGES))
+    for n, r in by_sessions.items():
+        print(f"{n:8d}  " + "  ".join(f"{pct(r.stages[s], 50):12.0f}" for s in STAGES))
+
+
+def print_barge_in(by_sessions: dict[int, Results]) -> None:
+    print("\n## barge-in (ms after the interjection's first speech sample was sent)")
+    print("sessions  measure                      n    mean     p50     p95")
+    for n, r in by_sessions.items():
+        rows: dict[str, list[float | None]] = {
+            "onset -> stopped (done)": [b.stopped_ms for b in r.barges],
+            "onset -> last audio (>=)": [b.last_audio_ms for b in r.barges],
+            "onset -> decision": [b.decision_ms for b in r.barges],
+            "decision -> stopped": [
+                b.stopped_ms - b.decision_ms for b in r.barges if b.decision_ms is not None
+            ],
+            "server barge_in_stop_ms": [b.server_ms for b in r.barges],
+        }
+        for label, values in rows.items():
+            kept = [v for v in values if v is not None]
+            print(f"{n:8d}  {label:26s} {summary(kept)}")
+        if r.missed_barges:
+            print(f"{n:8d}  ({r.missed_barges} stories ended before the interjection)")
+
+
+def print_hold(default: Results, held: Results, default_s: float, hold_s: float) -> None:
+    print("\n## trade-off: first audio held for the end of turn (1 session, client ms)")
+    print("hold_first_audio_s     n    mean     p50     p95")
+    print(f"{default_s:18.2f} {summary(default.first_audio_ms)}   (default: soon after the pause)")
+    print(f"{hold_s:18.2f} {summary(held.first_audio_ms)}   (always the confirmed end of turn)")
+
+
+def target_rows(
+    by_sessions: dict[int, Results], held: Results | None
+) -> list[tuple[str, float, float | None, str]]:
+    """(figure, measured, target or None, unit) for the summary table."""
+    one = by_sessions[min(by_sessions)]
+    p50, p95 = pct(one.first_audio_ms, 50), pct(one.first_audio_ms, 95)
+    barge = [b.stopped_ms for b in one.barges]
+    rows: list[tuple[str, float, float | None, str]] = [
+        ("1 session: end of speech -> first audio p50", p50, TARGET_P50_MS, "ms"),
+        ("1 session: end of speech -> first audio p95", p95, TARGET_P95_MS, "ms"),
+        ("1 session: barge-in onset -> stopped p95", pct(barge, 95), TARGET_BARGE_P95_MS, "ms"),
+    ]
+    for n, r in by_sessions.items():
+        if n != min(by_sessions):
+            ratio = pct(r.first_audio_ms, 50) / p50
+            target = TARGET_RATIO_4 if n == 4 else None
+            rows.append((f"{n} sessions: p50 / 1-session p50", ratio, target, "x"))
+    if held is not None:
+        for q, base in ((50, p50), (95, p95)):
+            ratio = pct(held.first_audio_ms, q) / base
+            rows.append((f"held first audio: p{q} / default p{q}", ratio, None, "x"))
+    return rows
+
+
+def print_targets(rows: list[tuple[str, float, float | None, str]]) -> None:
+    print("\n## summary against the targets")
+    print(f"{'figure':46s} {'measured':>9} {'target':>9}  met")
+    for label, value, target, unit in rows:
+        digits = 0 if unit == "ms" else 2
+        measured = f"{value:.{digits}f} {unit}"
+        if target is None:
+            print(f"{label:46s} {measured:>9} {'-':>9}")
+            continue
+        met = "-" if np.isnan(value) else "yes" if value <= target else "no"
+        print(f"{label:46s} {measured:>9} {f'{target:.{digits}f} {unit}':>9}  {met}")
+
+
+# -- entry point ----------------------------------------------------------------------------
+async def scenario(
+    url: str, speech: dict[str, Utterance], counts: list[int], turns: int
+) -> dict[int, Results]:
+    by_sessions = {}
+    for n in counts:
+        load = os.getloadavg()[0]
+        print(f"# {n} session(s), {turns} turns each ... (load average {load:.2f})", flush=True)
+        by_sessions[n] = await run_sessions(url, speech, n, turns)
+    return by_sessions
+
+
+def bench_config(args: argparse.Namespace, hold_s: float | None = None) -> ParleyConfig:
+    """The default profile with the flags' reply length and barge-in policy (and
+    ``hold_first_audio_s`` if given)."""
+    config = load_config()
+    config.session.max_reply_tokens = args.reply_tokens
+    if args.barge_in is not None:
+        config.turns.barge_in = args.barge_in
+    if hold_s is not None:
+        config.session.hold_first_audio_s = hold_s
+    return config
+
+
+def in_process(args: argparse.Namespace, speech: dict[str, Utterance]) -> None:
+    config = bench_config(args)
+    dirs = model_dirs(config)
+    with server_thread(config, dirs) as url:
+        by_sessions = asyncio.run(scenario(url, speech, args.sessions, args.turns))
+    held = None
+    if 1 in by_sessions:
+        print(f"# server with hold_first_audio_s = {args.hold:g}")
+        with server_thread(bench_config(args, args.hold), dirs) as url:
+            held = asyncio.run(scenario(url, speech, [1], args.turns))[1]
+    report(by_sessions)
+    if held is not None:
+        print_hold(by_sessions[1], held, config.session.hold_first_audio_s, args.hold)
+    print_targets(target_rows(by_sessions, held))
+
+
+def report(by_sessions: dict[int, Results]) -> None:
+    print_latency(by_sessions)
+    print_barge_in(by_sessions)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--url", help="a running server (base URL); default: start one in-process")
+    p.add_argument("--sessions", default="1,4,8", help="concurrency levels (default 1,4,8)")
+    p.add_argument("--turns", type=int, default=16, help="turns per session (default 16)")
+    p.add_argument("--quick", action="store_true", help="sessions 1,4 and 3 turns (~3 min)")
+    p.add_argument("--reply-tokens", type=int, default=40, help="in-process max_reply_tokens")
+    p.add_argument("--hold", type=float, default=10.0, help="the held hold_first_audio_s")
+    p.add_argument(
+        "--barge-in",
+        choices=["confirm", "onset"],
+        help="in-process turns.barge_in (default: the profile's)",
+    )
+    args = p.parse_args()
+    if args.quick:
+        args.sessions, args.turns = "1,4", 3
+    args.sessions = sorted({int(n) for n in args.sessions.split(",")})
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    config = load_config()
+    tts_dir = assets.ensure(assets.load_registry()[config.models.tts], assets.default_cache_dir())
+    speech = synthesize(tts_dir, [*QUESTIONS, STORY, INTERJECTION])
+    print(f"load average: {os.getloadavg()[0]:.2f} (above ~0.5 is not a quiet machine)")
+    if args.url:
+        by_sessions = asyncio.run(scenario(args.url.rstrip("/"), speech, args.sessions, args.turns))
+        report(by_sessions)
+        print_targets(target_rows(by_sessions, None))
+    else:
+        in_process(args, speech)
+    print(f"\nload average: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
