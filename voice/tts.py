@@ -8,6 +8,7 @@ chunk of one reply a different loudness.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,11 @@ class TtsConfig:
     noise_scale: float | None = None
     noise_w_scale: float | None = None
     volume: float = 1.0
+    threads: int = 1  # onnxruntime intra-op threads; see configs/default.toml [tts]
 
     def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ValueError("tts.threads must be >= 1")
         if self.length_scale is not None and not 0.25 <= self.length_scale <= 4:
             raise ValueError("tts.length_scale must be within [0.25, 4]")
         if not 0 < self.volume <= 4:
@@ -38,11 +42,21 @@ class Synthesizer:
     """Text to float32 mono audio. Not thread-safe: one caller at a time."""
 
     def __init__(self, model_dir: Path, config: TtsConfig | None = None) -> None:
-        from piper.config import SynthesisConfig
+        import onnxruntime
+        from piper.config import PiperConfig, SynthesisConfig
         from piper.voice import PiperVoice
 
         self.config = config or TtsConfig()
-        self._voice = PiperVoice.load(model_dir / "voice.onnx", model_dir / "voice.onnx.json")
+        # built here rather than by PiperVoice.load, which gives onnxruntime its default
+        # thread count: a spinning thread pool on cores the LLM and ASR also use
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.config.threads
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(
+            str(model_dir / "voice.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        voice_config = json.loads((model_dir / "voice.onnx.json").read_text(encoding="utf-8"))
+        self._voice = PiperVoice(config=PiperConfig.from_dict(voice_config), session=session)
         self._syn = SynthesisConfig(
             length_scale=self.config.length_scale,
             noise_scale=self.config.noise_scale,
