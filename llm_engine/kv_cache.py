@@ -9,15 +9,20 @@ torch-free :mod:`llm_engine.block_manager`; this module only stores and reads.
 Paged attention is gather-based: each step the runner turns the block tables into one flat
 index of context slots ``[B * S]``; every layer scatters its new K/V into the pool, gathers the
 ``S`` context rows of each sequence with one ``index_select`` and runs SDPA with a mask.
+Decode steps on CPU in float32 skip the gather, the padding to the longest context and the
+mask: a C kernel (:mod:`llm_engine.cpu_kernel`) walks each sequence's block table in the pool.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from llm_engine import cpu_kernel
 
 
 @dataclass(slots=True)
@@ -29,12 +34,19 @@ class AttnMeta:
     included), or ``None`` when the batch has no earlier context (attend to the new tokens only,
     causally). ``mask``: ``[B, 1, T, S]`` bool (True = attend) or ``None`` when every query
     sees all ``S`` keys.
+
+    A decode (``T == 1``) with ``kernel`` set skips the gather: :func:`cpu_kernel.paged_decode`
+    reads the pool through ``tables`` (``[B, nb]`` int64 block tables, zero-padded) and
+    ``lens`` (``[B]`` int64 context lengths, the new token included).
     """
 
     slots: Tensor
     ctx_slots: Tensor | None
     mask: Tensor | None
     ctx_len: int
+    kernel: Any = None
+    tables: Tensor | None = None
+    lens: Tensor | None = None
 
 
 class KVCache:
@@ -73,6 +85,9 @@ def paged_attention(q: Tensor, kv: Tensor, pool: Tensor, meta: AttnMeta) -> Tens
     Hkv = kv.shape[3]
     flat = pool.view(-1, 2 * Hkv * D)  # [num_slots, 2 Hkv D]
     flat.index_copy_(0, meta.slots, kv.reshape(B * T, 2 * Hkv * D))
+    if meta.kernel is not None and T == 1:
+        assert meta.tables is not None and meta.lens is not None
+        return cpu_kernel.paged_decode(meta.kernel, q, pool, meta.tables, meta.lens, pool.shape[1])
     if meta.ctx_slots is None:  # a fresh prefill sees only itself
         keys, values, causal = kv[:, :, 0], kv[:, :, 1], T > 1  # [B, T, Hkv, D] each
     else:

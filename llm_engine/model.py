@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from llm_engine import cpu_kernel
 from llm_engine.config import ModelConfig
 from llm_engine.kv_cache import AttnMeta, KVCache, paged_attention
 from llm_engine.quant import Int8Weight, linear, quantize_int8
@@ -84,6 +85,9 @@ class Transformer:
         self.cfg = cfg
         self.w = weights
         self.rope = rope_tables(cfg, max_len, weights.embed.dtype, str(weights.embed.device))
+        # float32 on CPU: RMSNorm and RoPE as single C calls (torch runs each as ~8 small ops)
+        fp32_cpu = weights.embed.device.type == "cpu" and weights.embed.dtype == torch.float32
+        self.kernel = cpu_kernel.load() if fp32_cpu else None
 
     def quantize_int8(self, keep_full: bool) -> None:
         """Switch every projection and the head to int8 weights (see :mod:`llm_engine.quant`)."""
@@ -97,22 +101,40 @@ class Transformer:
 
     def forward(self, input_ids: Tensor, positions: Tensor, kv: KVCache, meta: AttnMeta) -> Tensor:
         """input_ids, positions: [B, T] int64 -> final hidden states [B, T, hidden]."""
-        cfg = self.cfg
+        cfg, layers = self.cfg, self.w.layers
         H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         B, T = input_ids.shape
-        cos, sin = self.rope[:, positions].unsqueeze(3)  # each [B, T, 1, D]
-        x = F.embedding(input_ids, self.w.embed)  # [B, T, hidden]
-        for i, lw in enumerate(self.w.layers):
-            h = F.rms_norm(x, (x.shape[-1],), lw.attn_norm, cfg.rms_norm_eps)
+        x = F.embedding(input_ids, self.w.embed)  # [B, T, hidden], the residual stream
+        h = self._add_norm(x, None, layers[0].attn_norm)
+        for i, lw in enumerate(layers):
             qkv = linear(h, lw.qkv, lw.qkv_bias).view(B, T, H + 2 * Hkv, D)
-            apply_rope_(qkv[:, :, : H + Hkv], cos, sin)  # q and k heads together
+            self._rope_(qkv, H + Hkv, positions)  # q and k heads together
             kv_new = qkv[:, :, H:].view(B, T, 2, Hkv, D)  # k heads then v heads
             attn = paged_attention(qkv[:, :, :H], kv_new, kv.kv[i], meta)  # [B, T, H D]
-            x = x + linear(attn, lw.o)
-            h = F.rms_norm(x, (x.shape[-1],), lw.mlp_norm, cfg.rms_norm_eps)
+            h = self._add_norm(x, linear(attn, lw.o), lw.mlp_norm)
             gate, up = linear(h, lw.gate_up).chunk(2, dim=-1)  # [B, T, inter] each
-            x = x + linear(F.silu(gate) * up, lw.down)
-        return F.rms_norm(x, (x.shape[-1],), self.w.norm, cfg.rms_norm_eps)
+            nxt = layers[i + 1].attn_norm if i + 1 < len(layers) else self.w.norm
+            h = self._add_norm(x, linear(F.silu(gate) * up, lw.down), nxt)
+        return h
+
+    def _add_norm(self, x: Tensor, r: Tensor | None, w: Tensor) -> Tensor:
+        """x += r in place (when given), then RMSNorm(x) * w. x, r: [B, T, hidden]."""
+        if self.kernel is not None:
+            r = None if r is None else r.contiguous()
+            return cpu_kernel.rms_norm(self.kernel, x, r, w, self.cfg.rms_norm_eps)
+        if r is not None:
+            x.add_(r)
+        return F.rms_norm(x, (x.shape[-1],), w, self.cfg.rms_norm_eps)
+
+    def _rope_(self, qkv: Tensor, heads: int, positions: Tensor) -> None:
+        """In place on heads [0, heads) of qkv: [B, T, n_heads, D]; positions: [B, T]."""
+        B, T, n, D = qkv.shape
+        if self.kernel is not None and qkv.is_contiguous():
+            cpu_kernel.rope_(self.kernel, qkv.view(B * T, n, D), heads, self.rope,
+                             positions.reshape(-1).contiguous())  # fmt: skip
+            return
+        cos, sin = self.rope[:, positions].unsqueeze(3)  # each [B, T, 1, D]
+        apply_rope_(qkv[:, :, :heads], cos, sin)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden: [N, hidden] -> logits [N, vocab] in float32."""

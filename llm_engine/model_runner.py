@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from llm_engine import cpu_kernel
 from llm_engine.kv_cache import AttnMeta, KVCache
 from llm_engine.model import Transformer
 from llm_engine.scheduler import ScheduledBatch, Sequence
@@ -39,6 +40,8 @@ class ModelRunner:
         self.block_size = kv.block_size
         self._offsets = torch.arange(kv.block_size, device=self.device)
         self._forward: Callable[..., Tensor] = model.forward
+        on_cpu_fp32 = self.device.type == "cpu" and kv.kv.dtype == torch.float32
+        self._attn_kernel = cpu_kernel.load() if on_cpu_fp32 else None
         if compile:
             self._forward = _compiled_or_eager(model.forward)
 
@@ -78,16 +81,22 @@ class ModelRunner:
         B = len(seqs)
         pos = [s.num_cached for s in seqs]
         ids = self._tensor([[s.tokens[p]] for s, p in zip(seqs, pos, strict=True)])  # [B, 1]
+        slots = self._tensor([self._slot(s.block_table, p) for s, p in zip(seqs, pos, strict=True)])
         ctx_len = max(pos) + 1
+        if self._attn_kernel is not None:  # reads the pool through the block tables
+            nb = -(-ctx_len // self.block_size)
+            tables = self._tensor([s.block_table[:nb] + [0] * (nb - len(s.block_table[:nb]))
+                                   for s in seqs])  # fmt: skip
+            lens = self._tensor([p + 1 for p in pos])
+            meta = AttnMeta(slots, None, None, ctx_len, self._attn_kernel, tables, lens)
+            return self._forward(ids, self._tensor(pos).view(B, 1), self.kv, meta)[:, 0]
         mask = None
         if B > 1:
             lens = self._tensor([p + 1 for p in pos])
             arange = torch.arange(ctx_len, device=self.device)
             mask = (arange[None, :] < lens[:, None]).view(B, 1, 1, ctx_len)
         meta = AttnMeta(
-            slots=self._tensor(
-                [self._slot(s.block_table, p) for s, p in zip(seqs, pos, strict=True)]
-            ),
+            slots=slots,
             ctx_slots=self._ctx_slots([s.block_table for s in seqs], ctx_len),
             mask=mask,
             ctx_len=ctx_len,

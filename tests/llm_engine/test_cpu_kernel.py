@@ -1,0 +1,86 @@
+"""The C kernels of :mod:`llm_engine.cpu_kernel` against the torch math they replace."""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llm_engine import cpu_kernel
+from llm_engine.model import apply_rope_
+from llm_engine.quant import linear, quantize_int8
+
+
+@pytest.fixture(scope="module")
+def lib() -> ctypes.CDLL:
+    built = cpu_kernel.load()
+    if built is None:
+        pytest.skip("no gcc, AVX2 or bundled libgomp here: torch's kernels serve instead")
+    return built
+
+
+@pytest.mark.parametrize(("rows", "k"), [(1, 576), (1, 100), (2, 64), (3, 160), (7, 96)])
+def test_q8_linear_matches_dequantized(lib: ctypes.CDLL, rows: int, k: int) -> None:
+    """Every row tiling (4, 2, 1) and a K that is not a multiple of 8 or 32."""
+    torch.manual_seed(0)
+    w, x, bias = torch.randn(48, k), torch.randn(rows, k), torch.randn(48)
+    q = quantize_int8(w, keep_full=False)
+    assert q.scale32 is not None
+    ref = x @ (q.q.float() * q.scale32[:, None]).T + bias
+    got = cpu_kernel.q8_linear(lib, x, q.q, q.scale32, bias)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_one_row_linear_uses_the_kernel(lib: ctypes.CDLL) -> None:
+    torch.manual_seed(0)
+    w, x = torch.randn(96, 64), torch.randn(1, 1, 64)
+    q = quantize_int8(w, keep_full=True)
+    assert q.kernel is lib
+    got = linear(x, q, torch.ones(96))
+    ref = x @ (q.q.float() * q.scale.float()[:, None]).T + 1
+    assert got.shape == (1, 1, 96)
+    assert (got - ref).abs().max() / ref.abs().max() < 1e-2  # bf16 scales in the reference
+
+
+def test_paged_decode_matches_sdpa(lib: ctypes.CDLL) -> None:
+    """Three sequences of different lengths, scattered blocks, GQA 6:2."""
+    torch.manual_seed(0)
+    B, H, Hkv, D, bs, nb = 3, 6, 2, 16, 4, 12
+    pool = torch.randn(nb, bs, 2, Hkv, D)
+    tables = torch.tensor([[5, 2, 9, 0], [1, 0, 0, 0], [11, 3, 7, 4]])
+    lens = torch.tensor([10, 3, 16])
+    q = torch.randn(B, 1, H + 2 * Hkv, D)[:, :, :H]  # strided rows, as the model passes it
+    got = cpu_kernel.paged_decode(lib, q, pool, tables, lens, bs)
+    for b in range(B):
+        S = int(lens[b])
+        ctx = pool[tables[b]].reshape(-1, 2, Hkv, D)[:S]  # [S, 2, Hkv, D]
+        ref = F.scaled_dot_product_attention(
+            q[b].transpose(0, 1), ctx[:, 0].transpose(0, 1), ctx[:, 1].transpose(0, 1),
+            enable_gqa=True,
+        )  # fmt: skip
+        torch.testing.assert_close(got[b, 0], ref.transpose(0, 1).reshape(-1))
+
+
+def test_rms_norm_adds_the_residual_in_place(lib: ctypes.CDLL) -> None:
+    torch.manual_seed(0)
+    x, r, w = torch.randn(2, 3, 64), torch.randn(2, 3, 64), torch.randn(64)
+    want_x = x + r
+    want = F.rms_norm(want_x, (64,), w, 1e-5)
+    got = cpu_kernel.rms_norm(lib, x, r, w, 1e-5)
+    torch.testing.assert_close(x, want_x)
+    torch.testing.assert_close(got, want)
+
+
+def test_rope_matches_torch(lib: ctypes.CDLL) -> None:
+    torch.manual_seed(0)
+    D, max_len = 16, 50
+    table = torch.randn(2, max_len, D)
+    x = torch.randn(5, 7, D)
+    pos = torch.tensor([0, 3, 49, 7, 7])
+    want = x.clone()
+    cos, sin = table[:, pos].unsqueeze(2)  # [5, 1, D] each
+    apply_rope_(want[:, :4], cos, sin)
+    cpu_kernel.rope_(lib, x, 4, table, pos)
+    torch.testing.assert_close(x, want)
