@@ -41,6 +41,7 @@ lint: $(INSTALLED)
 bench: models
 	$(BIN)/python bench/speech.py
 	$(BIN)/python bench/llm.py
+	$(BIN)/python bench/voice_latency.py
 
 clean:
 	rm -rf $(VENV)
