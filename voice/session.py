@@ -57,6 +57,8 @@ ASR_RATE = 16_000
 FRAME = SileroVad.FRAME_SAMPLES  # 32 ms at 16 kHz
 FRAME_S = FRAME / ASR_RATE
 TICK_S = 0.05
+PARTIAL_POLL_S = 0.05
+OVERLAP_PARTIAL_S = 0.2
 _WORD = re.compile(r"\w")
 
 # Small models follow short, plain instructions best (SmolLM2-135M answers a question in the
@@ -603,12 +605,13 @@ class Session:
 
     # -- partial transcripts ----------------------------------------------------------------
     async def _partial_loop(self, utt: _Utterance) -> None:
-        interval = self._svc.streaming.partial_interval_s
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(PARTIAL_POLL_S)
             if self._turns.state not in ("speaking", "overlap"):
                 continue
-            if not self._recognizer.partial_due():
+            # over the assistant, partials come faster: they decide barge-in vs backchannel
+            interval = OVERLAP_PARTIAL_S if utt.overlap else None
+            if not self._recognizer.partial_due(interval):
                 continue
             partial = await self._recognizer.partial()
             self._post(_Partial(utt, partial.text, partial.stable))

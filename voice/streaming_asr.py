@@ -435,15 +435,18 @@ class StreamingRecognizer:
         check_audio(audio, "frame")
         self._buffer.append(audio)
 
-    def partial_due(self) -> bool:
+    def partial_due(self, interval_s: float | None = None) -> bool:
+        """Whether a partial should be requested now: none is running and ``interval_s``
+        (default ``config.partial_interval_s``) of audio came since the last request."""
         if self._in_flight:
             return False
         if self._seal_due():
             return True
+        interval = self.config.partial_interval_s if interval_s is None else interval_s
         since = self._sealed_samples + len(self._buffer) - self._requested_at
         return (
             len(self._buffer) >= self.config.min_partial_audio_s * SAMPLE_RATE
-            and since >= self.config.partial_interval_s * SAMPLE_RATE
+            and since >= interval * SAMPLE_RATE
         )
 
     async def partial(self) -> Partial:
