@@ -213,6 +213,7 @@ class _ActiveReply:
     utt: _Utterance | None
     mark: Any
     created_at: float = field(default_factory=time.monotonic)
+    reply_mark: Any = None  # after the user's turn went in, before the reply
     cancel_reason: ev.CancelReason | None = None
     onset_wall: float | None = None
 
@@ -666,16 +667,21 @@ class Session:
             opener=lambda: self._open_reply(reply, utt, mods),
         )
         mark = self._dialogue.mark()
-        task = asyncio.create_task(self._reply_task(reply, user_text))
+        holder: list[_ActiveReply] = []  # the task first runs after _ActiveReply exists
+        task = asyncio.create_task(self._reply_task(reply, user_text, holder))
         self._active = self._last = _ActiveReply(reply, task, utt, mark)
+        holder.append(self._active)
         self._last_is_tail = True
         task.add_done_callback(lambda t: self._post(_ReplyEnded(t)))
 
-    async def _reply_task(self, reply: Reply, user_text: str | None) -> None:
+    async def _reply_task(
+        self, reply: Reply, user_text: str | None, holder: list[_ActiveReply]
+    ) -> None:
         assert self._dialogue is not None
         async with self._lock:
             if user_text is not None:
                 await self._dialogue.set_user(user_text, final=True)
+            holder[0].reply_mark = self._dialogue.mark()
             await reply.run()
 
     async def _open_reply(
@@ -742,10 +748,22 @@ class Session:
         if active.reply.opened:
             await self._truncate_heard(active, stopped, None)
         else:
-            await self._rollback(active)
+            await self._undo_reply(active)
         self._finish(active, "cancelled", None, stopped)
         if active.reply.audio:
             await self._feed(tt.Playout(False), stopped)
+
+    async def _undo_reply(self, active: _ActiveReply) -> None:
+        """Nothing of the reply was heard: remove it, keeping the user's committed turn."""
+        assert self._dialogue is not None
+        utt = active.utt
+        async with self._lock:
+            if active.reply_mark is not None:
+                await self._dialogue.restore(active.reply_mark)
+                return
+            await self._dialogue.restore(active.mark)
+            if utt is not None and utt.committed and utt.final:
+                await self._dialogue.set_user(utt.final, final=True)
 
     async def _rollback(self, active: _ActiveReply) -> None:
         async with self._lock:
@@ -761,7 +779,7 @@ class Session:
         heard = reply.playout.heard_chars(reply.text, played) if reply.audio else len(reply.text)
         assert self._dialogue is not None
         if heard == 0:
-            await self._rollback(active)  # nothing heard: as if the reply never started
+            await self._undo_reply(active)
             kept = ""
         else:
             async with self._lock:

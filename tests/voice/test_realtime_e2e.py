@@ -165,3 +165,22 @@ async def test_g711_ulaw_session(client, say, transcriber):
     audio = decode(client.audio(done["response"]["id"]), "ulaw")
     assert len(audio) > 4000
     assert normalize(transcriber.transcribe(resample(audio, 8000, 16_000)).text).split()
+
+
+async def test_a_turn_right_after_a_turn_keeps_both_in_the_conversation(client, say, voice_app):
+    """The caller speaks again just after the end of their turn, before its reply is audible:
+    the reply is cut (or never heard) but the first turn's words stay in the conversation."""
+    client.start_mic()
+    await client.say(say(QUESTION))
+    await asyncio.sleep(0.45)  # past the end of turn (0.4 s after a complete sentence)
+    await client.say(say("And what about Germany?"))
+    deadline = asyncio.get_running_loop().time() + 90
+    session = session_of(voice_app, client)
+    while True:
+        users = [normalize(m["content"]) for m in session._dialogue.history if m["role"] == "user"]
+        if any("germany" in u for u in users) or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    await client.wait_for("response.done", timeout=60)
+    assert any({"capital", "france"} <= set(u.split()) for u in users), users
+    assert any("germany" in u.split() for u in users), users
