@@ -48,24 +48,21 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
-from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from audio.pcm import float32_to_pcm16
 from voice import assets
 from voice.config import ParleyConfig, load_config
-from voice.server import ModelDirs, running
+from voice.server import ModelDirs, serve_in_thread
 from voice.tts import Synthesizer, TtsConfig
 
 RATE = 24_000  # the Realtime API's default input: PCM16 mono at 24 kHz
@@ -375,59 +372,7 @@ async def run_sessions(
 def model_dirs(config: ParleyConfig) -> ModelDirs:
     registry = assets.load_registry(config.registry)
     cache = config.cache_dir or assets.default_cache_dir()
-    m = config.models
-
-    def get(name: str) -> Path:
-        return assets.ensure(registry[name], cache)
-
-    return ModelDirs(
-        asr=get(m.asr), tts=get(m.tts), vad=get(m.vad) / "silero_vad.onnx", llm=get(m.llm),
-        llm_name=m.llm,
-    )  # fmt: skip
-
-
-@asynccontextmanager
-async def _listening(config: ParleyConfig, dirs: ModelDirs) -> AsyncIterator[str]:
-    async with running(config, dirs) as app:
-        runner = web.AppRunner(app, handle_signals=False)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            host, port = runner.addresses[0][:2]
-            yield f"http://{host}:{port}"
-        finally:
-            await runner.cleanup()
-
-
-@contextmanager
-def server_thread(config: ParleyConfig, dirs: ModelDirs) -> Iterator[str]:
-    """The real server on a free port, in a thread with its own loop; yields its base URL."""
-    loop = asyncio.new_event_loop()
-    urls: list[str] = []
-    failed: list[BaseException] = []
-    started, stop = threading.Event(), asyncio.Event()
-
-    async def main() -> None:
-        try:
-            async with _listening(config, dirs) as url:
-                urls.append(url)
-                started.set()
-                await stop.wait()
-        except BaseException as err:
-            failed.append(err)
-            started.set()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    started.wait()
-    if failed:
-        raise failed[0]
-    try:
-        yield urls[0]
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(60)
-        loop.close()
+    return ModelDirs.for_config(config, lambda name: assets.ensure(registry[name], cache))
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -546,12 +491,12 @@ def bench_config(args: argparse.Namespace, hold_s: float | None = None) -> Parle
 def in_process(args: argparse.Namespace, speech: dict[str, Utterance]) -> None:
     config = bench_config(args)
     dirs = model_dirs(config)
-    with server_thread(config, dirs) as url:
+    with serve_in_thread(config, dirs) as (url, _):
         by_sessions = asyncio.run(scenario(url, speech, args.sessions, args.turns))
     held = None
     if 1 in by_sessions:
         print(f"# server with hold_first_audio_s = {args.hold:g}")
-        with server_thread(bench_config(args, args.hold), dirs) as url:
+        with serve_in_thread(bench_config(args, args.hold), dirs) as (url, _):
             held = asyncio.run(scenario(url, speech, [1], args.turns))[1]
     report(by_sessions)
     if held is not None:

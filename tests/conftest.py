@@ -110,20 +110,12 @@ def smol_engine(smol_engine_session: object) -> Iterator[object]:
 def voice_app(model_dir) -> Iterator[tuple[str, object]]:
     """(base URL, aiohttp app) of a real Parley server on the default models and config, as
     ``parley serve`` runs it, shared by the end-to-end tests of the whole run."""
-    from tests.voice.server_thread import server_thread
     from voice.config import load_config
-    from voice.server import ModelDirs
+    from voice.server import ModelDirs, serve_in_thread
 
     config = load_config()
     config.session.max_reply_tokens = 48  # ~10 s of speech: the tests need no more
-    dirs = ModelDirs(
-        asr=model_dir(config.models.asr),
-        tts=model_dir(config.models.tts),
-        vad=model_dir(config.models.vad) / "silero_vad.onnx",
-        llm=model_dir(config.models.llm),
-        llm_name=config.models.llm,
-    )
-    with server_thread(config, dirs) as (url, app):
+    with serve_in_thread(config, ModelDirs.for_config(config, model_dir)) as (url, app):
         yield url, app
 
 

@@ -160,19 +160,8 @@ def cmd_serve(args: argparse.Namespace, config: ParleyConfig) -> int:
         config.server.host = args.host
     if args.port is not None:
         config.server.port = args.port
-    if config.llm.backend == "remote":
-        assert config.llm.remote is not None
-        llm_dir, name = None, config.llm.remote.model
-    else:
-        llm_dir, name = _llm_dir(config, args.model)
-    m = config.models
-    dirs = ModelDirs(
-        asr=_model_dir(config, m.asr),
-        tts=_model_dir(config, m.tts),
-        vad=_model_dir(config, m.vad) / "silero_vad.onnx",
-        llm=llm_dir,
-        llm_name=name,
-    )
+    llm = _llm_dir(config, args.model) if config.llm.backend == "local" else None
+    dirs = ModelDirs.for_config(config, lambda name: _model_dir(config, name), llm)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     loop_factory: Callable[[], asyncio.AbstractEventLoop]
     try:

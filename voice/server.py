@@ -14,7 +14,8 @@ import contextlib
 import json
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,31 @@ class ModelDirs:
     llm: Path | None
     llm_name: str
 
+    @classmethod
+    def for_config(
+        cls,
+        config: ParleyConfig,
+        prepared: Callable[[str], Path],
+        llm: tuple[Path, str] | None = None,
+    ) -> ModelDirs:
+        """Each role's model named in ``config.models``, located by ``prepared(name)``.
+
+        ``llm`` (a directory or file and its name) overrides ``[models].llm``; with
+        ``[llm] backend = "remote"`` there is no local LLM, only the remote model's name."""
+        m = config.models
+        if config.llm.backend == "remote":
+            assert config.llm.remote is not None  # checked when the config was read
+            llm_dir, name = None, config.llm.remote.model
+        else:
+            llm_dir, name = llm if llm is not None else (prepared(m.llm), m.llm)
+        return cls(
+            asr=prepared(m.asr),
+            tts=prepared(m.tts),
+            vad=prepared(m.vad) / "silero_vad.onnx",
+            llm=llm_dir,
+            llm_name=name,
+        )
+
 
 @contextlib.asynccontextmanager
 async def running(config: ParleyConfig, dirs: ModelDirs) -> AsyncIterator[web.Application]:
@@ -218,22 +244,62 @@ async def running(config: ParleyConfig, dirs: ModelDirs) -> AsyncIterator[web.Ap
             engine.close()
 
 
+@contextlib.asynccontextmanager
+async def listening(app: web.Application, host: str, port: int) -> AsyncIterator[str]:
+    """Serve ``app`` on ``host:port`` (0: a free port) and yield its base URL."""
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        yield f"http://{bound_host}:{bound_port}"
+    finally:
+        await runner.cleanup()
+
+
 async def serve(config: ParleyConfig, dirs: ModelDirs, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or cancellation)."""
-    async with running(config, dirs) as app:
-        runner = web.AppRunner(app, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, config.server.host, config.server.port)
-        await site.start()
+    host, port = config.server.host, config.server.port
+    async with running(config, dirs) as app, listening(app, host, port) as url:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        host, port = config.server.host, config.server.port
-        log.warning("Parley serving %s on http://%s:%d/", dirs.llm_name, host, port)
+        log.warning("Parley serving %s on %s/", dirs.llm_name, url)
         if ready is not None:
             ready.set()
+        await stop.wait()
+
+
+@contextlib.contextmanager
+def serve_in_thread(config: ParleyConfig, dirs: ModelDirs) -> Iterator[tuple[str, web.Application]]:
+    """The real server on a free local port, in a thread with its own event loop, so that
+    synchronous code, other event loops and browsers can all reach it (tests, benchmarks).
+    Yields (base URL, app) and stops the server when the block exits."""
+    loop = asyncio.new_event_loop()
+    ready: list[tuple[str, web.Application]] = []
+    failed: list[BaseException] = []
+    started = threading.Event()
+    stop = asyncio.Event()
+
+    async def main() -> None:
         try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
+            async with running(config, dirs) as app, listening(app, "127.0.0.1", 0) as url:
+                ready.append((url, app))
+                started.set()
+                await stop.wait()
+        except BaseException as err:
+            failed.append(err)
+            started.set()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    started.wait()
+    if failed:
+        raise failed[0]
+    try:
+        yield ready[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(60)
+        loop.close()

@@ -604,23 +604,16 @@ async def test_voice_session_on_the_remote_backend(served: str, model_dir: Any) 
     import aiohttp
 
     from tests.voice.rt_client import RealtimeClient, user_text
-    from tests.voice.server_thread import server_thread
     from voice.config import LlmConfig, load_config
     from voice.realtime.handler import SESSIONS_KEY
-    from voice.server import ModelDirs
+    from voice.server import ModelDirs, serve_in_thread
 
     config = load_config()
     config.llm = LlmConfig("remote", _config(served))
     config.session.max_reply_tokens = 48
-    m = config.models
-    dirs = ModelDirs(
-        asr=model_dir(m.asr),
-        tts=model_dir(m.tts),
-        vad=model_dir(m.vad) / "silero_vad.onnx",
-        llm=None,
-        llm_name=MODEL,
-    )
-    with server_thread(config, dirs) as (url, app):
+    dirs = ModelDirs.for_config(config, model_dir)
+    assert dirs.llm is None and dirs.llm_name == MODEL
+    with serve_in_thread(config, dirs) as (url, app):
         async with aiohttp.ClientSession() as http:
             rt = RealtimeClient(await http.ws_connect(url + "/v1/realtime"))
             await rt.wait_for("session.created")
