@@ -399,35 +399,23 @@ class Session:
         if utt is not None:
             self._recognizer.add(frame)
         await self._feed(tt.VadFrame(vad.is_speech, vad.probability, FRAME_S), now)
-        if utt is not None and utt is self._utt:
-            if utt.overlap:
-                self._overlap_silence(utt, vad.is_speech)
-            elif utt.pause_at is None:
-                self._early_final(utt, vad.is_speech)
+        if utt is not None and utt is self._utt and (utt.overlap or utt.pause_at is None):
+            self._final_after_silence(utt, vad.is_speech)
 
-    def _early_final(self, utt: _Utterance, speech: bool) -> None:
-        """Start the final transcript as soon as the caller falls silent, before the Pause
-        decision, so the reply can start at the Pause; more speech makes it stale."""
+    def _final_after_silence(self, utt: _Utterance, speech: bool) -> None:
+        """Start the final transcript once the caller falls silent, ahead of the turn-taker:
+        for a turn, after ``final_after_silence_s``, so the reply can start at the Pause with
+        its transcript in hand; for speech over the assistant, after ``pause_s``, so the
+        turn-taker can tell "stop" (a barge-in) from "uh-huh" (a backchannel). More speech
+        makes a final already started stale."""
         if speech:
             utt.quiet_s = 0.0
             if utt.final_task is not None:
                 self._forget_final(utt)
             return
         utt.quiet_s += FRAME_S
-        early = self._svc.voice.final_after_silence_s
-        if early is not None and utt.quiet_s >= early - 1e-9 and utt.final_task is None:
-            self._request_final(utt)
-
-    def _overlap_silence(self, utt: _Utterance, speech: bool) -> None:
-        """Speech over the assistant that has gone quiet gets a final transcript, so the
-        turn-taker can tell "stop" (a barge-in) from "uh-huh" (a backchannel)."""
-        if speech:
-            utt.quiet_s = 0.0
-            if utt.final_task is not None:  # more speech: the earlier final is stale
-                self._forget_final(utt)
-            return
-        utt.quiet_s += FRAME_S
-        if utt.quiet_s >= self._svc.turns.pause_s and utt.final_task is None:
+        after = self._svc.turns.pause_s if utt.overlap else self._svc.voice.final_after_silence_s
+        if after is not None and utt.quiet_s >= after - 1e-9 and utt.final_task is None:
             self._request_final(utt)
 
     def _wall_at(self, audio_t: float) -> float:
