@@ -53,7 +53,10 @@ class AsrConfig:
     # again in the full window and the more confident result kept; None disables the retry.
     retry_below_logprob: float | None = -0.5
     cpu_threads: int = 2
-    compute_type: str = "float32"  # int8 measured slower on this CPU; fp16 is not native here
+    # int8 weights: measured on this CPU (24 corpus utterances, 1 thread), encode p50 47 vs
+    # 68 ms and decode 6.4 vs 11.1 ms per token against float32, same word error (2 threads:
+    # 131 vs 192 ms per utterance). fp16 is not native here.
+    compute_type: str = "int8"
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
