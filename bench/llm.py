@@ -169,9 +169,9 @@ async def parley_turn(conv: Any, text: str, n: int) -> tuple[float, float]:
     from llm_engine import SamplingParams
 
     t0 = perf_counter()
-    await conv.append({"role": "user", "content": text})
     times = []
-    async for delta in conv.generate(SamplingParams(max_tokens=n, ignore_eos=True)):
+    turn = {"role": "user", "content": text}  # prefilled with the assistant header in one pass
+    async for delta in conv.generate(SamplingParams(max_tokens=n, ignore_eos=True), messages=turn):
         times += [perf_counter()] * len(delta.token_ids)
     return timing(t0, times)
 

@@ -4,13 +4,15 @@ Calling contract (methods are called on an asyncio loop; the engine applies a co
 operations in call order):
 
 - ``await conv.append(messages)`` renders the messages with the chat template, tokenizes only
-  what is new and returns once it is prefilled. ``partial=True`` leaves the last message open
-  (a live transcript): a later message of the same role supersedes it (only the differing
-  tail is re-tokenized), ``truncate`` rolls it back. Cancelling an awaiting ``append`` does not
-  undo it: the tokens stay and their prefill finishes in the background.
+  what is new and returns once it is prefilled (``wait=False``: once the tokens are queued
+  for prefill). ``partial=True`` leaves the last message open (a live transcript): a later
+  message of the same role supersedes it (only the differing tail is re-tokenized),
+  ``truncate`` rolls it back. Cancelling an awaiting ``append`` does not undo it: the tokens
+  stay and their prefill finishes in the background.
 - ``async for delta in conv.generate(params)`` streams the reply. Cancelling the consuming task
   (or leaving the loop) aborts within one engine step; the conversation keeps exactly the
-  tokens generated so far (``conv.tokens``) and their KV.
+  tokens generated so far (``conv.tokens``) and their KV. ``generate(params, messages=turn)``
+  appends the turn first, prefilled with the assistant header in one forward pass.
 - ``await conv.truncate(n)`` rolls back to the first ``n`` tokens without recomputing.
 - ``conv.tokens`` is the token list, the source of truth; history is never re-tokenized.
 - ``await conv.close()`` frees its KV blocks. Closed conversations raise ``InvalidRequest``.
@@ -91,12 +93,21 @@ class Conversation:
     def closed(self) -> bool:
         return self._state.closed
 
-    async def append(self, messages: list[Message] | Message, *, partial: bool = False) -> int:
-        """Append chat messages and prefill them. Returns the new token count."""
+    async def append(
+        self, messages: list[Message] | Message, *, partial: bool = False, wait: bool = True
+    ) -> int:
+        """Append chat messages and prefill them. Returns the new token count.
+
+        ``wait=False`` returns once the tokens are in the conversation (bad input raises as
+        before) and leaves their prefill queued: a ``generate`` called next prefills them
+        together with the assistant header in one forward pass instead of two.
+        """
         msgs = validate_messages(messages)
         eng = self._engine
         return int(
-            await eng._call(lambda st: eng._apply_messages(st, msgs, partial, False), self._state)
+            await eng._call(
+                lambda st: eng._apply_messages(st, msgs, partial, False, wait), self._state
+            )
         )
 
     async def set_messages(self, messages: list[Message]) -> int:
@@ -138,16 +149,24 @@ class Conversation:
         await eng._call(eng._close, self._state)
 
     async def generate(
-        self, params: SamplingParams | None = None, *, add_generation_prompt: bool | None = None
+        self,
+        params: SamplingParams | None = None,
+        *,
+        add_generation_prompt: bool | None = None,
+        messages: list[Message] | Message | None = None,
     ) -> AsyncIterator[Delta]:
         """Stream the model's continuation of the transcript.
 
+        ``messages``: appended first, as by :meth:`append`, in the same engine command: their
+        tokens and the assistant header are prefilled in one forward pass (answering a turn
+        with ``append`` then ``generate`` takes two).
         ``add_generation_prompt``: append the chat template's assistant header first. By default
         it is added when the transcript holds messages, unless the last one is an open
         assistant reply (which is then continued); raw-token transcripts are continued as is.
         Cancelling the consuming task or closing the iterator aborts within one step.
         """
         p = params or SamplingParams()
+        msgs = None if messages is None else validate_messages(messages)
         eng = self._engine
         deltas: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -156,7 +175,8 @@ class Conversation:
             post(loop, deltas.put_nowait, item)
 
         start = eng._call(
-            lambda st: eng._start_generation(st, p, sink, add_generation_prompt), self._state
+            lambda st: eng._start_generation(st, p, sink, add_generation_prompt, msgs),
+            self._state,
         )
         try:
             await start

@@ -302,7 +302,12 @@ class Engine:
         return ids
 
     def _apply_messages(
-        self, state: ConvState, messages: list[Message], open_last: bool, replace: bool | None
+        self,
+        state: ConvState,
+        messages: list[Message],
+        open_last: bool,
+        replace: bool | None,
+        wait: bool = True,
     ) -> object:
         self._busy_check(state)
         if replace:
@@ -311,7 +316,7 @@ class Engine:
         else:
             self._apply_plan(state, state.history.plan_messages(messages, open_last))
             state.history.add_messages(messages, open_last)
-        return _DEFER
+        return _DEFER if wait else len(state.seq.tokens)
 
     def _apply_tokens(self, state: ConvState, ids: list[int]) -> object:
         self._busy_check(state)
@@ -336,8 +341,11 @@ class Engine:
         params: SamplingParams,
         sink: Callable[[Delta | BaseException], None],
         add_generation_prompt: bool | None,
+        messages: list[Message] | None = None,
     ) -> None:
         self._busy_check(state)
+        if messages is not None:
+            self._apply_messages(state, messages, False, None)
         history = state.history
         if add_generation_prompt is None:
             add_generation_prompt = bool(history.messages) and not history.open_reply
@@ -388,16 +396,25 @@ class Engine:
             self._fail_all(EngineError(f"engine step failed: {err!r}"))
 
     def _drain_commands(self) -> bool:
-        """Apply queued commands; block while there is nothing to compute. False = stop."""
+        """Apply queued commands; block while there is nothing to compute. False = stop.
+
+        With work to do, only the commands already queued run before the next step: a stream
+        of commands arriving as fast as they are applied must not hold the step back."""
         while True:
-            try:
-                cmd = self._commands.get(block=not self._has_work())
-            except queue.Empty:
+            if self._has_work():
+                for _ in range(self._commands.qsize()):
+                    if not self._apply_command(self._commands.get_nowait()):
+                        return False
                 return True
-            if cmd is None:
+            if not self._apply_command(self._commands.get()):
                 return False
-            with self._lock:
-                cmd()
+
+    def _apply_command(self, cmd: Callable[[], None] | None) -> bool:
+        if cmd is None:
+            return False
+        with self._lock:
+            cmd()
+        return True
 
     def _has_work(self) -> bool:
         with self._lock:  # open_conversation adds sequences from other threads

@@ -87,11 +87,18 @@ class Dialogue(abc.ABC):
 
 
 class LocalDialogue(Dialogue):
-    """A conversation resident in Parley's engine; the token list is the history."""
+    """A conversation resident in Parley's engine; the token list is the history.
+
+    A final user turn is held back until the next call: the reply that normally follows
+    prefills it together with the assistant header in one engine pass (``generate(messages=)``),
+    which saves a forward pass (~45 ms on one CPU thread) before the first token. Any other
+    call applies it first.
+    """
 
     def __init__(self, conversation: Conversation) -> None:
         self._conv = conversation
-        self._user_open = False
+        self._user_open = False  # the last message is the caller's unfinished turn
+        self._final: str | None = None  # the caller's finished turn, not yet in the engine
         self._reply_start: int | None = None  # token index where the last reply begins
         self._reply_ends: list[int] = []  # character end of the reply text after each token
 
@@ -101,32 +108,53 @@ class LocalDialogue(Dialogue):
 
     @property
     def history(self) -> list[Message]:
-        return self._conv.messages
+        messages = self._conv.messages
+        if self._final is None:
+            return messages
+        if self._user_open:
+            messages = messages[:-1]
+        return [*messages, {"role": "user", "content": self._final}]
 
     async def set_user(self, text: str, *, final: bool) -> None:
-        if not text and not final:
-            return  # nothing to prefill yet
-        await self._conv.append({"role": "user", "content": text}, partial=not final)
-        self._user_open = not final
         self._reply_start = None
+        if final:
+            self._final = text
+            return
+        await self._flush()
+        if not text:
+            return  # nothing to prefill yet
+        # not waiting for the prefill: a newer partial or the reply supersedes a queued one
+        await self._conv.append({"role": "user", "content": text}, partial=True, wait=False)
+        self._user_open = True
 
     async def add(self, role: Role, text: str) -> None:
+        await self._flush()
         await self._conv.append({"role": role, "content": text})
         self._user_open = False
         self._reply_start = None
 
-    async def reply(self, params: ReplyParams) -> AsyncGenerator[str, None]:
-        if self._user_open:  # an open user message is closed before the assistant speaks
-            msg = self._conv.messages[-1]
-            await self._conv.append(msg)
+    async def _flush(self) -> None:
+        """Apply a held-back final user turn."""
+        if self._final is not None:
+            text, self._final = self._final, None
+            await self._conv.append({"role": "user", "content": text})
             self._user_open = False
+
+    async def reply(self, params: ReplyParams) -> AsyncGenerator[str, None]:
+        turn = None
+        if self._final is not None:
+            turn = {"role": "user", "content": self._final}
+        elif self._user_open:  # an open user message is closed before the assistant speaks
+            turn = self._conv.messages[-1]
         sampling = SamplingParams(
             max_tokens=params.max_tokens, temperature=params.temperature, seed=params.seed
         )
         self._reply_start = None
         self._reply_ends = []
         length = 0
-        async for delta in self._conv.generate(sampling):
+        deltas = self._conv.generate(sampling, messages=turn)
+        self._final, self._user_open = None, False
+        async for delta in deltas:
             if self._reply_start is None:
                 # the generation prompt was added by now: the reply starts before this delta
                 self._reply_start = len(self._conv.tokens) - len(delta.token_ids)
@@ -150,13 +178,13 @@ class LocalDialogue(Dialogue):
             return ""
         return msg["content"][:kept]
 
-    def mark(self) -> tuple[int, bool]:
-        return len(self._conv.tokens), self._user_open
+    def mark(self) -> tuple[int, bool, str | None]:
+        return len(self._conv.tokens), self._user_open, self._final
 
     async def restore(self, mark: Any) -> None:
-        n_tokens, user_open = mark
+        n_tokens, user_open, final = mark
         await self._conv.truncate(n_tokens)
-        self._user_open = user_open
+        self._user_open, self._final = user_open, final
         self._reply_start = None
         self._reply_ends = []
 

@@ -170,6 +170,33 @@ async def test_partial_transcript_then_final(smol_engine: Any) -> None:
         await ref.close()
 
 
+async def test_partial_without_waiting_then_reply_with_the_final(smol_engine: Any) -> None:
+    """A live transcript prefilled without waiting, then the final turn handed to ``generate``:
+    the tokens are in place when each call returns, the reply and the token list equal the
+    append-then-generate path's, and a prefill nobody waits for still completes."""
+    conv = smol_engine.open_conversation(SYSTEM)
+    ref = smol_engine.open_conversation(SYSTEM)
+    try:
+        await conv.append({"role": "user", "content": "What is the"}, partial=True, wait=False)
+        assert smol_engine.tokenizer.decode(conv.tokens).endswith("user\nWhat is the")
+        params = SamplingParams(max_tokens=12, ignore_eos=True)
+        turn = {"role": "user", "content": TURNS[0]}
+        got = [t async for d in conv.generate(params, messages=turn) for t in d.token_ids]
+        await ref.append(turn)
+        want = [t async for d in ref.generate(params) for t in d.token_ids]
+        assert got == want and conv.tokens == ref.tokens and conv.messages == ref.messages
+        await conv.append({"role": "user", "content": TURNS[1]}, wait=False)
+        assert conv.messages[-1] == {"role": "user", "content": TURNS[1]}
+        for _ in range(50):  # each sync waits for an engine step
+            if conv.num_cached == len(conv.tokens):
+                break
+            await smol_engine.sync()
+        assert conv.num_cached == len(conv.tokens)
+    finally:
+        await conv.close()
+        await ref.close()
+
+
 async def test_stop_string_and_eos(smol_engine: Any) -> None:
     conv = smol_engine.open_conversation(SYSTEM)
     try:
