@@ -598,6 +598,8 @@ class Session:
             await asyncio.sleep(PARTIAL_POLL_S)
             if self._turns.state not in ("speaking", "overlap"):
                 continue
+            if utt.final_task is not None:
+                continue  # the caller went quiet and the final is under way: it covers this
             # over the assistant, partials come faster: they decide barge-in vs backchannel
             interval = OVERLAP_PARTIAL_S if utt.overlap else None
             if not self._recognizer.partial_due(interval):
