@@ -86,8 +86,13 @@ class VoiceConfig:
     """
 
     instructions: str = DEFAULT_INSTRUCTIONS
-    hold_first_audio_s: float = 0.15
-    final_after_silence_s: float | None = 0.1
+    # The final transcript starts after two VAD frames of silence, the preemptive reply at the
+    # Pause (turns.pause_s = 0.15), and the first audio is held until 0.4 s of silence at the
+    # earliest, as with the earlier 0.25 s pause and 0.15 s hold. Measured with
+    # bench/voice_latency.py (1 session, 2 x 8 turns, same process): end of speech -> first
+    # audio p50 722/817 ms with (pause 0.25, final 0.1) against 657/696 ms with these.
+    hold_first_audio_s: float = 0.25
+    final_after_silence_s: float | None = 0.064
     output_lead_s: float = 0.5
     max_reply_tokens: int = 200
     temperature: float = 0.0

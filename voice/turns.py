@@ -107,7 +107,7 @@ class TurnConfig:
     """
 
     min_speech_s: float = 0.2
-    pause_s: float = 0.25
+    pause_s: float = 0.15  # with the final at 64 ms of silence: see VoiceConfig
     end_of_turn_s: float = 0.8
     complete_end_of_turn_s: float | None = 0.4
     barge_in: Literal["confirm", "onset"] = "confirm"

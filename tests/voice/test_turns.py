@@ -27,8 +27,13 @@ from voice.turns import (
     VadFrame,
 )
 
-FRAME = 0.01  # 10 ms VAD frames, so the default thresholds fall on frame edges: min speech 0.2,
+FRAME = 0.01  # 10 ms VAD frames, so the scripts' thresholds fall on frame edges: min speech 0.2,
 # pause 0.25, end of turn 0.8, early end 0.4, barge-in min speech 0.15, backchannel max 0.8
+PAUSE_S = 0.25  # the scripts were written for this pause; the other thresholds are the defaults
+
+
+def script_config(**kwargs: Any) -> TurnConfig:
+    return TurnConfig(**{"pause_s": PAUSE_S, **kwargs})
 
 
 def _rounded(event: TurnEvent) -> TurnEvent:
@@ -44,7 +49,7 @@ class Script:
     """Feeds a TurnTaker in real time: each frame advances the fake clock by its length."""
 
     def __init__(self, config: TurnConfig | None = None, now: float = 0.0) -> None:
-        self.turns = TurnTaker(config)
+        self.turns = TurnTaker(config or script_config())
         self.now = now
         self.events: list[TurnEvent] = []
 
@@ -132,7 +137,7 @@ def test_partial_transcripts_do_not_end_a_turn_early():
 
 
 def test_early_end_of_turn_can_be_disabled():
-    s = Script(TurnConfig(complete_end_of_turn_s=None))
+    s = Script(script_config(complete_end_of_turn_s=None))
     s.speech(0.5).silence(0.3).feed(AsrFinal("What time is it?")).silence(0.7)
     assert s.take()[-1] == EndOfTurn(1.3, 0.0, 0.5, early=False)
 
@@ -259,7 +264,7 @@ def test_overlap_with_no_transcript_resolves_after_end_of_turn_s():
 
 
 def test_custom_backchannel_list():
-    s = Script(TurnConfig(backchannels=["ja", "genau"])).feed(Playout(True)).silence(0.5)
+    s = Script(script_config(backchannels=["ja", "genau"])).feed(Playout(True)).silence(0.5)
     s.speech(0.3).feed(AsrPartial("Genau."))
     assert s.take() == [OverlapStarted(0.65, 0.5)]
     s.feed(AsrPartial("yeah"))
@@ -267,12 +272,12 @@ def test_custom_backchannel_list():
 
 
 def test_onset_mode_barges_in_at_confirmed_onset():
-    s = Script(TurnConfig(barge_in="onset")).feed(Playout(True)).silence(0.5).speech(0.4)
+    s = Script(script_config(barge_in="onset")).feed(Playout(True)).silence(0.5).speech(0.4)
     assert s.take() == [BargeIn(0.65, 0.5), SpeechStarted(0.65, 0.5)]
 
 
 def test_onset_mode_lets_a_backchannel_through_if_the_asr_already_heard_it():
-    s = Script(TurnConfig(barge_in="onset")).feed(Playout(True)).silence(0.5)
+    s = Script(script_config(barge_in="onset")).feed(Playout(True)).silence(0.5)
     s.speech(0.1).feed(AsrPartial("Yeah.")).speech(0.3).silence(0.5)
     assert s.take() == [OverlapStarted(0.65, 0.5), Backchannel(1.15, "Yeah.", 0.5, 0.9)]
 
@@ -284,7 +289,7 @@ def test_noise_bursts_over_the_assistant_are_ignored():
 
 
 def test_echo_guard_ignores_low_probability_speech_only_during_playback():
-    s = Script(TurnConfig(playback_min_probability=0.6)).feed(Playout(True))
+    s = Script(script_config(playback_min_probability=0.6)).feed(Playout(True))
     s.speech(1.0, probability=0.5)
     assert s.take() == []
     s.feed(Playout(False)).speech(0.3, probability=0.5)
@@ -358,7 +363,7 @@ def test_frames_delivered_in_a_burst_are_timed_by_their_audio():
 
 
 def test_long_silence_gives_one_no_input_per_idle_period():
-    s = Script(TurnConfig(no_input_s=5.0))
+    s = Script(script_config(no_input_s=5.0))
     for t in range(13):
         s.tick_at(float(t))
     assert s.take() == [NoInput(at=5.0, silent_s=5.0)]
@@ -396,7 +401,7 @@ def test_unknown_inputs_are_rejected():
 
 
 def test_redundant_playout_events_change_nothing():
-    s = Script(TurnConfig(no_input_s=5.0)).tick_at(0.0).tick_at(3.0)
+    s = Script(script_config(no_input_s=5.0)).tick_at(0.0).tick_at(3.0)
     s.feed(Playout(False)).tick_at(5.0)  # not playing: does not restart the no-input timer
     assert s.take() == [NoInput(5.0, 5.0)]
     s.feed(Playout(True)).feed(Playout(True)).silence(0.5).speech(0.3)
