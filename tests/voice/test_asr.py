@@ -50,6 +50,21 @@ def test_low_confidence_results_are_retried_in_the_full_window(model_dir, speech
     assert retried.avg_logprob >= plain.avg_logprob
 
 
+async def test_live_finals_skip_the_retry_unless_configured(model_dir, speech):
+    from voice.asr import Transcriber
+    from voice.streaming_asr import AsrWorker
+
+    audio = speech[1][2]
+    for live, want in ((False, False), (True, True)):
+        config = AsrConfig(retry_below_logprob=0.0, retry_live=live)  # every result "unsure"
+        worker = AsrWorker(Transcriber(model_dir("whisper-tiny-en"), config))
+        try:
+            final = await worker.transcribe(audio, final=True)
+        finally:
+            await worker.close()
+        assert final.retried is want and final.text
+
+
 def test_window_grows_with_the_audio_and_is_capped():
     cfg = AsrConfig(window_margin_s=2.0, window_step_s=1.0)
     assert cfg.window_for(0.5) == 3.0
