@@ -120,41 +120,86 @@ void q8_linear(const float *x, const int8_t *w, const float *scale, const float 
     }
 }
 
-/* One query token per sequence against its context in the paged pool; a task per query head.
+static inline float dot(const float *a, const float *b, long D) {
+    long d = 0;
+    __m256 acc = _mm256_setzero_ps();
+    for (; d + 8 <= D; d += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc);
+    float s = hsum(acc);
+    for (; d < D; d++) s += a[d] * b[d];
+    return s;
+}
+
+static inline void axpy(float p, const float *x, float *y, long D) {  /* y += p * x */
+    long d = 0;
+    __m256 pv = _mm256_set1_ps(p);
+    for (; d + 8 <= D; d += 8)
+        _mm256_storeu_ps(y + d,
+                         _mm256_fmadd_ps(pv, _mm256_loadu_ps(x + d), _mm256_loadu_ps(y + d)));
+    for (; d < D; d++) y[d] += p * x[d];
+}
+
+/* One query token per sequence against its context in the paged pool.
    q: row b at q + b * q_stride, heads [H, D]; pool: [slots, 2, Hkv, D] (K then V);
    tables: [B, nb] block ids; lens: [B] context lengths (the new token included, stored);
-   out: [B, H, D]. */
+   out: [B, H, D].
+   Positions are walked block by block. A task takes a whole sequence when there are enough of
+   them (4 per thread): each K and V row is then read once, whole and in order, for all heads,
+   which is what keeps a batch whose context outgrows the cache at memory speed. Fewer
+   sequences are split into a task per KV head (its GQA group of query heads), then per query
+   head, so that every thread has work. */
 void paged_decode(const float *q, long q_stride, const float *pool, const long *tables,
                   const long *lens, float *out, long B, long H, long Hkv, long D, long nb,
                   long bs, float scale, int nthreads) {
-    long G = H / Hkv, row = 2 * Hkv * D;
+    long G = H / Hkv, row = 2 * Hkv * D, enough = 4 * nthreads;
+    long nk = B >= enough ? Hkv : 1;  /* KV heads per task */
+    long ng = B * Hkv >= enough ? G : 1;  /* query heads per KV head per task */
+    long per_seq = (Hkv / nk) * (G / ng);
     #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
-    for (long task = 0; task < B * H; task++) {
-        long b = task / H, h = task % H, hk = h / G, S = lens[b];
-        const float *qv = q + b * q_stride + h * D;
+    for (long task = 0; task < B * per_seq; task++) {
+        long b = task / per_seq, part = task % per_seq;
+        long k0 = part / (G / ng) * nk, g0 = part % (G / ng) * ng, S = lens[b], m = nk * ng;
+        const float *qb = q + b * q_stride;
         const long *tab = tables + b * nb;
-        float *sc = malloc((size_t)S * sizeof(float)), mx = -INFINITY, sum = 0.f;
-        for (long t = 0; t < S; t++) {
-            const float *k = pool + (tab[t / bs] * bs + t % bs) * row + hk * D;
-            float s = 0.f;
-            #pragma omp simd reduction(+:s)
-            for (long d = 0; d < D; d++) s += qv[d] * k[d];
-            sc[t] = s * scale;
-            mx = sc[t] > mx ? sc[t] : mx;
+        float *sc = malloc((size_t)(m * S + m) * sizeof(float)), *sums = sc + m * S;
+        for (long t0 = 0; t0 < S; t0 += bs) {
+            const float *k = pool + tab[t0 / bs] * bs * row;
+            long n = S - t0 < bs ? S - t0 : bs;
+            for (long i = 0; i < n; i++, k += row)
+                for (long a = 0; a < nk; a++)
+                    for (long g = 0; g < ng; g++) {
+                        long h = (k0 + a) * G + g0 + g;
+                        float s = dot(qb + h * D, k + (k0 + a) * D, D);
+                        sc[(a * ng + g) * S + t0 + i] = s * scale;
+                    }
         }
-        for (long t = 0; t < S; t++) {
-            sc[t] = expf(sc[t] - mx);
-            sum += sc[t];
+        for (long j = 0; j < m; j++) {
+            float *sj = sc + j * S, mx = -INFINITY, sum = 0.f;
+            for (long t = 0; t < S; t++) mx = sj[t] > mx ? sj[t] : mx;
+            for (long t = 0; t < S; t++) {
+                sj[t] = expf(sj[t] - mx);
+                sum += sj[t];
+            }
+            sums[j] = sum;
+            long h = (k0 + j / ng) * G + g0 + j % ng;
+            for (long d = 0; d < D; d++) out[(b * H + h) * D + d] = 0.f;
         }
-        float *o = out + task * D;
-        for (long d = 0; d < D; d++) o[d] = 0.f;
-        for (long t = 0; t < S; t++) {
-            const float *v = pool + (tab[t / bs] * bs + t % bs) * row + (Hkv + hk) * D;
-            float p = sc[t];
-            #pragma omp simd
-            for (long d = 0; d < D; d++) o[d] += p * v[d];
+        for (long t0 = 0; t0 < S; t0 += bs) {
+            const float *v = pool + tab[t0 / bs] * bs * row + Hkv * D;
+            long n = S - t0 < bs ? S - t0 : bs;
+            for (long i = 0; i < n; i++, v += row)
+                for (long a = 0; a < nk; a++)
+                    for (long g = 0; g < ng; g++) {
+                        long h = (k0 + a) * G + g0 + g;
+                        axpy(sc[(a * ng + g) * S + t0 + i], v + (k0 + a) * D,
+                             out + (b * H + h) * D, D);
+                    }
         }
-        for (long d = 0; d < D; d++) o[d] /= sum;
+        for (long j = 0; j < m; j++) {
+            long h = (k0 + j / ng) * G + g0 + j % ng;
+            float inv = 1.f / sums[j], *o = out + (b * H + h) * D;
+            for (long d = 0; d < D; d++) o[d] *= inv;
+        }
         free(sc);
     }
 }

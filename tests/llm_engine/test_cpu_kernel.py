@@ -44,13 +44,16 @@ def test_one_row_linear_uses_the_kernel(lib: ctypes.CDLL) -> None:
     assert (got - ref).abs().max() / ref.abs().max() < 1e-2  # bf16 scales in the reference
 
 
-def test_paged_decode_matches_sdpa(lib: ctypes.CDLL) -> None:
-    """Three sequences of different lengths, scattered blocks, GQA 6:2."""
+# 3, 6 and 12 sequences: with 2 threads, a task per query head, per KV head, per sequence
+@pytest.mark.parametrize("copies", [1, 2, 4])
+def test_paged_decode_matches_sdpa(lib: ctypes.CDLL, copies: int) -> None:
+    """Sequences of different lengths, scattered blocks, GQA 6:2."""
     torch.manual_seed(0)
-    B, H, Hkv, D, bs, nb = 3, 6, 2, 16, 4, 12
+    H, Hkv, D, bs, nb = 6, 2, 16, 4, 12
     pool = torch.randn(nb, bs, 2, Hkv, D)
-    tables = torch.tensor([[5, 2, 9, 0], [1, 0, 0, 0], [11, 3, 7, 4]])
-    lens = torch.tensor([10, 3, 16])
+    tables = torch.tensor([[5, 2, 9, 0], [1, 0, 0, 0], [11, 3, 7, 4]] * copies)
+    lens = torch.tensor([10, 3, 16] * copies)
+    B = len(lens)
     q = torch.randn(B, 1, H + 2 * Hkv, D)[:, :, :H]  # strided rows, as the model passes it
     got = cpu_kernel.paged_decode(lib, q, pool, tables, lens, bs)
     for b in range(B):
