@@ -281,14 +281,18 @@ class ChatService:
         async with slot.lock:
             slot.used = time.monotonic()
             before = slot.conv.tokens
-            n_prompt = await slot.conv.set_messages(request.messages)
-            after = slot.conv.tokens
-            reused = next(
-                (i for i, (x, y) in enumerate(zip(before, after, strict=False)) if x != y),
-                min(len(before), len(after)),
-            )
-            completion.usage = Usage(prompt_tokens=n_prompt, cached_tokens=reused)
-            async for delta in slot.conv.generate(request.params):
+            # the transcript and the assistant header are prefilled in one pass
+            deltas = slot.conv.generate(request.params, messages=request.messages, replace=True)
+            first = True
+            async for delta in deltas:
+                if first:  # the prompt is known now
+                    first = False
+                    after = slot.conv.tokens[: delta.position]
+                    reused = next(
+                        (i for i, (x, y) in enumerate(zip(before, after, strict=False)) if x != y),
+                        min(len(before), len(after)),
+                    )
+                    completion.usage = Usage(prompt_tokens=delta.position, cached_tokens=reused)
                 completion.usage.completion_tokens += len(delta.token_ids)
                 if delta.finish_reason:
                     completion.finish_reason = delta.finish_reason

@@ -45,12 +45,15 @@ class Delta:
 
     ``text`` never holds half a UTF-8 character (bytes wait for the rest), so it may be empty.
     ``finish_reason`` is set on the last delta: ``"stop"`` (end-of-turn token or stop string)
-    or ``"length"`` (max_tokens or context full).
+    or ``"length"`` (max_tokens or context full). ``position`` places the delta in
+    ``conv.tokens`` (which may have grown further by the time the delta is read): the first
+    delta's is where the reply begins, the prompt's length.
     """
 
     token_ids: list[int]
     text: str
     finish_reason: str | None = None
+    position: int = 0  # index of token_ids[0] in the conversation's token list
 
 
 def post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
@@ -154,12 +157,14 @@ class Conversation:
         *,
         add_generation_prompt: bool | None = None,
         messages: list[Message] | Message | None = None,
+        replace: bool = False,
     ) -> AsyncIterator[Delta]:
         """Stream the model's continuation of the transcript.
 
-        ``messages``: appended first, as by :meth:`append`, in the same engine command: their
-        tokens and the assistant header are prefilled in one forward pass (answering a turn
-        with ``append`` then ``generate`` takes two).
+        ``messages``: appended first, as by :meth:`append` (``replace=True``: made the whole
+        transcript, as by :meth:`set_messages`), in the same engine command: their tokens and
+        the assistant header are prefilled in one forward pass (answering a turn with
+        ``append`` then ``generate`` takes two).
         ``add_generation_prompt``: append the chat template's assistant header first. By default
         it is added when the transcript holds messages, unless the last one is an open
         assistant reply (which is then continued); raw-token transcripts are continued as is.
@@ -175,7 +180,7 @@ class Conversation:
             post(loop, deltas.put_nowait, item)
 
         start = eng._call(
-            lambda st: eng._start_generation(st, p, sink, add_generation_prompt, msgs),
+            lambda st: eng._start_generation(st, p, sink, add_generation_prompt, msgs, replace),
             self._state,
         )
         try:

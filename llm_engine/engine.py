@@ -342,10 +342,11 @@ class Engine:
         sink: Callable[[Delta | BaseException], None],
         add_generation_prompt: bool | None,
         messages: list[Message] | None = None,
+        replace: bool = False,
     ) -> None:
         self._busy_check(state)
         if messages is not None:
-            self._apply_messages(state, messages, False, None)
+            self._apply_messages(state, messages, False, replace)
         history = state.history
         if add_generation_prompt is None:
             add_generation_prompt = bool(history.messages) and not history.open_reply
@@ -451,6 +452,7 @@ class Engine:
     def _take_token(self, st: ConvState, tok: int) -> None:
         gen = st.gen
         assert gen is not None
+        position = len(st.seq.tokens)
         self.scheduler.append_token(st.seq, tok)
         st.history.add_tokens([tok], self.tokenizer.token_bytes)
         gen.n += 1
@@ -462,9 +464,9 @@ class Engine:
         elif gen.n >= gen.max_tokens:
             finish = "length"
         if finish is None:
-            gen.sink(Delta([tok], text, None))
+            gen.sink(Delta([tok], text, None, position))
             return
-        gen.sink(Delta([tok], text + gen.decoder.flush(), finish))
+        gen.sink(Delta([tok], text + gen.decoder.flush(), finish, position))
         eos_len = len(self.tokenizer.token_bytes(tok)) if eos else 0
         self._finish(st, finish, closed=eos, eos_bytes=eos_len)
 

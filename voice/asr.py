@@ -52,11 +52,12 @@ class AsrConfig:
     # A short-window result less confident than this (mean token log-probability) is decoded
     # again in the full window and the more confident result kept; None disables the retry.
     retry_below_logprob: float | None = -0.5
-    # ... but not for a live session's finals, where a caller waits for the reply: on one
-    # thread the 30 s window costs ~700 ms, and on the 24 corpus utterances (Piper with noise,
-    # espeak) it retried 4 and took word error from 7.78 to 7.22 %; 8 s and 15 s retry windows
-    # gained nothing.
-    retry_live: bool = False
+    # A live session's finals, which a caller waits for, retry only below this: on one thread
+    # the 30 s window costs ~700 ms. On the 24 corpus utterances (Piper with noise, espeak)
+    # -0.5 retried 4 and took word error from 7.78 to 7.22 %; -1.0 retries 1 of them (the
+    # one whose errors the retry removes), and clipped one-word turns ("Stop." read as
+    # "Start. Start. Start.") are the results it is for. 8 s and 15 s windows gained nothing.
+    live_retry_below_logprob: float | None = -1.0
     cpu_threads: int = 2
     # int8 weights: measured on this CPU (24 corpus utterances, 1 thread), encode p50 47 vs
     # 68 ms and decode 6.4 vs 11.1 ms per token against float32, same word error (2 threads:
@@ -117,10 +118,10 @@ class Transcriber:
         self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]) or [])
 
     def transcribe(
-        self, audio: np.ndarray, window_s: float | None = None, *, retry: bool = True
+        self, audio: np.ndarray, window_s: float | None = None, *, live: bool = False
     ) -> Transcript:
         """Transcribe ``audio`` (float32, 16 kHz, mono); ``window_s`` overrides the window;
-        ``retry=False`` skips the low-confidence retry in the full window."""
+        ``live``: a caller waits (``live_retry_below_logprob`` decides the retry)."""
         if audio.ndim != 1:
             raise ValueError(f"expected mono audio (1-D), got shape {audio.shape}")
         audio = np.asarray(audio, dtype=np.float32)
@@ -134,19 +135,18 @@ class Transcriber:
         result = self._transcribe_window(
             audio, self.config.window_for(duration + self.config.lead_silence_s)
         )
-        floor = self.config.retry_below_logprob
+        floor = self.config.live_retry_below_logprob if live else self.config.retry_below_logprob
         if (
             floor is None
-            or not retry
             or result.avg_logprob >= floor
             or result.window_s >= self.config.max_window_s
         ):
             return result
-        retry = self._transcribe_window(audio, self.config.max_window_s)
-        best = retry if retry.avg_logprob > result.avg_logprob else result
+        full = self._transcribe_window(audio, self.config.max_window_s)
+        best = full if full.avg_logprob > result.avg_logprob else result
         best.encode_s, best.decode_s = (
-            result.encode_s + retry.encode_s,
-            result.decode_s + retry.decode_s,
+            result.encode_s + full.encode_s,
+            result.decode_s + full.decode_s,
         )
         best.retried = True
         return best

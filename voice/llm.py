@@ -156,8 +156,7 @@ class LocalDialogue(Dialogue):
         self._final, self._user_open = None, False
         async for delta in deltas:
             if self._reply_start is None:
-                # the generation prompt was added by now: the reply starts before this delta
-                self._reply_start = len(self._conv.tokens) - len(delta.token_ids)
+                self._reply_start = delta.position  # the engine may be a step ahead already
             length += len(delta.text)
             # a token completing a character carries it; tokens holding a partial one carry ""
             self._reply_ends.extend([length] * len(delta.token_ids))

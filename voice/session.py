@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 from collections import deque
@@ -242,6 +243,7 @@ class Session:
         self._lock = asyncio.Lock()  # one user of the dialogue at a time
         self._turns = tt.TurnTaker(services.turns)
         self._vad = SileroVad(services.vad_model)
+        self._speech_at = -math.inf  # when the latest speech frame arrived (monotonic)
         self._recognizer = StreamingRecognizer(services.asr, services.streaming)
         self._resampler = StreamResampler(self.config.input_format.sample_rate, ASR_RATE)
         self._frames = FrameBuffer(FRAME, np.float32)
@@ -397,6 +399,8 @@ class Session:
 
     async def _on_frame(self, frame: Float32Array, now: float) -> None:
         vad = self._vad.process(frame)
+        if vad.is_speech:
+            self._speech_at = now
         self._recent.append(frame)
         self._audio_s += FRAME_S
         self._arrivals.append((self._audio_s, now))
@@ -410,7 +414,7 @@ class Session:
     def _final_after_silence(self, utt: _Utterance, speech: bool) -> None:
         """Start the final transcript once the caller falls silent, ahead of the turn-taker:
         for a turn, after ``final_after_silence_s``, so the reply can start at the Pause with
-        its transcript in hand; for speech over the assistant, after ``pause_s``, so the
+        its transcript in hand; for speech over the assistant, after ``overlap_pause_s``, so the
         turn-taker can tell "stop" (a barge-in) from "uh-huh" (a backchannel). More speech
         makes a final already started stale."""
         if speech:
@@ -419,7 +423,8 @@ class Session:
                 self._forget_final(utt)
             return
         utt.quiet_s += FRAME_S
-        after = self._svc.turns.pause_s if utt.overlap else self._svc.voice.final_after_silence_s
+        turns = self._svc.turns
+        after = turns.overlap_pause_s if utt.overlap else self._svc.voice.final_after_silence_s
         if after is not None and utt.quiet_s >= after - 1e-9 and utt.final_task is None:
             self._request_final(utt)
 
@@ -684,11 +689,7 @@ class Session:
     ) -> None:
         """Before the first byte of a reply: hold it for the end of turn, then announce it."""
         if utt is not None:
-            assert utt.pause_at is not None
-            hold = utt.pause_at + self._svc.voice.hold_first_audio_s - time.monotonic()
-            if not utt.ended.is_set() and hold > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(utt.ended.wait(), hold)
+            await self._hold_first_audio(utt)
             self._commit(utt)
         response = ev.Response(
             reply.response_id,
@@ -706,6 +707,22 @@ class Session:
         self._emit(ev.ContentPartAdded(reply.response_id, reply.item_id, 0, 0, part))
         if reply.audio:
             await self._feed(tt.Playout(True), time.monotonic())
+
+    async def _hold_first_audio(self, utt: _Utterance) -> None:
+        """Wait for the end of the turn, at most ``hold_first_audio_s`` after the pause, and
+        not while the caller may be resuming: speech within the last ``min_speech_s`` (too
+        short yet to count as ``Resumed``) would otherwise hear the reply start, then stop."""
+        # an overlap that became the turn may have had its Pause before it was a turn
+        paused = utt.pause_at if utt.pause_at is not None else time.monotonic()
+        until = paused + self._svc.voice.hold_first_audio_s
+        guard = self._svc.turns.min_speech_s
+        while not utt.ended.is_set():
+            now = time.monotonic()
+            wait = max(until, self._speech_at + guard) - now
+            if wait <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(utt.ended.wait(), wait)
 
     async def _on_reply_ended(self, task: asyncio.Task[None]) -> None:
         active = self._active

@@ -238,8 +238,8 @@ class AsrWorker:
     ) -> Transcript:
         """Transcribe ``audio`` on the worker thread.
 
-        A final runs ``Transcriber.transcribe(audio)`` (its low-confidence retry only with
-        ``AsrConfig.retry_live``); a partial runs the short window only
+        A final runs ``Transcriber.transcribe(audio, live=True)`` (its retry in the full
+        window only when very unsure); a partial runs the short window only
         (no low-confidence retry in the 30 s window: it would triple a partial's cost). A queued
         partial is superseded by a newer request with the same ``key``; its awaiter then gets
         that request's result. Raises AsrWorkerClosed after ``close()``, ValueError on bad audio.
@@ -278,7 +278,7 @@ class AsrWorker:
     def _run(self, job: Job[Waiter]) -> Transcript:  # on the worker thread
         config = self._transcriber.config
         if job.final:
-            return self._transcriber.transcribe(job.audio, retry=config.retry_live)
+            return self._transcriber.transcribe(job.audio, live=True)
         seconds = len(job.audio) / SAMPLE_RATE + config.lead_silence_s
         if seconds > config.max_window_s:
             return self._transcriber.transcribe(job.audio)  # long form: no window to choose

@@ -31,7 +31,7 @@ An utterance's life:
   ``Backchannel(text)`` (an acknowledgement, or a sound with no words: not a turn; keep talking).
   With ``barge_in="confirm"`` it is a barge-in as soon as the transcript holds words that are not
   a backchannel phrase, or the speech lasts longer than ``backchannel_max_s``; it is a
-  backchannel once ``pause_s`` of silence follows a complete backchannel phrase (or an empty
+  backchannel once ``overlap_pause_s`` of silence follows a complete backchannel phrase (or an empty
   final transcript), or ``end_of_turn_s`` of silence follows whatever was heard.
   With ``barge_in="onset"`` it is a barge-in at once unless the text heard so far (ASR fed during
   the onset) is already a backchannel phrase; then the ``confirm`` rules decide.
@@ -93,6 +93,9 @@ class TurnConfig:
     min_speech_s:           unbroken speech that opens a turn or resumes one after a Pause;
                             shorter runs (clicks, noise bursts) are ignored.
     pause_s:                silence that makes a candidate end of turn (``Pause``).
+    overlap_pause_s:        silence that ends speech over the assistant, whose transcript then
+                            tells a backchannel from a barge-in; longer than ``pause_s`` so a
+                            two-part acknowledgement ("uh huh") is heard as one.
     end_of_turn_s:          silence that ends the turn.
     complete_end_of_turn_s: silence that ends the turn when the final transcript ends in
                             terminal punctuation; None disables the early end.
@@ -108,6 +111,7 @@ class TurnConfig:
 
     min_speech_s: float = 0.2
     pause_s: float = 0.15  # with the final at 64 ms of silence: see VoiceConfig
+    overlap_pause_s: float = 0.25
     end_of_turn_s: float = 0.8
     complete_end_of_turn_s: float | None = 0.4
     barge_in: Literal["confirm", "onset"] = "confirm"
@@ -119,7 +123,10 @@ class TurnConfig:
 
     def __post_init__(self) -> None:
         self.backchannels = tuple(self.backchannels)  # TOML gives a list
-        for name in ("min_speech_s", "pause_s", "barge_in_min_speech_s", "backchannel_max_s"):
+        for name in (
+            "min_speech_s", "pause_s", "overlap_pause_s", "barge_in_min_speech_s",
+            "backchannel_max_s",
+        ):  # fmt: skip
             if not getattr(self, name) > 0:
                 raise ValueError(f"turns.{name} must be positive, got {getattr(self, name)}")
         if not self.pause_s <= self.end_of_turn_s:
@@ -465,7 +472,7 @@ class TurnTaker:
         self, utt: _Utterance, silence: float, now: float, out: list[TurnEvent]
     ) -> None:
         c = self._config
-        if not _reached(silence, c.pause_s):
+        if not _reached(silence, c.overlap_pause_s):
             return
         match = self._match()
         words_done = match == "complete" or (match == "empty" and self._final)
@@ -541,6 +548,8 @@ def _segment(words: tuple[str, ...], phrases: tuple[tuple[str, ...], ...]) -> tu
 
 
 def _looks_complete(text: str) -> bool:
-    """Ends in a full stop, question or exclamation mark (an ellipsis trails off: no)."""
+    """Two words or more ending in a full stop, question or exclamation mark (an ellipsis
+    trails off: no). One word is not enough: Whisper writes a clipped "Stop," or "So," as
+    "Stop." or "So." when it hears nothing after it."""
     t = text.rstrip().rstrip("\"')\u201d\u2019")
-    return t.endswith((".", "?", "!")) and not t.endswith(("..", "…"))
+    return len(t.split()) >= 2 and t.endswith((".", "?", "!")) and not t.endswith(("..", "…"))

@@ -50,13 +50,13 @@ def test_low_confidence_results_are_retried_in_the_full_window(model_dir, speech
     assert retried.avg_logprob >= plain.avg_logprob
 
 
-async def test_live_finals_skip_the_retry_unless_configured(model_dir, speech):
+async def test_live_finals_have_their_own_retry_threshold(model_dir, speech):
     from voice.asr import Transcriber
     from voice.streaming_asr import AsrWorker
 
     audio = speech[1][2]
-    for live, want in ((False, False), (True, True)):
-        config = AsrConfig(retry_below_logprob=0.0, retry_live=live)  # every result "unsure"
+    for floor, want in ((None, False), (0.0, True)):  # 0.0: every result is unsure
+        config = AsrConfig(retry_below_logprob=0.0, live_retry_below_logprob=floor)
         worker = AsrWorker(Transcriber(model_dir("whisper-tiny-en"), config))
         try:
             final = await worker.transcribe(audio, final=True)

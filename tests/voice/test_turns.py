@@ -117,6 +117,17 @@ def test_pause_then_end_of_turn_early_on_a_complete_final_transcript():
     assert s.take() == [EndOfTurn(0.9, 0.0, 0.5, early=True)]
 
 
+@pytest.mark.parametrize("text", ["Stop.", "So...", "and then"])
+def test_one_word_or_unfinished_transcripts_wait_for_the_full_silence(text):
+    s = Script().speech(0.5).silence(0.3)
+    s.take()
+    s.feed(AsrFinal(text))  # "Stop." may be a clipped "Stop, stop, wait"
+    s.silence(0.4)
+    assert s.take() == []
+    s.silence(0.1)
+    assert s.take() == [EndOfTurn(1.3, 0.0, 0.5, early=False)]
+
+
 def test_final_transcript_after_the_early_threshold_ends_the_turn_at_once():
     s = Script().speech(0.5).silence(0.5)
     s.take()
