@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import heapq
+import itertools
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,18 +40,58 @@ __all__ = ["Reply", "ReplyTimes", "TtsWorker"]
 _DELTA_S = 0.1  # audio per output event: pacing granularity
 
 
+_Result = asyncio.Future[Float32Array]
+
+
 class TtsWorker:
-    """The process's one Synthesizer behind one thread (Piper is not thread-safe)."""
+    """The process's one Synthesizer behind one thread (Piper is not thread-safe).
+
+    A reply's first chunk goes before queued later chunks of other replies: its caller is
+    waiting in silence, theirs are listening to the audio sent ahead (``output_lead_s``).
+    At 4 sessions a first chunk could otherwise wait behind three sentences (150-300 ms each
+    on one thread). A queued job whose awaiter is cancelled never runs.
+    """
 
     def __init__(self, synthesizer: Synthesizer) -> None:
         self._synth = synthesizer
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="parley-tts")
+        self._jobs: list[tuple[int, int, str, int, _Result]] = []  # (priority, order, ...)
+        self._order = itertools.count()
+        self._busy = False
 
-    async def synthesize(self, text: str, sample_rate: int) -> Float32Array:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._synth.synthesize, text, sample_rate)
+    async def synthesize(self, text: str, sample_rate: int, *, first: bool = False) -> Float32Array:
+        """``first``: a reply's first chunk (served before queued later chunks)."""
+        done: _Result = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._jobs, (0 if first else 1, next(self._order), text, sample_rate, done))
+        self._start_next()
+        return await done
+
+    def _start_next(self) -> None:
+        while not self._busy and self._jobs:
+            _, _, text, rate, done = heapq.heappop(self._jobs)
+            if done.done():
+                continue  # its awaiter was cancelled
+            self._busy = True
+            job = asyncio.get_running_loop().run_in_executor(
+                self._pool, self._synth.synthesize, text, rate
+            )
+            job.add_done_callback(functools.partial(self._finished, done))
+
+    def _finished(self, done: _Result, job: asyncio.Future[Float32Array]) -> None:
+        self._busy = False
+        if not done.done():
+            if job.cancelled():
+                done.cancel()
+            elif (err := job.exception()) is not None:
+                done.set_exception(err)
+            else:
+                done.set_result(job.result())
+        self._start_next()
 
     def close(self) -> None:
+        for *_, done in self._jobs:
+            done.cancel()
+        self._jobs.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -155,7 +198,7 @@ class Reply:
         assert self._tts is not None
         rate = self._format.sample_rate
         while (chunk := await chunks.get()) is not None:
-            audio = await self._tts.synthesize(chunk.text, rate)
+            audio = await self._tts.synthesize(chunk.text, rate, first=not self.spoken)
             if not len(audio):
                 continue
             await self._open()

@@ -45,3 +45,29 @@ def test_unsupported_rate_is_a_clear_error(synthesizer):
 
 def test_empty_text_yields_no_audio(synthesizer):
     assert len(synthesizer.synthesize("")) == 0
+
+
+async def test_worker_serves_a_first_chunk_before_queued_later_ones(synthesizer):
+    import asyncio
+
+    from voice.responder import TtsWorker
+
+    worker = TtsWorker(synthesizer)
+    finished: list[str] = []
+
+    async def say(name: str, first: bool = False) -> None:
+        audio = await worker.synthesize(f"This is sentence {name}.", 24000, first=first)
+        assert len(audio) > 0
+        finished.append(name)
+
+    running = asyncio.create_task(say("one"))  # starts at once
+    await asyncio.sleep(0)
+    later = [asyncio.create_task(say(n)) for n in ("two", "three", "four")]
+    await asyncio.sleep(0)
+    later[1].cancel()  # "three" leaves the queue: it never runs
+    first = asyncio.create_task(say("five", first=True))
+    await asyncio.gather(running, first, later[0], later[2])
+    with pytest.raises(asyncio.CancelledError):
+        await later[1]
+    assert finished == ["one", "five", "two", "four"]
+    worker.close()
