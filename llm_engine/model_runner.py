@@ -68,11 +68,14 @@ class ModelRunner:
     def _slot(self, table: list[int], pos: int) -> int:
         return table[pos // self.block_size] * self.block_size + pos % self.block_size
 
+    def _tables(self, tables: list[list[int]], ctx_len: int) -> Tensor:
+        """The blocks holding positions [0, ctx_len) of each table, zero-padded: [B, nb]."""
+        nb = -(-ctx_len // self.block_size)
+        return self._tensor([t[:nb] + [0] * (nb - len(t[:nb])) for t in tables])
+
     def _ctx_slots(self, tables: list[list[int]], ctx_len: int) -> Tensor:
         """Pool slots of positions [0, ctx_len) of each table: [B * ctx_len]."""
-        nb = -(-ctx_len // self.block_size)
-        padded = [t[:nb] + [0] * (nb - len(t[:nb])) for t in tables]
-        bt = self._tensor(padded)  # [B, nb]
+        bt = self._tables(tables, ctx_len)  # [B, nb]
         slots = (bt[:, :, None] * self.block_size + self._offsets).view(len(tables), -1)
         return slots[:, :ctx_len].reshape(-1)
 
@@ -83,16 +86,13 @@ class ModelRunner:
         ids = self._tensor([[s.tokens[p]] for s, p in zip(seqs, pos, strict=True)])  # [B, 1]
         slots = self._tensor([self._slot(s.block_table, p) for s, p in zip(seqs, pos, strict=True)])
         ctx_len = max(pos) + 1
+        lens = self._tensor([p + 1 for p in pos])
         if self._attn_kernel is not None:  # reads the pool through the block tables
-            nb = -(-ctx_len // self.block_size)
-            tables = self._tensor([s.block_table[:nb] + [0] * (nb - len(s.block_table[:nb]))
-                                   for s in seqs])  # fmt: skip
-            lens = self._tensor([p + 1 for p in pos])
+            tables = self._tables([s.block_table for s in seqs], ctx_len)
             meta = AttnMeta(slots, None, None, ctx_len, self._attn_kernel, tables, lens)
             return self._forward(ids, self._tensor(pos).view(B, 1), self.kv, meta)[:, 0]
         mask = None
         if B > 1:
-            lens = self._tensor([p + 1 for p in pos])
             arange = torch.arange(ctx_len, device=self.device)
             mask = (arange[None, :] < lens[:, None]).view(B, 1, 1, ctx_len)
         meta = AttnMeta(

@@ -198,7 +198,7 @@ class _Utterance:
     audio_start: float  # seconds of session input audio
     overlap: bool  # spoken over the assistant, not (yet) a turn
     stable: str = ""  # stable words sent as transcription deltas
-    quiet_s: float = 0.0  # silence since the last speech frame (overlaps only)
+    quiet_s: float = 0.0  # silence since the last speech frame (until a final is asked for)
     audio_end: float | None = None
     end_wall: float | None = None  # monotonic time the end of speech arrived
     pause_at: float | None = None
