@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from llm_engine.config import SamplingParams
 from llm_engine.errors import InvalidRequest
+from llm_engine.history import common_prefix_len
 
 if TYPE_CHECKING:
     from llm_engine.conversation import Conversation
@@ -287,11 +288,7 @@ class ChatService:
             async for delta in deltas:
                 if first:  # the prompt is known now
                     first = False
-                    after = slot.conv.tokens[: delta.position]
-                    reused = next(
-                        (i for i, (x, y) in enumerate(zip(before, after, strict=False)) if x != y),
-                        min(len(before), len(after)),
-                    )
+                    reused = common_prefix_len(before, slot.conv.tokens[: delta.position])
                     completion.usage = Usage(prompt_tokens=delta.position, cached_tokens=reused)
                 completion.usage.completion_tokens += len(delta.token_ids)
                 if delta.finish_reason:

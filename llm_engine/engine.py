@@ -20,7 +20,7 @@ import torch
 from llm_engine.config import EngineConfig, SamplingParams
 from llm_engine.conversation import Conversation, Delta, post
 from llm_engine.errors import ContextLengthExceeded, EngineClosed, EngineError, InvalidRequest
-from llm_engine.history import AppendPlan, History
+from llm_engine.history import AppendPlan, History, common_prefix_len
 from llm_engine.kv_cache import KVCache
 from llm_engine.model import Transformer
 from llm_engine.model_runner import ModelRunner
@@ -242,7 +242,7 @@ class Engine:
             for st in self._convs.values():
                 if st.closed or st.gen is not None:
                     continue
-                n = _common_len(st.seq.tokens, tokens)
+                n = common_prefix_len(st.seq.tokens, tokens)
                 if n > best[1]:
                     best = (st, n)
         found = best[0]
@@ -510,11 +510,3 @@ class Engine:
 
 
 _DEFER = object()
-
-
-def _common_len(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n

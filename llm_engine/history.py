@@ -9,8 +9,9 @@ tokens past the divergence are rolled back first, which keeps tokens and templat
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from llm_engine.tokenizer import Message
 
@@ -100,7 +101,7 @@ class History:
         return [e.message for e in self._entries]
 
     def _plan(self, full: bytes) -> AppendPlan:
-        common = _common_prefix(full, self._bytes)
+        common = common_prefix_len(full, self._bytes)
         keep = len(self.tokens)
         while keep:
             end = self._ends[keep - 1]
@@ -174,11 +175,12 @@ class History:
             self._entries[-1].closed = True
 
 
-def _common_prefix(a: bytes, b: bytes | bytearray) -> int:
+def common_prefix_len(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """How many leading items (tokens, bytes) ``a`` and ``b`` share; slices compare in C."""
     n = min(len(a), len(b))
     if a[:n] == b[:n]:
         return n
-    lo, hi = 0, n  # binary search on prefix equality
+    lo, hi = 0, n - 1  # binary search on prefix equality
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if a[:mid] == b[:mid]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from audio.codec import encode
 from audio.pcm import Float32Array
+from voice.aio import settle_like
 from voice.chunker import Chunk, ChunkerConfig, SentenceChunker
 from voice.llm import Dialogue, ReplyParams
 from voice.playout import Playout
@@ -79,13 +80,7 @@ class TtsWorker:
 
     def _finished(self, done: _Result, job: asyncio.Future[Float32Array]) -> None:
         self._busy = False
-        if not done.done():
-            if job.cancelled():
-                done.cancel()
-            elif (err := job.exception()) is not None:
-                done.set_exception(err)
-            else:
-                done.set_result(job.result())
+        settle_like(done, job)
         self._start_next()
 
     def close(self) -> None:

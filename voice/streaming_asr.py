@@ -57,6 +57,7 @@ import numpy as np
 import numpy.typing as npt
 
 from audio.pcm import check_mono
+from voice.aio import settle_like
 from voice.asr import SAMPLE_RATE, AsrConfig, Transcriber, Transcript
 from voice.errors import ParleyError
 
@@ -286,20 +287,9 @@ class AsrWorker:
 
     def _finished(self, job: Job[Waiter], done: asyncio.Future[Transcript]) -> None:
         self._running = None
-        _deliver(job, _settle_like(done))
+        _deliver(job, lambda waiter: settle_like(waiter, done))
         if not self._closed:
             self._start_next()
-
-
-def _settle_like(done: asyncio.Future[Transcript]) -> Callable[[Waiter], object]:
-    """How to settle a waiter the way ``done`` was settled."""
-    if done.cancelled():
-        return lambda waiter: waiter.cancel()
-    error = done.exception()
-    if error is not None:
-        return lambda waiter: waiter.set_exception(error)
-    result = done.result()
-    return lambda waiter: waiter.set_result(result)
 
 
 def _deliver(job: Job[Waiter], settle: Callable[[Waiter], object]) -> None:
