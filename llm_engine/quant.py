@@ -13,13 +13,17 @@ kernels serve decode, picked by shape (measured on the 2-core AVX2 box, one thre
   (``linear_dynamic``) is faster still but quantizes activations per tensor to 7 bits, which
   SmolLM2's activation outliers do not survive (logits off by ~60%), so it is not used.
 
-Both are matrix-vector style kernels; fp32 GEMM wins for many rows, so ``full`` keeps the float
-weight for prefill. Where it builds (gcc, AVX2), :mod:`llm_engine.cpu_kernel` serves one-row
+Both are matrix-vector style kernels; GEMM wins for many rows, so ``full`` keeps a float weight
+for prefill: bfloat16 where the CPU multiplies bf16 natively (AVX512-BF16, AMX: oneDNN's bf16
+GEMM ran 1.5x fbgemm fp16 from 32 rows on the Zen 4 box, 286 vs 197 GFLOP/s at 48 rows, 408 vs
+185 for fp32 at 300; it halves the kept copy too), float32 elsewhere (bf16 is emulated there and
+~5x slower). Where it builds (gcc, AVX2), :mod:`llm_engine.cpu_kernel` serves one-row
 inputs instead of both: int8 weights, fp32 activations, 2-3x faster than either at one row.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +35,7 @@ from llm_engine import cpu_kernel
 
 INT8_MAX_ROWS = 8  # above this many input rows, the float weight (if kept) beats int8pack
 FP16_MAX_ROWS = 64  # with the fp16 copy: fp32 GEMM was 1.5-3x slower up to 64 rows
+BF16_MIN_ROWS = 32  # native bf16 GEMM: below this it was no faster than fbgemm fp16 (~overhead)
 FBGEMM_MIN_ELEMS = 1 << 20  # one-row matmuls use fbgemm only for weights this big (N * K)
 KERNEL_MAX_ROWS = 1  # at 2+ rows fbgemm's fp16 GEMM caught up with cpu_kernel
 
@@ -39,7 +44,8 @@ KERNEL_MAX_ROWS = 1  # at 2+ rows fbgemm's fp16 GEMM caught up with cpu_kernel
 class Int8Weight:
     q: Tensor  # [N, K] int8
     scale: Tensor  # [N] bfloat16 (CPU kernel) or the activation dtype
-    full: Tensor | None  # [N, K] float weight for many-row inputs, or None
+    full: Tensor | None  # [N, K] float weight (bf16 or the model's dtype) for many rows, or None
+    full_min_rows: int = 1  # inputs with at least this many rows use ``full``
     packed: Any = None  # fbgemm's prepacked fp16 copy of the weight on CPU, or None
     one_row_packed: bool = False  # one input row goes to ``packed`` too (big weights)
     kernel: Any = None  # cpu_kernel's library where it runs (CPU), else None
@@ -50,11 +56,24 @@ def quantize_int8(w: Tensor, keep_full: bool) -> Int8Weight:
     """w: [N, K] float -> per-channel symmetric int8."""
     scale = w.float().abs().amax(dim=1).clamp(min=1e-8) / 127.0  # [N]
     q = torch.round(w.float() / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    packed = _fbgemm_pack(w) if w.device.type == "cpu" else None
+    cpu = w.device.type == "cpu"
+    packed = _fbgemm_pack(w) if cpu else None
     big = w.numel() >= FBGEMM_MIN_ELEMS
-    kernel = cpu_kernel.load() if w.device.type == "cpu" else None
-    full = w if keep_full else None
-    return Int8Weight(q, scale.to(torch.bfloat16), full, packed, big, kernel, scale.float())
+    kernel = cpu_kernel.load() if cpu else None
+    full, min_rows = None, 1
+    if keep_full and cpu and native_bf16():
+        full, min_rows = w.to(torch.bfloat16), BF16_MIN_ROWS
+    elif keep_full:
+        full, min_rows = w, 1 + (INT8_MAX_ROWS if packed is None else FP16_MAX_ROWS)
+    scale16 = scale.to(torch.bfloat16)
+    return Int8Weight(q, scale16, full, min_rows, packed, big, kernel, scale.float())
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def _fbgemm_pack(w: Tensor) -> Any:
@@ -73,8 +92,11 @@ def linear(x: Tensor, w: Tensor | Int8Weight, bias: Tensor | None = None) -> Ten
         return F.linear(x, w, bias)
     K = x.shape[-1]
     rows = x.numel() // K
-    if w.full is not None and rows > (INT8_MAX_ROWS if w.packed is None else FP16_MAX_ROWS):
-        return F.linear(x, w.full, bias)
+    if w.full is not None and rows >= w.full_min_rows:
+        if w.full.dtype == x.dtype:
+            return F.linear(x, w.full, bias)
+        y = F.linear(x.to(w.full.dtype), w.full).to(x.dtype)
+        return y if bias is None else y + bias
     x2 = x.reshape(rows, K)
     if w.kernel is not None and rows <= KERNEL_MAX_ROWS and x.dtype == torch.float32:
         assert w.scale32 is not None

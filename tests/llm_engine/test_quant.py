@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from llm_engine.quant import FP16_MAX_ROWS, INT8_MAX_ROWS, linear, quantize_int8
+from llm_engine.quant import BF16_MIN_ROWS, FP16_MAX_ROWS, linear, native_bf16, quantize_int8
 
 
 def test_int8_linear_close_to_float() -> None:
@@ -20,8 +20,17 @@ def test_int8_linear_close_to_float() -> None:
     got = linear(x, q)  # few rows: the int8 kernel
     assert got.dtype == torch.float32
     assert (got - ref).abs().max() / ref.abs().max() < 0.03
-    many = torch.randn(max(INT8_MAX_ROWS, FP16_MAX_ROWS) + 1, 64)
-    torch.testing.assert_close(linear(many, q), many @ w.T)  # many rows: the float weight
+    assert q.full is not None
+    many = torch.randn(q.full_min_rows, 64)  # many rows: the float weight
+    if native_bf16():  # bf16 GEMM: inputs and outputs rounded to 8 significant bits
+        assert q.full.dtype == torch.bfloat16 and q.full_min_rows == BF16_MIN_ROWS
+        got, ref = linear(many, q), many @ w.T
+        assert got.dtype == torch.float32
+        assert (got - ref).abs().max() / ref.abs().max() < 0.01
+    else:
+        assert q.full is w and q.full_min_rows == FP16_MAX_ROWS + 1
+        torch.testing.assert_close(linear(many, q), many @ w.T)
+    assert linear(many[: q.full_min_rows - 1], q).shape == (q.full_min_rows - 1, 96)
 
 
 async def test_int8_engine_agrees_with_float(smol_dir: Path, smol_engine: Any) -> None:
