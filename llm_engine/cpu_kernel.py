@@ -120,88 +120,170 @@ void q8_linear(const float *x, const int8_t *w, const float *scale, const float 
     }
 }
 
-static inline float dot(const float *a, const float *b, long D) {
-    long d = 0;
+/* e^x for x <= 0 (softmax after subtracting the max), 8 lanes: Cephes' expf polynomial. */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_cvtps_epi32(n);
+    e = _mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static inline float dot(const float *a, const float *b, long D) {  /* D a multiple of 8 */
     __m256 acc = _mm256_setzero_ps();
-    for (; d + 8 <= D; d += 8)
+    for (long d = 0; d < D; d += 8)
         acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc);
-    float s = hsum(acc);
-    for (; d < D; d++) s += a[d] * b[d];
-    return s;
+    return hsum(acc);
 }
 
-static inline void axpy(float p, const float *x, float *y, long D) {  /* y += p * x */
-    long d = 0;
-    __m256 pv = _mm256_set1_ps(p);
-    for (; d + 8 <= D; d += 8)
-        _mm256_storeu_ps(y + d,
-                         _mm256_fmadd_ps(pv, _mm256_loadu_ps(x + d), _mm256_loadu_ps(y + d)));
-    for (; d < D; d++) y[d] += p * x[d];
+/* Four dot products q . k_j, rows k + j * stride: one reduction for all four. */
+static inline __m128 dot4(const float *q, const float *k, long stride, long D) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (long d = 0; d < D; d += 8) {
+        __m256 qv = _mm256_loadu_ps(q + d);
+        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + d), a0);
+        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + stride + d), a1);
+        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 2 * stride + d), a2);
+        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 3 * stride + d), a3);
+    }
+    __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
-/* One query token per sequence against its context in the paged pool.
-   q: row b at q + b * q_stride, heads [H, D]; pool: [slots, 2, Hkv, D] (K then V);
-   tables: [B, nb] block ids; lens: [B] context lengths (the new token included, stored);
-   out: [B, H, D].
-   Positions are walked block by block. A task takes a whole sequence when there are enough of
-   them (4 per thread): each K and V row is then read once, whole and in order, for all heads,
-   which is what keeps a batch whose context outgrows the cache at memory speed. Fewer
-   sequences are split into a task per KV head (its GQA group of query heads), then per query
-   head, so that every thread has work. */
+/* s[t - t0] = scale * q . k_t for positions [t0, t1) of a block table; k: the pool at the
+   KV head's K columns. */
+static void scores(const float *q, const float *k, const long *tab, long t0, long t1, long bs,
+                   long row, long D, float scale, float *s) {
+    for (long t = t0; t < t1;) {
+        const float *kb = k + (tab[t / bs] * bs + t % bs) * row;
+        long n = bs - t % bs, i = 0;
+        n = n < t1 - t ? n : t1 - t;
+        for (; i + 4 <= n; i += 4)
+            _mm_storeu_ps(s + t - t0 + i,
+                          _mm_mul_ps(dot4(q, kb + i * row, row, D), _mm_set1_ps(scale)));
+        for (; i < n; i++) s[t - t0 + i] = dot(q, kb + i * row, D) * scale;
+        t += n;
+    }
+}
+
+/* s = exp(s - max(s)) in place; returns the sum, *mx the max. */
+static float softmax_terms(float *s, long n, float *mx) {
+    float m = -INFINITY, sum = 0.f;
+    for (long t = 0; t < n; t++) m = s[t] > m ? s[t] : m;
+    __m256 mv = _mm256_set1_ps(m), sv = _mm256_setzero_ps();
+    long t = 0;
+    for (; t + 8 <= n; t += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + t), mv));
+        _mm256_storeu_ps(s + t, e);
+        sv = _mm256_add_ps(sv, e);
+    }
+    sum = hsum(sv);
+    for (; t < n; t++) {
+        s[t] = expf(s[t] - m);
+        sum += s[t];
+    }
+    *mx = m;
+    return sum;
+}
+
+/* o = sum_t p[t - t0] * v_t over positions [t0, t1) of a block table; v: the pool at the KV
+   head's V columns. 64 columns at a time, their running sums in registers. */
+static void weighted_sum(const float *p, const float *v, const long *tab, long t0, long t1,
+                         long bs, long row, long D, float *o) {
+    for (long d0 = 0; d0 < D; d0 += 64) {
+        long w = D - d0 < 64 ? (D - d0) / 8 : 8;
+        __m256 acc[8];
+        for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+        for (long t = t0; t < t1;) {
+            const float *vr = v + (tab[t / bs] * bs + t % bs) * row + d0;
+            long n = bs - t % bs;
+            n = n < t1 - t ? n : t1 - t;
+            for (long i = 0; i < n; i++, vr += row) {
+                __m256 pv = _mm256_set1_ps(p[t - t0 + i]);
+                if (w == 8) {
+                    for (int j = 0; j < 8; j++)
+                        acc[j] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr + 8 * j), acc[j]);
+                } else {
+                    for (long j = 0; j < w; j++)
+                        acc[j] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr + 8 * j), acc[j]);
+                }
+            }
+            t += n;
+        }
+        for (long j = 0; j < w; j++) _mm256_storeu_ps(o + d0 + 8 * j, acc[j]);
+    }
+}
+
+/* One query token per sequence against its context in the paged pool (split like
+   flash-decoding). q: row b at q + b * q_stride, heads [H, D]; pool: [slots, 2, Hkv, D] (K then
+   V); tables: [B, nb] block ids; lens: [B] context lengths (the new token included, stored);
+   out: [B, H, D]; D a multiple of 8.
+   A task is one KV head of one sequence over one chunk of its context, for the head's whole
+   GQA group: each K and V row comes from memory once, then from cache for the group's other
+   query heads. Few sequences split their context into chunks so that every thread has work;
+   each chunk leaves its max score, its sum of exponentials and its unnormalised output, and a
+   second pass merges the chunks. */
 void paged_decode(const float *q, long q_stride, const float *pool, const long *tables,
                   const long *lens, float *out, long B, long H, long Hkv, long D, long nb,
                   long bs, float scale, int nthreads) {
-    long G = H / Hkv, row = 2 * Hkv * D, enough = 4 * nthreads;
-    long nk = B >= enough ? Hkv : 1;  /* KV heads per task */
-    long ng = B * Hkv >= enough ? G : 1;  /* query heads per KV head per task */
-    long per_seq = (Hkv / nk) * (G / ng);
-    #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
-    for (long task = 0; task < B * per_seq; task++) {
-        long b = task / per_seq, part = task % per_seq;
-        long k0 = part / (G / ng) * nk, g0 = part % (G / ng) * ng, S = lens[b], m = nk * ng;
-        const float *qb = q + b * q_stride;
-        const long *tab = tables + b * nb;
-        float *sc = malloc((size_t)(m * S + m) * sizeof(float)), *sums = sc + m * S;
-        for (long t0 = 0; t0 < S; t0 += bs) {
-            const float *k = pool + tab[t0 / bs] * bs * row;
-            long n = S - t0 < bs ? S - t0 : bs;
-            for (long i = 0; i < n; i++, k += row)
-                for (long a = 0; a < nk; a++)
-                    for (long g = 0; g < ng; g++) {
-                        long h = (k0 + a) * G + g0 + g;
-                        float s = dot(qb + h * D, k + (k0 + a) * D, D);
-                        sc[(a * ng + g) * S + t0 + i] = s * scale;
-                    }
-        }
-        for (long j = 0; j < m; j++) {
-            float *sj = sc + j * S, mx = -INFINITY, sum = 0.f;
-            for (long t = 0; t < S; t++) mx = sj[t] > mx ? sj[t] : mx;
-            for (long t = 0; t < S; t++) {
-                sj[t] = expf(sj[t] - mx);
-                sum += sj[t];
+    long G = H / Hkv, row = 2 * Hkv * D, longest = 0, P = D + 2;
+    for (long b = 0; b < B; b++) longest = lens[b] > longest ? lens[b] : longest;
+    long C = (4 * nthreads + B * Hkv - 1) / (B * Hkv);  /* chunks per sequence and KV head */
+    long most = (longest + 63) / 64;  /* each at least 64 positions */
+    C = C < most ? C : most;
+    C = C < 1 ? 1 : C;
+    long per = (longest + C - 1) / C;
+    float *part = malloc((size_t)(B * H * C * P) * sizeof(float));
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float *s = malloc((size_t)per * sizeof(float));
+        #pragma omp for schedule(dynamic, 1)
+        for (long task = 0; task < B * Hkv * C; task++) {
+            long b = task / (Hkv * C), kh = task / C % Hkv, c = task % C;
+            long t0 = c * per, t1 = t0 + per < lens[b] ? t0 + per : lens[b];
+            const long *tab = tables + b * nb;
+            for (long g = 0; g < G; g++) {
+                long h = kh * G + g;
+                float *pm = part + ((b * H + h) * C + c) * P;
+                if (t1 <= t0) {  /* an empty chunk of a shorter context */
+                    pm[D] = -INFINITY;
+                    pm[D + 1] = 0.f;
+                    continue;
+                }
+                scores(q + b * q_stride + h * D, pool + kh * D, tab, t0, t1, bs, row, D, scale, s);
+                pm[D + 1] = softmax_terms(s, t1 - t0, pm + D);
+                weighted_sum(s, pool + (Hkv + kh) * D, tab, t0, t1, bs, row, D, pm);
             }
-            sums[j] = sum;
-            long h = (k0 + j / ng) * G + g0 + j % ng;
-            for (long d = 0; d < D; d++) out[(b * H + h) * D + d] = 0.f;
         }
-        for (long t0 = 0; t0 < S; t0 += bs) {
-            const float *v = pool + tab[t0 / bs] * bs * row + Hkv * D;
-            long n = S - t0 < bs ? S - t0 : bs;
-            for (long i = 0; i < n; i++, v += row)
-                for (long a = 0; a < nk; a++)
-                    for (long g = 0; g < ng; g++) {
-                        long h = (k0 + a) * G + g0 + g;
-                        axpy(sc[(a * ng + g) * S + t0 + i], v + (k0 + a) * D,
-                             out + (b * H + h) * D, D);
-                    }
+        free(s);
+        #pragma omp for schedule(static)
+        for (long bh = 0; bh < B * H; bh++) {  /* merge the chunks */
+            const float *pc = part + bh * C * P;
+            float mx = -INFINITY, sum = 0.f, *o = out + bh * D;
+            for (long c = 0; c < C; c++)
+                if (pc[c * P + D + 1] > 0.f && pc[c * P + D] > mx) mx = pc[c * P + D];
+            for (long d = 0; d < D; d++) o[d] = 0.f;
+            for (long c = 0; c < C; c++) {
+                const float *p = pc + c * P;
+                if (p[D + 1] <= 0.f) continue;
+                float w = expf(p[D] - mx);
+                sum += w * p[D + 1];
+                for (long d = 0; d < D; d++) o[d] += w * p[d];
+            }
+            for (long d = 0; d < D; d++) o[d] /= sum;
         }
-        for (long j = 0; j < m; j++) {
-            long h = (k0 + j / ng) * G + g0 + j % ng;
-            float inv = 1.f / sums[j], *o = out + (b * H + h) * D;
-            for (long d = 0; d < D; d++) o[d] *= inv;
-        }
-        free(sc);
     }
+    free(part);
 }
 
 /* x: [rows, dim]; x += r first when r is given; out = w * (x / sqrt(mean(x^2) + eps)). */
@@ -310,11 +392,12 @@ def paged_decode(
     """One query token per sequence over the paged pool (float32; see ``_SOURCE``).
 
     q: [B, 1, H, D] (rows may be strided, heads contiguous); pool: [num_blocks, block_size, 2,
-    Hkv, D] contiguous; tables: [B, nb] int64; lens: [B] int64 -> [B, 1, H * D].
+    Hkv, D] contiguous; tables: [B, nb] int64; lens: [B] int64 -> [B, 1, H * D]. D must be a
+    multiple of 8 (:func:`decode_fits`).
     """
     B, _, H, D = q.shape
     Hkv = pool.shape[3]
-    assert q.stride(3) == 1 and q.stride(2) == D and pool.is_contiguous()
+    assert decode_fits(D) and q.stride(3) == 1 and q.stride(2) == D and pool.is_contiguous()
     out = torch.empty(B, 1, H * D, dtype=torch.float32)
     lib.paged_decode(
         q.data_ptr(), q.stride(0), pool.data_ptr(), tables.data_ptr(), lens.data_ptr(),
@@ -322,6 +405,11 @@ def paged_decode(
         torch.get_num_threads(),
     )  # fmt: skip
     return out
+
+
+def decode_fits(head_dim: int) -> bool:
+    """Whether :func:`paged_decode` takes this head size (whole 8-float vectors)."""
+    return head_dim % 8 == 0
 
 
 def rms_norm(lib: ctypes.CDLL, x: Tensor, r: Tensor | None, w: Tensor, eps: float) -> Tensor:

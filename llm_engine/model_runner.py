@@ -41,7 +41,8 @@ class ModelRunner:
         self._offsets = torch.arange(kv.block_size, device=self.device)
         self._forward: Callable[..., Tensor] = model.forward
         on_cpu_fp32 = self.device.type == "cpu" and kv.kv.dtype == torch.float32
-        self._attn_kernel = cpu_kernel.load() if on_cpu_fp32 else None
+        fits = on_cpu_fp32 and cpu_kernel.decode_fits(kv.kv.shape[-1])
+        self._attn_kernel = cpu_kernel.load() if fits else None
         if compile:
             self._forward = _compiled_or_eager(model.forward)
 

@@ -44,20 +44,39 @@ def test_one_row_linear_uses_the_kernel(lib: ctypes.CDLL) -> None:
     assert (got - ref).abs().max() / ref.abs().max() < 1e-2  # bf16 scales in the reference
 
 
-# 3, 6 and 12 sequences: with 2 threads, a task per query head, per KV head, per sequence
-@pytest.mark.parametrize("copies", [1, 2, 4])
-def test_paged_decode_matches_sdpa(lib: ctypes.CDLL, copies: int) -> None:
+# Short contexts: one chunk per (sequence, KV head). Long ones with few sequences are split
+# into chunks (merged by their max and sum), some of them empty for the shorter sequence.
+# D = 16, 72 and 128: fewer than 64 columns, a 64-column slab plus a remainder, two slabs.
+@pytest.mark.parametrize(
+    ("lens", "D", "threads"),
+    [
+        ([10, 3, 16], 16, 2),
+        ([10, 3, 16] * 4, 16, 2),
+        ([300], 72, 2),
+        ([700, 45], 128, 2),
+        ([257, 1, 130], 64, 1),
+    ],
+)
+def test_paged_decode_matches_sdpa(lib: ctypes.CDLL, lens: list[int], D: int, threads: int) -> None:
     """Sequences of different lengths, scattered blocks, GQA 6:2."""
     torch.manual_seed(0)
-    H, Hkv, D, bs, nb = 6, 2, 16, 4, 12
-    pool = torch.randn(nb, bs, 2, Hkv, D)
-    tables = torch.tensor([[5, 2, 9, 0], [1, 0, 0, 0], [11, 3, 7, 4]] * copies)
-    lens = torch.tensor([10, 3, 16] * copies)
+    H, Hkv, bs = 6, 2, 4
+    need = [-(-n // bs) for n in lens]
+    pool = torch.randn(sum(need) + 3, bs, 2, Hkv, D)
+    order = torch.randperm(len(pool)).tolist()  # scattered blocks
+    tables = torch.zeros(len(lens), max(need), dtype=torch.int64)
+    for b, n in enumerate(need):
+        tables[b, :n] = torch.tensor(order[sum(need[:b]) : sum(need[: b + 1])])
     B = len(lens)
     q = torch.randn(B, 1, H + 2 * Hkv, D)[:, :, :H]  # strided rows, as the model passes it
-    got = cpu_kernel.paged_decode(lib, q, pool, tables, lens, bs)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = cpu_kernel.paged_decode(lib, q, pool, tables, torch.tensor(lens), bs)
+    finally:
+        torch.set_num_threads(before)
     for b in range(B):
-        S = int(lens[b])
+        S = lens[b]
         ctx = pool[tables[b]].reshape(-1, 2, Hkv, D)[:S]  # [S, 2, Hkv, D]
         ref = F.scaled_dot_product_attention(
             q[b].transpose(0, 1), ctx[:, 0].transpose(0, 1), ctx[:, 1].transpose(0, 1),
