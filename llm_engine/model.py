@@ -71,6 +71,13 @@ def rope_tables(cfg: ModelConfig, max_len: int, dtype: torch.dtype, device: str)
     return torch.stack((emb.cos(), emb.sin())).to(dtype=dtype, device=device)
 
 
+def _kernel_weight(w: Tensor | Int8Weight) -> tuple[Tensor, Tensor] | None:
+    """(int8 weight, float32 scale) of a projection the C kernel runs, else None."""
+    if isinstance(w, Int8Weight) and w.kernel is not None and w.scale32 is not None:
+        return w.q, w.scale32
+    return None
+
+
 def apply_rope_(x: Tensor, cos: Tensor, sin: Tensor) -> None:
     """In place: x = x*cos + rotate_half(x)*sin. x: [B, T, heads, D]; cos, sin: [B, T, 1, D]."""
     half = x.shape[-1] // 2
@@ -88,6 +95,7 @@ class Transformer:
         # float32 on CPU: RMSNorm and RoPE as single C calls (torch runs each as ~8 small ops)
         fp32_cpu = weights.embed.device.type == "cpu" and weights.embed.dtype == torch.float32
         self.kernel = cpu_kernel.load() if fp32_cpu else None
+        self._decode_one: cpu_kernel.DecodeOne | None = None
 
     def quantize_int8(self, keep_full: bool) -> None:
         """Switch every projection and the head to int8 weights (see :mod:`llm_engine.quant`)."""
@@ -98,6 +106,31 @@ class Transformer:
                     setattr(lw, name, quantize_int8(w, keep_full))
         if isinstance(self.w.lm_head, Tensor):
             self.w.lm_head = quantize_int8(self.w.lm_head, keep_full)
+        self._decode_one = self._bind_decode_one()
+
+    def _bind_decode_one(self) -> cpu_kernel.DecodeOne | None:
+        """The one-call decode of a single sequence, where every projection runs on the C
+        kernel (float32 CPU, int8 weights); None elsewhere."""
+        cfg, layers = self.cfg, self.w.layers
+        if self.kernel is None or not cpu_kernel.decode_fits(cfg.head_dim):
+            return None
+        tensors = []
+        for i, lw in enumerate(layers):
+            ws = [_kernel_weight(w) for w in (lw.qkv, lw.o, lw.gate_up, lw.down)]
+            bias = lw.qkv_bias
+            if None in ws or (bias is not None and bias.dtype != torch.float32):
+                return None
+            qkv, o, gate_up, down = (w for w in ws if w is not None)
+            nxt = layers[i + 1].attn_norm if i + 1 < len(layers) else self.w.norm
+            tensors.append(cpu_kernel.LayerTensors(qkv, o, gate_up, down, bias, lw.mlp_norm, nxt))
+        shape = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+        )
+        return cpu_kernel.DecodeOne(self.kernel, tensors, shape, cfg.rms_norm_eps, self.rope)
 
     def forward(self, input_ids: Tensor, positions: Tensor, kv: KVCache, meta: AttnMeta) -> Tensor:
         """input_ids, positions: [B, T] int64 -> final hidden states [B, T, hidden]."""
@@ -106,6 +139,10 @@ class Transformer:
         B, T = input_ids.shape
         x = F.embedding(input_ids, self.w.embed)  # [B, T, hidden], the residual stream
         h = self._add_norm(x, None, layers[0].attn_norm)
+        if B * T == 1 and self._decode_one is not None and meta.tables is not None:
+            assert meta.kernel is not None  # the runner's decode: every layer in one C call
+            self._decode_one(x, h, kv.kv, positions, meta.slots, meta.tables)
+            return h
         for i, lw in enumerate(layers):
             qkv = linear(h, lw.qkv, lw.qkv_bias).view(B, T, H + 2 * Hkv, D)
             self._rope_(qkv, H + Hkv, positions)  # q and k heads together

@@ -148,3 +148,22 @@ def test_int8_decode_close_to_float(smol_dir: Path, batch: int) -> None:
     assert (logits - ref).abs().max() < 0.05 * ref.abs().max()
     assert torch.equal(logits.argmax(-1), ref.argmax(-1))
     assert got == want
+
+
+@pytest.mark.parametrize("model", ["smol", "qwen"])
+def test_one_call_decode_matches_layer_by_layer(smol_dir: Path, qwen_dir: Path, model: str) -> None:
+    """A single sequence's decode runs every layer in one C call (``decode_one``); it must
+    give the logits of the op-by-op forward (Qwen: q/k/v bias, untied head, GQA 4:2)."""
+    from tokenizers import Tokenizer
+
+    model_dir = smol_dir if model == "smol" else qwen_dir
+    prompt = Tokenizer.from_file(str(smol_dir / "tokenizer.json")).encode("Once upon a time").ids
+    fused = _runner(model_dir, quant=True)
+    assert fused.model._decode_one is not None
+    layered = _runner(model_dir, quant=True)
+    layered.model._decode_one = None
+    got, got_logits = _greedy_decode(fused, [prompt], 24)
+    want, want_logits = _greedy_decode(layered, [prompt], 24)
+    assert got == want
+    scale = want_logits.abs().max()
+    assert (got_logits - want_logits).abs().max() < 1e-4 * scale
