@@ -93,12 +93,12 @@ class EngineConfig:
     ``max_batch`` sequences decode together; ``max_step_tokens`` bounds the tokens computed per
     step (prefill chunks are cut to fit it).
 
-    ``dtype="auto"``: float32 on CPU (bf16 prefill is ~5x slower without native bf16), bfloat16
-    on CUDA. ``quant="auto"``: int8 weight-only for decode on CPU (float weights kept for
-    prefill; an fp16 copy serves the big weights and 2-64-row batches, see
-    :mod:`llm_engine.quant`; one-row decode uses :mod:`llm_engine.cpu_kernel` where gcc
-    builds it), none elsewhere; ``"none"`` gives bit-for-bit HF-comparable float
-    math.
+    ``dtype="auto"``: float32 on CPU (activations and KV), bfloat16 on CUDA. ``quant="auto"``:
+    int8 weight-only for decode on CPU, none elsewhere. It keeps a float copy of each weight for
+    prefill (bfloat16 where the CPU multiplies it natively, else float32) and an fp16 copy for
+    the big weights and small batches (see :mod:`llm_engine.quant`); a single sequence's
+    decode runs in :mod:`llm_engine.cpu_kernel` where gcc builds it. ``"none"`` gives
+    bit-for-bit HF-comparable float math.
     ``compile`` wraps the forward in ``torch.compile`` and falls back to eager if that fails
     (off by default: on the 2-core CPU it compiled for minutes and ran slower).
     """

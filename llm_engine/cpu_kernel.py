@@ -1,4 +1,6 @@
-"""A small AVX2 kernel for int8-weight matrix x vector products on CPU, built on first use.
+"""Small AVX2 kernels for decode on CPU, built on first use: int8-weight matrix x vector
+products, paged decode attention, RMSNorm, rope, and ``decode_one``, which chains them through
+every layer for a single sequence's new token (one call per step instead of ~15 per layer).
 
     y[m, n] = scale[n] * sum_k x[m, k] * q[n, k]  (+ bias[n]);  x, y float32, q int8
 
