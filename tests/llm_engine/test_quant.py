@@ -8,10 +8,17 @@ from typing import Any
 import pytest
 import torch
 
-from llm_engine.quant import BF16_MIN_ROWS, FP16_MAX_ROWS, linear, native_bf16, quantize_int8
+from llm_engine import quant
+from llm_engine.quant import BF16_MIN_ROWS, FP16_MAX_ROWS, linear, quantize_int8
 
 
-def test_int8_linear_close_to_float() -> None:
+@pytest.mark.parametrize("bf16", [True, False])
+def test_int8_linear_close_to_float(bf16: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Few rows: the int8 kernels; many rows: the kept float weight, bf16 where the CPU has
+    it (the other CPU kind is simulated, both paths run everywhere)."""
+    if bf16 and not quant.native_bf16():
+        pytest.skip("this CPU has no native bf16")
+    monkeypatch.setattr(quant, "native_bf16", lambda: bf16)
     torch.manual_seed(0)
     w = torch.randn(96, 64)
     x = torch.randn(3, 64)
@@ -22,7 +29,7 @@ def test_int8_linear_close_to_float() -> None:
     assert (got - ref).abs().max() / ref.abs().max() < 0.03
     assert q.full is not None
     many = torch.randn(q.full_min_rows, 64)  # many rows: the float weight
-    if native_bf16():  # bf16 GEMM: inputs and outputs rounded to 8 significant bits
+    if bf16:  # bf16 GEMM: inputs and outputs rounded to 8 significant bits
         assert q.full.dtype == torch.bfloat16 and q.full_min_rows == BF16_MIN_ROWS
         got, ref = linear(many, q), many @ w.T
         assert got.dtype == torch.float32
