@@ -335,33 +335,40 @@ typedef struct {
     const float *mlp_norm, *next_norm;  /* next: the next layer's attention norm, or the final */
 } Layer;
 
-/* One new token of one sequence through every layer, with the kernels above and no trip back
-   to Python between them (each op's call overhead, ~60 us a layer, was a fifth of a step).
-   x: [hidden] the residual stream (in: the embedding, out: the last residual); h: [hidden] in:
-   RMSNorm(x) with layer 0's norm, out: the final norm's output. pool: layer 0's K/V pool,
-   layer_stride floats apart; slot: where the token's K/V go; pos: its position; table: [nb]
-   its block table. scratch: (2 H + 2 Hkv) D + 3 inter + hidden floats. The same math as
-   Transformer.forward (q, k, v heads in one matmul, K then V in the pool). */
-void decode_one(const Layer *layers, long L, float *x, float *h, long hidden, long inter,
-                long H, long Hkv, long D, const float *rope_table, long max_len, const long *pos,
-                float *pool, long layer_stride, const long *slot, const long *table, long nb,
-                long bs, float eps, float *scratch, int nthreads) {
-    long nq = (H + 2 * Hkv) * D, len = pos[0] + 1, row = 2 * Hkv * D;
-    float *qkv = scratch, *attn = qkv + nq, *gu = attn + H * D, *act = gu + 2 * inter;
-    float *tmp = act + inter, scale = 1.f / sqrtf((float)D);
+/* One new token of each of B sequences through every layer, with the kernels above and no
+   trip back to Python between them (each op's call overhead, ~60 us a layer, was a fifth of a
+   step). x: [B, hidden] the residual stream (in: the embeddings, out: the last residual);
+   h: [B, hidden] in: RMSNorm(x) with layer 0's norm, out: the final norm's output. pool: layer
+   0's K/V pool, layer_stride floats apart; per sequence pos: the token's position, slot: where
+   its K/V go, lens: pos + 1, tables: [B, nb] block tables. scratch: B ((2 H + 2 Hkv) D +
+   3 inter + hidden) floats. The same math as Transformer.forward (q, k, v heads in one
+   matmul, K then V in the pool). */
+void decode_one(const Layer *layers, long L, float *x, float *h, long B, long hidden,
+                long inter, long H, long Hkv, long D, const float *rope_table, long max_len,
+                const long *pos, float *pool, long layer_stride, const long *slot,
+                const long *lens, const long *tables, long nb, long bs, float eps,
+                float *scratch, int nthreads) {
+    long nq = (H + 2 * Hkv) * D, row = 2 * Hkv * D;
+    float *qkv = scratch, *attn = qkv + B * nq, *gu = attn + B * H * D, *act = gu + B * 2 * inter;
+    float *tmp = act + B * inter, scale = 1.f / sqrtf((float)D);
     for (long l = 0; l < L; l++) {
         const Layer *w = layers + l;
         float *p = pool + l * layer_stride;
-        q8_linear(h, w->qkv, w->qkv_scale, w->qkv_bias, qkv, 1, nq, hidden, nthreads);
-        rope(qkv, 1, nq, H + Hkv, D, rope_table, max_len, pos);
-        memcpy(p + slot[0] * row, qkv + H * D, (size_t)row * sizeof(float));
-        paged_decode(qkv, nq, p, table, &len, attn, 1, H, Hkv, D, nb, bs, scale, nthreads);
-        q8_linear(attn, w->o, w->o_scale, NULL, tmp, 1, hidden, H * D, nthreads);
-        rms_norm(x, tmp, w->mlp_norm, h, 1, hidden, eps);
-        q8_linear(h, w->gate_up, w->gate_up_scale, NULL, gu, 1, 2 * inter, hidden, nthreads);
-        for (long i = 0; i < inter; i++) act[i] = gu[i] / (1.f + expf(-gu[i])) * gu[inter + i];
-        q8_linear(act, w->down, w->down_scale, NULL, tmp, 1, hidden, inter, nthreads);
-        rms_norm(x, tmp, w->next_norm, h, 1, hidden, eps);
+        q8_linear(h, w->qkv, w->qkv_scale, w->qkv_bias, qkv, B, nq, hidden, nthreads);
+        rope(qkv, B, nq, H + Hkv, D, rope_table, max_len, pos);
+        for (long b = 0; b < B; b++)
+            memcpy(p + slot[b] * row, qkv + b * nq + H * D, (size_t)row * sizeof(float));
+        paged_decode(qkv, nq, p, tables, lens, attn, B, H, Hkv, D, nb, bs, scale, nthreads);
+        q8_linear(attn, w->o, w->o_scale, NULL, tmp, B, hidden, H * D, nthreads);
+        rms_norm(x, tmp, w->mlp_norm, h, B, hidden, eps);
+        q8_linear(h, w->gate_up, w->gate_up_scale, NULL, gu, B, 2 * inter, hidden, nthreads);
+        for (long b = 0; b < B; b++) {
+            const float *g = gu + b * 2 * inter, *u = g + inter;
+            float *a = act + b * inter;
+            for (long i = 0; i < inter; i++) a[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+        }
+        q8_linear(act, w->down, w->down_scale, NULL, tmp, B, hidden, inter, nthreads);
+        rms_norm(x, tmp, w->next_norm, h, B, hidden, eps);
     }
 }
 """
@@ -391,7 +398,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.paged_decode.argtypes = [p, n, p, p, p, p, n, n, n, n, n, n, f, i]
     lib.rms_norm.argtypes = [p, p, p, p, n, n, f]
     lib.rope.argtypes = [p, n, n, n, n, p, n, p]
-    lib.decode_one.argtypes = [p, n, p, p, n, n, n, n, n, p, n, p, p, n, p, p, n, n, f, p, i]
+    lib.decode_one.argtypes = [p, n, p, p, n, n, n, n, n, n, p, n, p, p, n, p, p, p, n, n, f, p, i]
     for fn in (lib.q8_linear, lib.paged_decode, lib.rms_norm, lib.rope, lib.decode_one):
         fn.restype = None
     return lib
@@ -455,6 +462,13 @@ def decode_fits(head_dim: int) -> bool:
     return head_dim % 8 == 0
 
 
+# Sequences decoded together through ``decode_one`` (more go through torch's ops): its int8
+# kernel is compute-bound per row; fbgemm's fp16 GEMM, which reads each weight once for all
+# rows, was as fast at 4 rows (2 threads) and 1.5x faster at 8. At 2 rows the int8 kernel ran
+# 30 layers' projections in 4.9 ms vs 8.3 (2 threads), 8.9 vs 9.9 (1 thread), on the Zen 4 box.
+DECODE_MAX_BATCH = 2
+
+
 class _Layer(ctypes.Structure):
     _fields_ = [
         (name, ctypes.c_void_p)
@@ -480,39 +494,44 @@ class LayerTensors:
 
 class DecodeOne:
     """``decode_one`` bound to a model's tensors (they must outlive it): one call per step
-    runs every layer for one sequence's new token. All tensors float32 (weights int8), CPU,
-    contiguous."""
+    runs every layer for up to ``max_batch`` sequences' new tokens. All tensors float32
+    (weights int8), CPU, contiguous."""
 
     def __init__(
         self, lib: ctypes.CDLL, layers: list[LayerTensors], shape: tuple[int, ...], eps: float,
-        rope: Tensor,
+        rope: Tensor, max_batch: int = DECODE_MAX_BATCH,
     ) -> None:  # fmt: skip
-        self._lib, self._eps, self._rope = lib, eps, rope
+        self._lib, self._eps, self._rope, self.max_batch = lib, eps, rope, max_batch
         self._hidden, self._inter, self._H, self._Hkv, self._D = shape
         self._layers = (_Layer * len(layers))()
         for slot, t in zip(self._layers, layers, strict=True):
-            slot.qkv, slot.qkv_scale = (v.data_ptr() for v in t.qkv)
-            slot.o, slot.o_scale = (v.data_ptr() for v in t.o)
-            slot.gate_up, slot.gate_up_scale = (v.data_ptr() for v in t.gate_up)
-            slot.down, slot.down_scale = (v.data_ptr() for v in t.down)
+            for name in ("qkv", "o", "gate_up", "down"):
+                weight, scale = getattr(t, name)
+                assert weight.dtype == torch.int8 and scale.dtype == torch.float32
+                setattr(slot, name, weight.data_ptr())
+                setattr(slot, f"{name}_scale", scale.data_ptr())
             slot.qkv_bias = None if t.qkv_bias is None else t.qkv_bias.data_ptr()
             slot.mlp_norm, slot.next_norm = t.mlp_norm.data_ptr(), t.next_norm.data_ptr()
         H, Hkv, D, inter = self._H, self._Hkv, self._D, self._inter
-        self._scratch = torch.empty((2 * H + 2 * Hkv) * D + 3 * inter + self._hidden)
+        per_row = (2 * H + 2 * Hkv) * D + 3 * inter + self._hidden
+        self._scratch = torch.empty(max_batch * per_row)
 
     def __call__(
-        self, x: Tensor, h: Tensor, pool: Tensor, pos: Tensor, slot: Tensor, table: Tensor,
+        self, x: Tensor, h: Tensor, pool: Tensor, pos: Tensor, slots: Tensor, tables: Tensor,
+        lens: Tensor,
     ) -> None:  # fmt: skip
-        """In place: x [hidden] the residual stream, h [hidden] RMSNorm(x) for layer 0 -> the
-        final norm's output. pool: [L, num_blocks, block_size, 2, Hkv, D]; pos, slot: [1]
-        int64; table: [nb] int64 block table of the sequence."""
-        assert decode_fits(self._D) and pool.is_contiguous() and table.is_contiguous()
+        """In place: x [B, 1, hidden] the residual stream, h [B, 1, hidden] RMSNorm(x) for
+        layer 0 -> the final norm's output. pool: [L, num_blocks, block_size, 2, Hkv, D];
+        pos: [B, 1], slots, lens: [B] int64; tables: [B, nb] int64 block tables."""
+        B = x.shape[0]
+        assert self.max_batch >= B and decode_fits(self._D)
+        assert pool.is_contiguous() and tables.is_contiguous() and pos.is_contiguous()
         self._lib.decode_one(
-            self._layers, len(self._layers), x.data_ptr(), h.data_ptr(), self._hidden,
+            self._layers, len(self._layers), x.data_ptr(), h.data_ptr(), B, self._hidden,
             self._inter, self._H, self._Hkv, self._D, self._rope.data_ptr(), self._rope.shape[1],
-            pos.data_ptr(), pool.data_ptr(), pool.stride(0), slot.data_ptr(), table.data_ptr(),
-            table.shape[-1], pool.shape[2], self._eps, self._scratch.data_ptr(),
-            torch.get_num_threads(),
+            pos.data_ptr(), pool.data_ptr(), pool.stride(0), slots.data_ptr(), lens.data_ptr(),
+            tables.data_ptr(), tables.shape[-1], pool.shape[2], self._eps,
+            self._scratch.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
 
 

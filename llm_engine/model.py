@@ -5,7 +5,7 @@ x -> embed -> L x [x += o(attn(rope(q), rope(k), v)); x += down(silu(gate) * up)
 RMSNorm, rotary embeddings (rotate-half layout, the checkpoint's base and scaling),
 grouped-query attention over the paged KV pool, SwiGLU, optional q/k/v bias, tied or untied head.
 Q/K/V and gate/up projections are fused into one matmul each. On CPU with int8 weights, the
-decode step of a single sequence runs every layer in one C call (``cpu_kernel.decode_one``,
+decode step of one or two sequences runs every layer in one C call (``cpu_kernel.decode_one``,
 the same math over the same kernels): the ops' Python calls had cost a fifth of the step.
 """
 
@@ -141,9 +141,10 @@ class Transformer:
         B, T = input_ids.shape
         x = F.embedding(input_ids, self.w.embed)  # [B, T, hidden], the residual stream
         h = self._add_norm(x, None, layers[0].attn_norm)
-        if B * T == 1 and self._decode_one is not None and meta.tables is not None:
-            assert meta.kernel is not None  # the runner's decode: every layer in one C call
-            self._decode_one(x, h, kv.kv, positions, meta.slots, meta.tables)
+        one = self._decode_one
+        if T == 1 and one is not None and one.max_batch >= B and meta.tables is not None:
+            assert meta.lens is not None  # the runner's decode: every layer in one C call
+            one(x, h, kv.kv, positions, meta.slots, meta.tables, meta.lens)
             return h
         for i, lw in enumerate(layers):
             qkv = linear(h, lw.qkv, lw.qkv_bias).view(B, T, H + 2 * Hkv, D)

@@ -174,3 +174,23 @@ def test_one_call_decode_matches_layer_by_layer(smol_dir: Path, qwen_dir: Path, 
     assert got == want
     scale = want_logits.abs().max()
     assert (got_logits - want_logits).abs().max() < 1e-4 * scale
+
+
+def test_one_call_decode_of_two_sequences_matches_each_alone(smol_dir: Path) -> None:
+    """Two sequences of different lengths decoded together in one call (their own positions,
+    block tables and KV) give what each gives alone."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(smol_dir / "tokenizer.json"))
+    prompts = [tok.encode(t).ids for t in ("The capital of France is", "One, two, three, four,")]
+    runner = _runner(smol_dir, quant=True)
+    model = runner.model
+    assert model._decode_one is not None and model._decode_one.max_batch >= 2
+    head = model.logits  # one row at a time: the head's kernel depends on the rows
+    model.logits = lambda h: torch.cat([head(h[i : i + 1]) for i in range(len(h))])
+    both, both_logits = _greedy_decode(runner, prompts, 16)
+    for i, prompt in enumerate(prompts):
+        alone, alone_logits = _greedy_decode(runner, [prompt], 16)
+        assert both[i] == alone[0]
+        scale = alone_logits.abs().max()
+        assert (both_logits[i] - alone_logits[0]).abs().max() < 1e-4 * scale
