@@ -1,6 +1,6 @@
 """Small AVX2 kernels for decode on CPU, built on first use: int8-weight matrix x vector
 products, paged decode attention, RMSNorm, rope, and ``decode_one``, which chains them through
-every layer for a single sequence's new token (one call per step instead of ~15 per layer).
+every layer for one or two sequences' new tokens (one call per step, not ~15 per layer).
 
     y[m, n] = scale[n] * sum_k x[m, k] * q[n, k]  (+ bias[n]);  x, y float32, q int8
 
@@ -503,6 +503,7 @@ class DecodeOne:
     ) -> None:  # fmt: skip
         self._lib, self._eps, self._rope, self.max_batch = lib, eps, rope, max_batch
         self._hidden, self._inter, self._H, self._Hkv, self._D = shape
+        assert decode_fits(self._D)
         self._layers = (_Layer * len(layers))()
         for slot, t in zip(self._layers, layers, strict=True):
             for name in ("qkv", "o", "gate_up", "down"):
@@ -524,7 +525,7 @@ class DecodeOne:
         layer 0 -> the final norm's output. pool: [L, num_blocks, block_size, 2, Hkv, D];
         pos: [B, 1], slots, lens: [B] int64; tables: [B, nb] int64 block tables."""
         B = x.shape[0]
-        assert self.max_batch >= B and decode_fits(self._D)
+        assert self.max_batch >= B
         assert pool.is_contiguous() and tables.is_contiguous() and pos.is_contiguous()
         self._lib.decode_one(
             self._layers, len(self._layers), x.data_ptr(), h.data_ptr(), B, self._hidden,

@@ -111,8 +111,8 @@ class Transformer:
         self._decode_one = self._bind_decode_one()
 
     def _bind_decode_one(self) -> cpu_kernel.DecodeOne | None:
-        """The one-call decode of a single sequence, where every projection runs on the C
-        kernel (float32 CPU, int8 weights); None elsewhere."""
+        """The one-call decode of up to ``DecodeOne.max_batch`` sequences, where every
+        projection runs on the C kernel (float32 CPU, int8 weights); None elsewhere."""
         cfg, layers = self.cfg, self.w.layers
         if self.kernel is None or not cpu_kernel.decode_fits(cfg.head_dim):
             return None
