@@ -7,6 +7,8 @@ is ``audio.segmenter.SpeechSegmenter``'s job (re-exported here).
 
 - ``WebRtcVad``: the WebRTC GMM detector; binary decisions (probability 0.0 or 1.0).
 - ``SileroVad``: the Silero VAD v6 ONNX model; 512-sample frames, a speech probability.
+
+``SpeechTail`` reads where the voice stopped inside the frames a detector still calls speech.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "SpeechEnd",
     "SpeechSegmenter",
     "SpeechStart",
+    "SpeechTail",
     "VadResult",
     "VoiceActivityDetector",
     "WebRtcVad",
@@ -164,6 +167,82 @@ class SileroVad:
         self._h = np.zeros(self.STATE_SHAPE, dtype=np.float32)
         self._c = np.zeros(self.STATE_SHAPE, dtype=np.float32)
         self._context = np.zeros(self.CONTEXT_SAMPLES, dtype=np.float32)
+
+
+class SpeechTail:
+    """How much of the audio up to each frame's end is already quiet, from the signal level.
+
+    A VAD keeps saying "speech" for a while after the voice stops: Silero v6 by 32 ms on average
+    (6-50 ms over Piper's speech, clean and with noise at -60 and -50 dBFS), as its probability
+    decays over the next frames. Silence timers that start at the VAD's last speech frame run
+    late by that much. This tracker finds the last block of ``block_samples`` whose RMS is
+    above both ``below_peak_db`` under the talker's recent peak and ``above_noise_db`` over the
+    background (the median block of the non-speech frames), and reports the time since, capped
+    at ``max_tail_s``; zero while the speech run had no such block (noise as loud as the voice).
+    The cap bounds the error where the level misleads (a soft ending, loud noise): with one
+    Silero frame, the same speech ended 0-4 ms after the true end on average
+    (worst 28 ms before it), against the VAD's 32 ms after.
+    """
+
+    __slots__ = (
+        "_above_noise", "_below_peak", "_block", "_decay_per_s", "_max_tail", "_noise", "_peak",
+        "_rate", "_run_loud", "_since_loud",
+    )  # fmt: skip
+
+    FLOOR: Final = 1e-4  # -80 dBFS: quieter blocks are never voice
+
+    def __init__(
+        self,
+        sample_rate: int = VAD_SAMPLE_RATE,
+        block_samples: int = 128,
+        below_peak_db: float = 40.0,
+        above_noise_db: float = 10.0,
+        max_tail_s: float = 0.032,
+        peak_decay_db_per_s: float = 15.0,
+    ) -> None:
+        if block_samples < 1 or sample_rate < 1 or max_tail_s < 0:
+            raise ValueError("SpeechTail needs block_samples, sample_rate >= 1, max_tail_s >= 0")
+        self._rate = sample_rate
+        self._block = block_samples
+        self._below_peak = 10 ** (-below_peak_db / 20)
+        self._above_noise = 10 ** (above_noise_db / 20)
+        self._max_tail = max_tail_s
+        self._decay_per_s = peak_decay_db_per_s
+        self._peak = 0.0
+        self._noise: float | None = None
+        self._since_loud = 0  # samples since the last loud block
+        self._run_loud = False  # the speech run so far had a loud block (else: no reading)
+
+    def update(self, frame: Float32Array, is_speech: bool) -> float:
+        """Seconds of quiet at the end of ``frame`` (at most ``max_tail_s``), given the VAD's
+        decision for it; frames must come in order."""
+        check_mono(frame, np.float32, "frame")
+        n = len(frame) // self._block
+        rms = np.sqrt(np.mean(np.square(frame[: n * self._block].reshape(n, self._block)), axis=1))
+        duration = len(frame) / self._rate
+        if is_speech:
+            decay = 10 ** (-self._decay_per_s * duration / 20)
+            self._peak = max(self._peak * decay, float(rms.max(initial=0.0)))
+        else:
+            self._run_loud = False
+            if n:
+                level = float(np.median(rms))
+                self._noise = level if self._noise is None else 0.9 * self._noise + 0.1 * level
+        threshold = max(
+            self._peak * self._below_peak, (self._noise or 0.0) * self._above_noise, self.FLOOR
+        )
+        loud = np.flatnonzero(rms > threshold)
+        if len(loud):
+            self._since_loud = len(frame) - (int(loud[-1]) + 1) * self._block
+            self._run_loud |= is_speech
+        else:
+            self._since_loud += len(frame)
+        if not self._run_loud:
+            return 0.0  # speech no louder than the noise: the level tells nothing
+        return min(self._since_loud / self._rate, self._max_tail)
+
+    def reset(self) -> None:
+        self._peak, self._noise, self._since_loud, self._run_loud = 0.0, None, 0, False
 
 
 def _load_session(path: Path) -> onnxruntime.InferenceSession:

@@ -19,10 +19,14 @@ so every run hears the same audio). Per session, turns alternate over a few shor
 every fourth turn (from the third) asks for a story and, one second into its audio, interrupts it.
 Each reply is heard to its end (its audio length after its first delta) plus a short gap. The
 interjection's own reply is heard out too but not counted (its turn began over the assistant).
+Where the server split a turn at a pause (the caller went on after it), every reply up to the one
+that completes is heard out, so none spills into the next turn.
 
 Measured, per turn (client clock, monotonic):
   - end of speech -> first audio: from sending the 20 ms append that holds the utterance's last
     sample above ``SPEECH_LEVEL`` to receiving the reply's first ``response.output_audio.delta``;
+    a turn whose reply audio began before that (a reply to part of it: the assistant talked
+    over the caller) is counted as "early", not timed;
   - the server's stages (``response.parley.metrics``, ms after the end of speech as it saw it);
   - barge-in, from sending the interjection's first speech sample: to receiving the interrupted
     response's ``response.done`` (status cancelled), "stopped" (an upper bound: the server sends
@@ -34,7 +38,7 @@ Measured, per turn (client clock, monotonic):
     speech onset its VAD found, which lags the first sample above ``SPEECH_LEVEL``).
 The same scenario runs with 1, 4, 8 concurrent sessions (staggered starts). In-process only, the
 one-session scenario also runs on a second server with ``hold_first_audio_s`` = ``--hold`` (the
-reply always waits for the end of turn to be confirmed) beside the default (0.15 s): one after
+reply always waits for the end of turn to be confirmed) beside the default: one after
 the other, so on a noisy machine their ratio carries the noise of both runs.
 No asserts: these are figures to read, against the targets printed with them.
 """
@@ -241,6 +245,7 @@ class Results:
     barges: list[Barge] = field(default_factory=list)
     missed_barges: int = 0  # the story ended (or was not interrupted) before the interjection
     failed_turns: int = 0  # no reply, or a reply without audio
+    early_turns: int = 0  # the reply's audio started before the caller finished (not timed)
 
     def merge(self, other: Results) -> None:
         self.first_audio_ms += other.first_audio_ms
@@ -249,6 +254,7 @@ class Results:
         self.barges += other.barges
         self.missed_barges += other.missed_barges
         self.failed_turns += other.failed_turns
+        self.early_turns += other.early_turns
 
 
 @dataclass(slots=True)
@@ -257,8 +263,9 @@ class Caller:
     mic: LiveMic
     results: Results = field(default_factory=Results)
 
-    async def ask(self, utterance: Utterance) -> tuple[str, float] | None:
-        """Say ``utterance``; return (response id, first audio arrival), None with no audio."""
+    async def ask(self, utterance: Utterance) -> int | None:
+        """Say ``utterance`` and time its reply's first audio; returns the index of the events
+        from which its replies are (None: no audio came)."""
         mark = len(self.conn.events)
         spoken = await self.mic.say(utterance)
         first = await self.conn.wait_for(
@@ -267,16 +274,31 @@ class Caller:
         if first["type"] == "response.done":
             self.results.failed_turns += 1
             return None
-        self.results.first_audio_ms.append(1000 * (first["_t"] - spoken.end_at))
-        return first["response_id"], first["_t"]
+        if first["_t"] < spoken.end_at:  # a reply to part of the question: it talked over
+            self.results.early_turns += 1
+        else:
+            self.results.first_audio_ms.append(1000 * (first["_t"] - spoken.end_at))
+        return mark
 
-    async def hear_out(self, response_id: str, first_at: float) -> dict[str, Any]:
-        """Wait for the response to finish and its audio to play out (as a client plays it:
-        from its first delta, at real time); return its ``response.done``."""
-        done = await self.conn.wait_for(of_type("response.done", response_id))
-        audio_s = sum(len(e["delta"]) * 3 // 4 for e in self.conn.deltas(response_id)) / 2 / RATE
-        await asyncio.sleep(max(0.0, first_at + audio_s - time.monotonic()) + GAP_S)
-        return done
+    async def hear_out(self, mark: int, skip: str | None = None) -> list[dict[str, Any]]:
+        """Hear every reply from event ``mark`` on (but ``skip``) until one completes, each to
+        the end of its audio as a client plays it (from its first delta, at real time): a turn
+        the server split in two (the caller paused, then went on) has a cancelled reply, then
+        the one that counts. Returns their ``response.done`` events."""
+        dones = []
+        while True:
+            done = await self.conn.wait_for(
+                lambda e: of_type("response.done")(e) and e["response"]["id"] != skip, mark
+            )
+            mark = self.conn.events.index(done) + 1
+            dones.append(done)
+            deltas = self.conn.deltas(done["response"]["id"])
+            audio_s = sum(len(e["delta"]) * 3 // 4 for e in deltas) / 2 / RATE
+            if deltas:
+                await asyncio.sleep(max(0.0, deltas[0]["_t"] + audio_s - time.monotonic()))
+            if done["response"]["status"] != "cancelled":
+                await asyncio.sleep(GAP_S)
+                return dones
 
     def record_stages(self, done: dict[str, Any]) -> None:
         metrics = done["response"].get("parley", {}).get("metrics", {})
@@ -285,15 +307,16 @@ class Caller:
                 self.results.stages[stage].append(metrics[stage])
 
     async def question(self, utterance: Utterance) -> None:
-        reply = await self.ask(utterance)
-        if reply is not None:
-            self.record_stages(await self.hear_out(*reply))
+        mark = await self.ask(utterance)
+        if mark is not None:
+            self.record_stages((await self.hear_out(mark))[-1])
 
     async def barge_in(self, story: Utterance, interjection: Utterance) -> None:
-        reply = await self.ask(story)
-        if reply is None:
+        mark = await self.ask(story)
+        if mark is None:
             return
-        response_id = reply[0]
+        first = await self.conn.wait_for(of_type("response.output_audio.delta"), mark)
+        response_id = first["response_id"]
         await asyncio.sleep(HEAR_S)
         mark = len(self.conn.events)
         spoken = await self.mic.say(interjection)
@@ -303,13 +326,7 @@ class Caller:
             self.results.missed_barges += 1
         else:
             self.results.barges.append(self._barge(done, spoken, mark))
-        # the interjection is the caller's next turn: hear its reply out
-        nxt = await self.conn.wait_for(
-            lambda e: of_type("response.done")(e) and e["response"]["id"] != response_id, mark
-        )
-        deltas = self.conn.deltas(nxt["response"]["id"])
-        if deltas:
-            await self.hear_out(nxt["response"]["id"], deltas[0]["_t"])
+        await self.hear_out(mark, skip=response_id)  # the interjection is the next turn
 
     def _barge(self, done: dict[str, Any], spoken: Spoken, mark: int) -> Barge:
         onset = spoken.onset_at
@@ -389,11 +406,12 @@ def summary(values: list[float]) -> str:
 
 def print_latency(by_sessions: dict[int, Results]) -> None:
     print("\n## end of speech -> first audio (client, ms)")
-    print("sessions     n    mean     p50     p95  p50 vs 1  failed turns")
+    print("sessions     n    mean     p50     p95  p50 vs 1  failed  early")
     base = pct(by_sessions[min(by_sessions)].first_audio_ms, 50)
     for n, r in by_sessions.items():
         ratio = pct(r.first_audio_ms, 50) / base
-        print(f"{n:8d} {summary(r.first_audio_ms)}  {ratio:7.2f}x  {r.failed_turns:12d}")
+        counts = f"{r.failed_turns:6d} {r.early_turns:6d}"
+        print(f"{n:8d} {summary(r.first_audio_ms)}  {ratio:7.2f}x  {counts}")
     print("\n## server stages, p50 (ms after the end of speech as the server saw it)")
     print("sessions  " + "  ".join(f"{s.removesuffix('_ms'):>12}" for s in STAGES))
     for n, r in by_sessions.items():

@@ -39,7 +39,7 @@ from audio.codec import decode
 from audio.frames import FrameBuffer
 from audio.pcm import Float32Array
 from audio.resample import StreamResampler
-from audio.vad import SileroVad
+from audio.vad import SileroVad, SpeechTail
 from llm_engine.errors import EngineError
 from voice import turns as tt
 from voice.chunker import ChunkerConfig
@@ -87,13 +87,12 @@ class VoiceConfig:
     """
 
     instructions: str = DEFAULT_INSTRUCTIONS
-    # The final transcript starts after two VAD frames of silence, the preemptive reply at the
-    # Pause (turns.pause_s = 0.15), and the first audio is held until 0.4 s of silence at the
-    # earliest, as with the earlier 0.25 s pause and 0.15 s hold. Measured with
-    # bench/voice_latency.py (1 session, 2 x 8 turns, same process): end of speech -> first
-    # audio p50 722/817 ms with (pause 0.25, final 0.1) against 657/696 ms with these.
+    # The final transcript starts after 50 ms of silence (where the voice stopped, see
+    # audio.vad.SpeechTail), the preemptive reply at the Pause (turns.pause_s = 0.15), and the
+    # first audio waits for the end of turn (0.3 s of silence after a complete-looking final,
+    # turns.complete_end_of_turn_s), at most until 0.4 s of silence (pause + hold).
     hold_first_audio_s: float = 0.25
-    final_after_silence_s: float | None = 0.064
+    final_after_silence_s: float | None = 0.05
     output_lead_s: float = 0.5
     max_reply_tokens: int = 200
     temperature: float = 0.0
@@ -243,6 +242,7 @@ class Session:
         self._lock = asyncio.Lock()  # one user of the dialogue at a time
         self._turns = tt.TurnTaker(services.turns)
         self._vad = SileroVad(services.vad_model)
+        self._tail = SpeechTail()  # where the voice stopped inside the VAD's speech frames
         self._speech_at = -math.inf  # when the latest speech frame arrived (monotonic)
         self._recognizer = StreamingRecognizer(services.asr, services.streaming)
         self._resampler = StreamResampler(self.config.input_format.sample_rate, ASR_RATE)
@@ -399,6 +399,7 @@ class Session:
 
     async def _on_frame(self, frame: Float32Array, now: float) -> None:
         vad = self._vad.process(frame)
+        tail = min(self._tail.update(frame, vad.is_speech), FRAME_S)
         if vad.is_speech:
             self._speech_at = now
         self._recent.append(frame)
@@ -407,18 +408,18 @@ class Session:
         utt = self._utt
         if utt is not None:
             self._recognizer.add(frame)
-        await self._feed(tt.VadFrame(vad.is_speech, vad.probability, FRAME_S), now)
+        await self._feed(tt.VadFrame(vad.is_speech, vad.probability, FRAME_S, tail), now)
         if utt is not None and utt is self._utt and (utt.overlap or utt.pause_at is None):
-            self._final_after_silence(utt, vad.is_speech)
+            self._final_after_silence(utt, vad.is_speech, tail)
 
-    def _final_after_silence(self, utt: _Utterance, speech: bool) -> None:
+    def _final_after_silence(self, utt: _Utterance, speech: bool, tail: float) -> None:
         """Start the final transcript once the caller falls silent, ahead of the turn-taker:
         for a turn, after ``final_after_silence_s``, so the reply can start at the Pause with
         its transcript in hand; for speech over the assistant, after ``overlap_pause_s``, so the
         turn-taker can tell "stop" (a barge-in) from "uh-huh" (a backchannel). More speech
         makes a final already started stale."""
         if speech:
-            utt.quiet_s = 0.0
+            utt.quiet_s = tail  # the voice may have stopped inside the frame
             if utt.final_task is not None:
                 self._forget_final(utt)
             return

@@ -21,9 +21,11 @@ An utterance's life:
 
 - The assistant silent: ``min_speech_s`` of unbroken speech opens a turn: ``SpeechStarted``.
   After ``pause_s`` of silence: ``Pause`` (a candidate end; the Session may start a preemptive
-  reply). Speech confirmed again (``min_speech_s``): ``Resumed`` (drop the preemptive reply).
-  After ``end_of_turn_s``: ``EndOfTurn``; earlier (``complete_end_of_turn_s``) when the
-  ``AsrFinal`` text ends in ``.``, ``?`` or ``!``. A ``Pause`` always precedes ``EndOfTurn``.
+  reply). Speech confirmed again (``resume_min_speech_s``): ``Resumed`` (drop the preemptive
+  reply). After ``end_of_turn_s``: ``EndOfTurn``; earlier (``complete_end_of_turn_s``) when the
+  ``AsrFinal`` text looks complete (ends in ``.``, ``?`` or ``!``, see ``_looks_complete``). A
+  ``Pause`` always precedes ``EndOfTurn``. Silence counts from where the voice stopped: the
+  last speech frame's end less its ``quiet_tail_s``.
 - The assistant playing: ``barge_in_min_speech_s`` of speech (only frames with probability at
   least ``playback_min_probability`` count, to resist echo) is an overlap: ``OverlapStarted``
   (transcribe it, do not announce it yet). It resolves once, as either
@@ -90,15 +92,19 @@ DEFAULT_BACKCHANNELS: tuple[str, ...] = (
 class TurnConfig:
     """Thresholds, in seconds of audio unless stated.
 
-    min_speech_s:           unbroken speech that opens a turn or resumes one after a Pause;
-                            shorter runs (clicks, noise bursts) are ignored.
+    min_speech_s:           unbroken speech that opens a turn; shorter runs (clicks, noise
+                            bursts) are ignored.
+    resume_min_speech_s:    unbroken speech that resumes a turn after a Pause: shorter than
+                            ``min_speech_s``, as a last short word after a hesitation ("a good
+                            ... book?") is often under 0.2 s of speech and would be dropped.
     pause_s:                silence that makes a candidate end of turn (``Pause``).
     overlap_pause_s:        silence that ends speech over the assistant, whose transcript then
                             tells a backchannel from a barge-in; longer than ``pause_s`` so a
                             two-part acknowledgement ("uh huh") is heard as one.
     end_of_turn_s:          silence that ends the turn.
-    complete_end_of_turn_s: silence that ends the turn when the final transcript ends in
-                            terminal punctuation; None disables the early end.
+    complete_end_of_turn_s: silence that ends the turn when the final transcript looks
+                            complete (two different words or more, terminal punctuation, no
+                            dangling article or conjunction); None disables the early end.
     barge_in:               "confirm" (hold until it is clearly not a backchannel) or "onset".
     barge_in_min_speech_s:  unbroken speech over the assistant before it counts at all.
     backchannel_max_s:      the longest an acknowledgement may last (onset to last speech).
@@ -110,10 +116,11 @@ class TurnConfig:
     """
 
     min_speech_s: float = 0.2
-    pause_s: float = 0.15  # with the final at 64 ms of silence: see VoiceConfig
+    resume_min_speech_s: float = 0.1
+    pause_s: float = 0.15  # with the final at 50 ms of silence: see VoiceConfig
     overlap_pause_s: float = 0.25
     end_of_turn_s: float = 0.8
-    complete_end_of_turn_s: float | None = 0.4
+    complete_end_of_turn_s: float | None = 0.3
     barge_in: Literal["confirm", "onset"] = "confirm"
     barge_in_min_speech_s: float = 0.15
     backchannel_max_s: float = 0.8
@@ -124,8 +131,8 @@ class TurnConfig:
     def __post_init__(self) -> None:
         self.backchannels = tuple(self.backchannels)  # TOML gives a list
         for name in (
-            "min_speech_s", "pause_s", "overlap_pause_s", "barge_in_min_speech_s",
-            "backchannel_max_s",
+            "min_speech_s", "resume_min_speech_s", "pause_s", "overlap_pause_s",
+            "barge_in_min_speech_s", "backchannel_max_s",
         ):  # fmt: skip
             if not getattr(self, name) > 0:
                 raise ValueError(f"turns.{name} must be positive, got {getattr(self, name)}")
@@ -151,15 +158,25 @@ class TurnConfig:
 
 @dataclass(slots=True, frozen=True)
 class VadFrame:
-    """One frame of caller audio: the VAD's decision and probability, and its length."""
+    """One frame of caller audio: the VAD's decision and probability, and its length.
+
+    ``quiet_tail_s``: for a speech frame, how much audio before its end is already quiet (the
+    VAD's hangover, read from the level: ``audio.vad.SpeechTail``); the speech is taken to end
+    that much earlier, so silence timers start where the voice stopped.
+    """
 
     is_speech: bool
     probability: float
     duration_s: float
+    quiet_tail_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.duration_s > 0:
             raise ValueError(f"VadFrame.duration_s must be positive, got {self.duration_s}")
+        if not 0.0 <= self.quiet_tail_s <= self.duration_s:
+            raise ValueError(
+                f"VadFrame.quiet_tail_s must be in [0, duration_s], got {self.quiet_tail_s}"
+            )
         if not 0.0 <= self.probability <= 1.0:
             raise ValueError(f"VadFrame.probability must be in [0, 1], got {self.probability}")
 
@@ -273,7 +290,7 @@ _Match = Literal["empty", "prefix", "complete", "other"]
 @dataclass(slots=True)
 class _Utterance:
     start: float  # audio time of its first speech frame
-    speech_end: float  # audio time where its last (counted) speech frame ended
+    speech_end: float  # audio time where its speech ended (last speech frame, less its quiet tail)
     overlap: bool  # began over the assistant and not yet resolved
     paused: bool = False
 
@@ -376,8 +393,9 @@ class TurnTaker:
             self._maybe_open(now, out)
         elif utt.paused:
             self._maybe_resume(utt, now, out)
-        else:
-            utt.speech_end, self._final = self._pos, False  # a final covers audio before this
+        else:  # a final covers audio before this frame
+            utt.speech_end = max(utt.speech_end, self._pos - frame.quiet_tail_s)
+            self._final = False
             if utt.overlap and self._pos - utt.start > c.backchannel_max_s + _EPS:
                 self._barge_in(utt, now, out)
             elif not utt.overlap and self._playing and self._run_reached(c.barge_in_min_speech_s):
@@ -423,7 +441,7 @@ class TurnTaker:
 
     def _maybe_resume(self, utt: _Utterance, now: float, out: list[TurnEvent]) -> None:
         c = self._config
-        need = c.barge_in_min_speech_s if self._playing else c.min_speech_s
+        need = c.barge_in_min_speech_s if self._playing else c.resume_min_speech_s
         if self._run_start is None or not self._run_reached(need):
             return
         utt.paused, utt.speech_end, self._final = False, self._pos, False
@@ -548,8 +566,22 @@ def _segment(words: tuple[str, ...], phrases: tuple[tuple[str, ...], ...]) -> tu
 
 
 def _looks_complete(text: str) -> bool:
-    """Two words or more ending in a full stop, question or exclamation mark (an ellipsis
-    trails off: no). One word is not enough: Whisper writes a clipped "Stop," or "So," as
-    "Stop." or "So." when it hears nothing after it."""
+    """Two different words or more ending in a full stop, question or exclamation mark (an
+    ellipsis trails off: no), the last not one a sentence cannot end on. One word is not
+    enough: Whisper writes a clipped "Stop," or "So," as "Stop." or "So." when it hears nothing
+    after it, and may repeat it ("Stop. Stop. Stop.")."""
     t = text.rstrip().rstrip("\"')\u201d\u2019")
-    return len(t.split()) >= 2 and t.endswith((".", "?", "!")) and not t.endswith(("..", "…"))
+    words = _words(t)
+    return (
+        len(set(words)) >= 2
+        and words[-1] not in _DANGLING
+        and t.endswith((".", "?", "!"))
+        and not t.endswith(("..", "\u2026"))
+    )
+
+
+# Words an utterance does not end on: the caller stopped mid-phrase ("I'd like a.", "and the?").
+_DANGLING = frozenset({
+    "a", "an", "the", "and", "or", "but", "because", "if", "my", "your", "our", "their",
+    "um", "uh", "er", "erm",
+})  # fmt: skip

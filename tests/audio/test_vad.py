@@ -10,7 +10,7 @@ import pytest
 
 from audio.pcm import Float32Array
 from audio.segmenter import SegmenterConfig, SpeechEnd, SpeechSegmenter
-from audio.vad import SileroVad, VadResult, VoiceActivityDetector, WebRtcVad
+from audio.vad import SileroVad, SpeechTail, VadResult, VoiceActivityDetector, WebRtcVad
 from tests.audio.conftest import SR, SpeechSignal
 
 TOLERANCE = SR // 10  # 100 ms
@@ -157,3 +157,68 @@ def test_silero_rejects_bad_arguments(silero_vad: SileroVad, tmp_path: Path) -> 
         SileroVad(junk)
     with pytest.raises(ValueError, match="512 samples"):
         silero_vad.process(np.zeros(480, np.float32))
+
+
+# --- SpeechTail -----------------------------------------------------------------------------
+
+
+def _tone(n: int, dbfs: float) -> Float32Array:
+    t = np.arange(n) / SR
+    return (np.sin(2 * np.pi * 220 * t) * np.sqrt(2) * 10 ** (dbfs / 20)).astype(np.float32)
+
+
+def _noise(n: int, dbfs: float, seed: int = 0) -> Float32Array:
+    return (np.random.default_rng(seed).standard_normal(n) * 10 ** (dbfs / 20)).astype(np.float32)
+
+
+def test_speech_tail_finds_where_the_voice_stopped_inside_a_frame() -> None:
+    tail = SpeechTail()
+    assert tail.update(_noise(512, -60), is_speech=False) == 0.0  # no voice yet: no reading
+    assert tail.update(_noise(512, -60, 1) + _tone(512, -20), is_speech=True) == 0.0
+    half = np.concatenate([_tone(256, -20), np.zeros(256, np.float32)]) + _noise(512, -60, 2)
+    assert tail.update(half, is_speech=True) == pytest.approx(256 / SR)  # the VAD's hangover
+    assert tail.update(_noise(512, -60, 3), is_speech=True) == 0.032  # at most one frame back
+    tail.reset()
+    assert tail.update(half, is_speech=True) == pytest.approx(256 / SR)
+
+
+def test_speech_tail_reads_nothing_when_the_voice_is_no_louder_than_the_noise() -> None:
+    tail = SpeechTail()
+    for seed in range(5):
+        tail.update(_noise(512, -30, seed), is_speech=False)
+    voice = _noise(512, -30, 9) + _tone(512, -32)  # under the background's +10 dB
+    assert tail.update(voice, is_speech=True) == 0.0
+    assert tail.update(_noise(512, -30, 10), is_speech=True) == 0.0
+
+
+def test_speech_tail_moves_silero_ends_toward_the_true_ends(
+    silero_vad: SileroVad, speech_signal: SpeechSignal
+) -> None:
+    """On real speech: each region's end moves back by at most one frame, and the mean error
+    against the true end shrinks."""
+    x, n = speech_signal.samples, 512
+    tail = SpeechTail()
+    vad_ends, refined = [], []
+    for i in range(0, len(x) - n + 1, n):
+        r = silero_vad.process(x[i : i + n])
+        quiet = tail.update(x[i : i + n], r.is_speech)
+        if r.is_speech:
+            end = i + n
+            if vad_ends and end - vad_ends[-1] <= SR // 4:  # the same region goes on
+                vad_ends[-1], refined[-1] = end, end - quiet * SR
+            else:
+                vad_ends.append(end)
+                refined.append(end - quiet * SR)
+    truth = [e for _, e in speech_signal.regions]
+    assert len(vad_ends) == len(truth)
+    assert all(v - n <= r <= v for v, r in zip(vad_ends, refined, strict=True))
+    vad_error = np.mean([abs(v - t) for v, t in zip(vad_ends, truth, strict=True)])
+    refined_error = np.mean([abs(r - t) for r, t in zip(refined, truth, strict=True)])
+    assert refined_error < vad_error
+
+
+def test_speech_tail_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="SpeechTail"):
+        SpeechTail(block_samples=0)
+    with pytest.raises(ValueError, match="frame"):
+        SpeechTail().update(np.zeros((2, 256), np.float32), is_speech=False)

@@ -28,12 +28,14 @@ from voice.turns import (
 )
 
 FRAME = 0.01  # 10 ms VAD frames, so the scripts' thresholds fall on frame edges: min speech 0.2,
-# pause 0.25, end of turn 0.8, early end 0.4, barge-in min speech 0.15, backchannel max 0.8
-PAUSE_S = 0.25  # the scripts were written for this pause; the other thresholds are the defaults
+# resume 0.2, pause 0.25, end of turn 0.8, early end 0.4, barge-in min speech 0.15,
+# backchannel max 0.8
+SCRIPTED = {"pause_s": 0.25, "resume_min_speech_s": 0.2, "complete_end_of_turn_s": 0.4}
+# the scripts were written for these; the other thresholds are the defaults
 
 
 def script_config(**kwargs: Any) -> TurnConfig:
-    return TurnConfig(**{"pause_s": PAUSE_S, **kwargs})
+    return TurnConfig(**{**SCRIPTED, **kwargs})
 
 
 def _rounded(event: TurnEvent) -> TurnEvent:
@@ -57,15 +59,19 @@ class Script:
         self.events += [_rounded(e) for e in self.turns.feed(event, self.now)]
         return self
 
-    def frames(self, seconds: float, speech: bool, probability: float | None = None) -> Script:
+    def frames(
+        self, seconds: float, speech: bool, probability: float | None = None, tail: float = 0.0
+    ) -> Script:
+        """``seconds`` of frames; ``tail``: the last one's quiet tail (the voice stopped early)."""
         p = probability if probability is not None else (1.0 if speech else 0.0)
-        for _ in range(round(seconds / FRAME)):
+        n = round(seconds / FRAME)
+        for i in range(n):
             self.now += FRAME
-            self.feed(VadFrame(speech, p, FRAME))
+            self.feed(VadFrame(speech, p, FRAME, tail if i == n - 1 else 0.0))
         return self
 
-    def speech(self, seconds: float, probability: float | None = None) -> Script:
-        return self.frames(seconds, True, probability)
+    def speech(self, seconds: float, probability: float | None = None, tail: float = 0.0) -> Script:
+        return self.frames(seconds, True, probability, tail)
 
     def silence(self, seconds: float) -> Script:
         return self.frames(seconds, False)
@@ -117,7 +123,7 @@ def test_pause_then_end_of_turn_early_on_a_complete_final_transcript():
     assert s.take() == [EndOfTurn(0.9, 0.0, 0.5, early=True)]
 
 
-@pytest.mark.parametrize("text", ["Stop.", "So...", "and then"])
+@pytest.mark.parametrize("text", ["Stop.", "So...", "and then", "Stop. Stop. Stop.", "I'd like a."])
 def test_one_word_or_unfinished_transcripts_wait_for_the_full_silence(text):
     s = Script().speech(0.5).silence(0.3)
     s.take()
@@ -126,6 +132,25 @@ def test_one_word_or_unfinished_transcripts_wait_for_the_full_silence(text):
     assert s.take() == []
     s.silence(0.1)
     assert s.take() == [EndOfTurn(1.3, 0.0, 0.5, early=False)]
+
+
+def test_default_early_end_comes_at_0_3_s_of_silence():
+    s = Script(TurnConfig()).speech(0.5).silence(0.2).feed(AsrFinal("What time is it?"))
+    assert s.take() == [SpeechStarted(0.2, 0.0), Pause(0.65, 0.5)]
+    s.silence(0.1)
+    assert s.take() == [EndOfTurn(0.8, 0.0, 0.5, early=True)]
+
+
+def test_silence_counts_from_where_the_voice_stopped_inside_the_last_speech_frame():
+    s = Script().speech(0.5, tail=0.01).silence(0.3)  # the VAD's last speech frame was quiet
+    assert s.take() == [SpeechStarted(0.2, 0.0), Pause(0.74, 0.49)]
+    s.feed(AsrFinal("What time is it?")).silence(0.1)
+    assert s.take() == [EndOfTurn(0.89, 0.0, 0.49, early=True)]
+
+
+def test_a_quiet_tail_in_mid_speech_does_not_end_it_early():
+    s = Script().speech(0.3, tail=0.01).speech(0.2).silence(0.3)  # more speech followed
+    assert s.take() == [SpeechStarted(0.2, 0.0), Pause(0.75, 0.5)]
 
 
 def test_final_transcript_after_the_early_threshold_ends_the_turn_at_once():
@@ -186,6 +211,14 @@ def test_a_click_during_a_pause_neither_resumes_nor_delays_the_end_of_turn():
         Pause(0.75, 0.5),
         EndOfTurn(1.3, 0.0, 0.5, early=False),  # silence counted from 0.5, click included
     ]
+
+
+def test_a_short_word_after_a_pause_resumes_the_turn():
+    # "Can you recommend a good ... book?": the last word is under min_speech_s of speech
+    s = Script(script_config(resume_min_speech_s=0.1)).speech(0.5).silence(0.3).speech(0.12)
+    assert s.take() == [SpeechStarted(0.2, 0.0), Pause(0.75, 0.5), Resumed(0.9, 0.8)]
+    s.silence(1.0)
+    assert s.take() == [Pause(1.17, 0.92), EndOfTurn(1.72, 0.0, 0.92, early=False)]
 
 
 def test_asr_text_with_no_utterance_is_ignored():
@@ -427,6 +460,7 @@ def test_redundant_playout_events_change_nothing():
     [
         {"min_speech_s": 0},
         {"pause_s": -0.1},
+        {"resume_min_speech_s": 0},
         {"pause_s": 1.0, "end_of_turn_s": 0.5},
         {"complete_end_of_turn_s": 0.1},
         {"complete_end_of_turn_s": 2.0},
@@ -448,7 +482,16 @@ def test_config_accepts_a_list_of_backchannels_from_toml():
     assert TurnConfig(backchannels=["yeah", "sure"]).backchannels == ("yeah", "sure")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("args", [(True, 1.0, 0.0), (True, 1.0, -0.02), (True, 1.5, 0.02)])
+@pytest.mark.parametrize(
+    "args",
+    [
+        (True, 1.0, 0.0),
+        (True, 1.0, -0.02),
+        (True, 1.5, 0.02),
+        (True, 1.0, 0.02, 0.03),
+        (True, 1.0, 0.02, -0.01),
+    ],
+)
 def test_vad_frame_rejects_bad_values(args):
     with pytest.raises(ValueError, match="VadFrame"):
         VadFrame(*args)
