@@ -178,8 +178,8 @@ def test_speech_tail_finds_where_the_voice_stopped_inside_a_frame() -> None:
     half = np.concatenate([_tone(256, -20), np.zeros(256, np.float32)]) + _noise(512, -60, 2)
     assert tail.update(half, is_speech=True) == pytest.approx(256 / SR)  # the VAD's hangover
     assert tail.update(_noise(512, -60, 3), is_speech=True) == 0.032  # at most one frame back
-    tail.reset()
-    assert tail.update(half, is_speech=True) == pytest.approx(256 / SR)
+    tail.reset()  # forgets the voice: the same frame is no longer a tail
+    assert tail.update(_noise(512, -60, 3), is_speech=True) == 0.0
 
 
 def test_speech_tail_reads_nothing_when_the_voice_is_no_louder_than_the_noise() -> None:
