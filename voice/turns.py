@@ -96,7 +96,8 @@ class TurnConfig:
                             bursts) are ignored.
     resume_min_speech_s:    unbroken speech that resumes a turn after a Pause: shorter than
                             ``min_speech_s``, as a last short word after a hesitation ("a good
-                            ... book?") is often under 0.2 s of speech and would be dropped.
+                            ... book?") may hold under 0.1 s of VAD speech and would otherwise
+                            be dropped (a reply to "a good?").
     pause_s:                silence that makes a candidate end of turn (``Pause``).
     overlap_pause_s:        silence that ends speech over the assistant, whose transcript then
                             tells a backchannel from a barge-in; longer than ``pause_s`` so a
@@ -116,7 +117,7 @@ class TurnConfig:
     """
 
     min_speech_s: float = 0.2
-    resume_min_speech_s: float = 0.1
+    resume_min_speech_s: float = 0.064  # two Silero frames: noise rarely holds it that long
     pause_s: float = 0.15  # with the final at 50 ms of silence: see VoiceConfig
     overlap_pause_s: float = 0.25
     end_of_turn_s: float = 0.8

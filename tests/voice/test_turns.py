@@ -221,6 +221,12 @@ def test_a_short_word_after_a_pause_resumes_the_turn():
     assert s.take() == [Pause(1.17, 0.92), EndOfTurn(1.72, 0.0, 0.92, early=False)]
 
 
+@pytest.mark.parametrize(("run", "resumes"), [(0.05, False), (0.07, True)])
+def test_by_default_two_silero_frames_of_speech_resume_a_paused_turn(run, resumes):
+    s = Script(TurnConfig()).speech(0.5).silence(0.2).speech(run).silence(0.05)
+    assert (Resumed(round(0.7 + 0.07, 6), 0.7) in s.take()) == resumes
+
+
 def test_asr_text_with_no_utterance_is_ignored():
     s = Script().feed(AsrPartial("hello there")).feed(AsrFinal("hello there."))
     assert s.take() == []
