@@ -280,25 +280,23 @@ class Caller:
             self.results.first_audio_ms.append(1000 * (first["_t"] - spoken.end_at))
         return mark
 
-    async def hear_out(self, mark: int, skip: str | None = None) -> list[dict[str, Any]]:
+    async def hear_out(self, mark: int, skip: str | None = None) -> dict[str, Any]:
         """Hear every reply from event ``mark`` on (but ``skip``) until one completes, each to
         the end of its audio as a client plays it (from its first delta, at real time): a turn
         the server split in two (the caller paused, then went on) has a cancelled reply, then
-        the one that counts. Returns their ``response.done`` events."""
-        dones = []
+        the one that counts. Returns the completed one's ``response.done``."""
         while True:
             done = await self.conn.wait_for(
                 lambda e: of_type("response.done")(e) and e["response"]["id"] != skip, mark
             )
             mark = self.conn.events.index(done) + 1
-            dones.append(done)
             deltas = self.conn.deltas(done["response"]["id"])
             audio_s = sum(len(e["delta"]) * 3 // 4 for e in deltas) / 2 / RATE
             if deltas:
                 await asyncio.sleep(max(0.0, deltas[0]["_t"] + audio_s - time.monotonic()))
             if done["response"]["status"] != "cancelled":
                 await asyncio.sleep(GAP_S)
-                return dones
+                return done
 
     def record_stages(self, done: dict[str, Any]) -> None:
         metrics = done["response"].get("parley", {}).get("metrics", {})
@@ -309,7 +307,7 @@ class Caller:
     async def question(self, utterance: Utterance) -> None:
         mark = await self.ask(utterance)
         if mark is not None:
-            self.record_stages((await self.hear_out(mark))[-1])
+            self.record_stages(await self.hear_out(mark))
 
     async def barge_in(self, story: Utterance, interjection: Utterance) -> None:
         mark = await self.ask(story)

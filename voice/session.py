@@ -242,7 +242,7 @@ class Session:
         self._lock = asyncio.Lock()  # one user of the dialogue at a time
         self._turns = tt.TurnTaker(services.turns)
         self._vad = SileroVad(services.vad_model)
-        self._tail = SpeechTail()  # where the voice stopped inside the VAD's speech frames
+        self._tail = SpeechTail(ASR_RATE, max_tail_s=FRAME_S)  # the voice's end in a frame
         self._speech_at = -math.inf  # when the latest speech frame arrived (monotonic)
         self._recognizer = StreamingRecognizer(services.asr, services.streaming)
         self._resampler = StreamResampler(self.config.input_format.sample_rate, ASR_RATE)
@@ -399,7 +399,7 @@ class Session:
 
     async def _on_frame(self, frame: Float32Array, now: float) -> None:
         vad = self._vad.process(frame)
-        tail = min(self._tail.update(frame, vad.is_speech), FRAME_S)
+        tail = self._tail.update(frame, vad.is_speech)
         if vad.is_speech:
             self._speech_at = now
         self._recent.append(frame)
