@@ -28,6 +28,7 @@ import numpy as np
 SAMPLE_RATE = 16_000
 FRAMES_PER_SECOND = 100  # Whisper's mel hop is 10 ms
 SILENCE_PEAK = 10 ** (-60 / 20)  # below -60 dBFS everywhere: nothing to recognise
+MAX_CONTEXT_TOKENS = 223 // 2  # Whisper keeps half its 448-token context for a previous-text prompt
 
 
 @dataclass(slots=True)
@@ -116,12 +117,21 @@ class Transcriber:
         )
         self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
         self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]) or [])
+        self._context_prompts: dict[str, list[int]] = {}
 
     def transcribe(
-        self, audio: np.ndarray, window_s: float | None = None, *, live: bool = False
+        self,
+        audio: np.ndarray,
+        window_s: float | None = None,
+        *,
+        live: bool = False,
+        context: str = "",
     ) -> Transcript:
         """Transcribe ``audio`` (float32, 16 kHz, mono); ``window_s`` overrides the window;
-        ``live``: a caller waits (``live_retry_below_logprob`` decides the retry)."""
+        ``live``: a caller waits (``live_retry_below_logprob`` decides the retry); ``context``:
+        text the decoder takes as having come just before (Whisper's previous-text prompt), which
+        steers how it spells what it is unsure of ("Mm-hmm." rather than "in a mom"); audio
+        longer than one window is transcribed without it."""
         if audio.ndim != 1:
             raise ValueError(f"expected mono audio (1-D), got shape {audio.shape}")
         audio = np.asarray(audio, dtype=np.float32)
@@ -130,10 +140,11 @@ class Transcriber:
             return Transcript("", 0.0, no_speech=True)  # Whisper hallucinates on digital silence
         if duration + self.config.lead_silence_s > self.config.max_window_s:
             return self._long_form(audio)
+        prompt = self._prompt_for(context)
         if window_s is not None:
-            return self._transcribe_window(audio, window_s)
+            return self._transcribe_window(audio, window_s, prompt)
         result = self._transcribe_window(
-            audio, self.config.window_for(duration + self.config.lead_silence_s)
+            audio, self.config.window_for(duration + self.config.lead_silence_s), prompt
         )
         floor = self.config.live_retry_below_logprob if live else self.config.retry_below_logprob
         if (
@@ -142,7 +153,7 @@ class Transcriber:
             or result.window_s >= self.config.max_window_s
         ):
             return result
-        full = self._transcribe_window(audio, self.config.max_window_s)
+        full = self._transcribe_window(audio, self.config.max_window_s, prompt)
         best = full if full.avg_logprob > result.avg_logprob else result
         best.encode_s, best.decode_s = (
             result.encode_s + full.encode_s,
@@ -151,7 +162,21 @@ class Transcriber:
         best.retried = True
         return best
 
-    def _transcribe_window(self, audio: np.ndarray, window_s: float) -> Transcript:
+    def _prompt_for(self, context: str) -> list[int]:
+        if not context.strip():
+            return self._prompt
+        cached = self._context_prompts.get(context)
+        if cached is None:
+            previous = self._tokenizer.encode(" " + context.strip())[-MAX_CONTEXT_TOKENS:]
+            cached = [self._tokenizer.sot_prev, *previous, *self._prompt]
+            if len(self._context_prompts) >= 16:
+                self._context_prompts.clear()
+            self._context_prompts[context] = cached
+        return cached
+
+    def _transcribe_window(
+        self, audio: np.ndarray, window_s: float, prompt: list[int] | None = None
+    ) -> Transcript:
         import ctranslate2
 
         lead = np.zeros(round(self.config.lead_silence_s * SAMPLE_RATE), np.float32)
@@ -160,6 +185,7 @@ class Transcriber:
         frames = round(window_s * FRAMES_PER_SECOND)
         padded = np.pad(audio[:n_samples], (0, max(0, n_samples - len(audio))))
         features = self._whisper.feature_extractor(padded)[:, :frames]  # [n_mels, frames]
+        prompt = self._prompt if prompt is None else prompt
         t0 = time.perf_counter()
         encoded = self._whisper.model.encode(
             ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])), to_cpu=False
@@ -168,9 +194,9 @@ class Transcriber:
         budget = int((len(audio) - len(lead)) / SAMPLE_RATE * self.config.max_tokens_per_second) + 8
         result = self._whisper.model.generate(
             encoded,
-            [self._prompt],
+            [prompt],
             beam_size=self.config.beam_size,
-            max_length=len(self._prompt) + budget,
+            max_length=len(prompt) + budget,
             suppress_blank=True,
             suppress_tokens=self._suppress,
             return_scores=True,
@@ -183,7 +209,10 @@ class Transcriber:
         )
         if no_speech:
             tokens = []
-        text = drop_repeats(self._tokenizer.decode(tokens).strip())
+        text = self._tokenizer.decode(tokens).strip()
+        if len(result.sequences_ids[0]) >= budget:  # stopped by the budget, not by the model
+            text = _drop_cut_word(text)
+        text = drop_repeats(text)
         return Transcript(
             text,
             window_s,
@@ -205,6 +234,13 @@ class Transcriber:
         )
         text = " ".join(s.text.strip() for s in segments)
         return Transcript(text, self.config.max_window_s, decode_s=time.perf_counter() - t0)
+
+
+def _drop_cut_word(text: str) -> str:
+    """``text`` without its last word unless that ends a sentence or clause: the decoder was
+    stopped mid-loop ("Uh-huh. Uh-huh. Uh-h"), so the last word is likely cut off."""
+    head, _, last = text.rpartition(" ")
+    return text if last.endswith((".", ",", "!", "?", ";", ":")) else head
 
 
 def drop_repeats(text: str, min_period: int = 3) -> str:

@@ -454,8 +454,7 @@ class Session:
             case tt.BargeIn():
                 utt = self._utt
                 if utt is not None and utt.overlap:  # the overlap is the caller's turn now
-                    utt.overlap = False
-                    self._forget_final(utt)
+                    self._overlap_becomes_turn(utt)
                     self._announce(utt)  # first: it tells the client to stop playing
                 await self._interrupt("turn_detected", self._wall_at(d.audio_start))
             case tt.Backchannel():
@@ -465,14 +464,15 @@ class Session:
 
     def _open_utterance(self, audio_start: float, overlap: bool) -> None:
         if self._utt is not None and self._utt.overlap and not overlap:
-            self._utt.overlap = False  # the assistant stopped first: the overlap is a turn
-            self._forget_final(self._utt)
+            self._overlap_becomes_turn(self._utt)  # the assistant stopped first
             self._announce(self._utt)
             return
         self._close_utterance()
         utt = _Utterance(new_id("item"), audio_start, overlap)
         self._utt = utt
         self._recognizer.reset()
+        # over the assistant an acknowledgement is likely: prime the ASR to spell one as such
+        self._recognizer.context = self._recognizer.config.overlap_context if overlap else ""
         pad_s = _padding_s(self.config.turn_detection)
         n_frames = min(len(self._recent), round((self._audio_s - audio_start + pad_s) / FRAME_S))
         for frame in list(self._recent)[len(self._recent) - n_frames :]:
@@ -480,6 +480,11 @@ class Session:
         if not overlap:
             self._announce(utt)
         self._partials = self._spawn(self._partial_loop(utt))
+
+    def _overlap_becomes_turn(self, utt: _Utterance) -> None:
+        utt.overlap = False
+        self._forget_final(utt)
+        self._recognizer.context = ""
 
     @staticmethod
     def _forget_final(utt: _Utterance) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.corpus import word_errors
+from tests.corpus import normalize, word_errors
 from voice.asr import SAMPLE_RATE, AsrConfig, drop_repeats
 
 
@@ -109,3 +109,41 @@ def test_stereo_is_rejected(transcriber):
 )
 def test_drop_repeats(text, kept):
     assert drop_repeats(text) == kept
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("Uh-huh. Uh-huh. Uh-h", "Uh-huh. Uh-huh."),
+        ("I have a ques", "I have a"),
+        ("Wait, wait,", "Wait, wait,"),
+        ("Stop.", "Stop."),
+        ("Uh-h", ""),
+    ],
+)
+def test_a_word_cut_off_by_the_token_budget_is_dropped(text, kept):
+    from voice.asr import _drop_cut_word
+
+    assert _drop_cut_word(text) == kept
+
+
+def test_the_overlap_context_reads_a_hum_as_an_acknowledgement(transcriber, synthesizer):
+    """Whisper tiny reads Piper's "uh huh" as words ("I have", "I help") in about one window in
+    four; primed with the acknowledgements it spells it as one. Words stay words."""
+    from voice.streaming_asr import StreamingAsrConfig
+    from voice.turns import DEFAULT_BACKCHANNELS, _segment, _words
+
+    context = StreamingAsrConfig().overlap_context
+    phrases = tuple(_words(p) for p in DEFAULT_BACKCHANNELS)
+    hums = [synthesizer.synthesize("Uh huh.", SAMPLE_RATE) for _ in range(4)]
+    # as a partial reads it: the short window, where the primed decoder loops until its token
+    # budget stops it mid-word ("Uh-huh. Uh-huh. Uh-h"), and as the final does
+    window = transcriber.config.window_for(1.0)
+    heard = [transcriber.transcribe(a, window_s=window, context=context).text for a in hums]
+    heard += [transcriber.transcribe(a, live=True, context=context).text for a in hums]
+    acknowledged = [_segment(_words(t), phrases)[0] for t in heard]
+    assert sum(acknowledged) >= 6, heard
+    for words in ("Stop.", "Hold on.", "I have a question."):
+        audio = synthesizer.synthesize(words, SAMPLE_RATE)
+        primed = transcriber.transcribe(audio, live=True, context=context).text
+        assert set(normalize(words).split()) <= set(normalize(primed).split()), primed

@@ -140,7 +140,13 @@ async def test_backchannel_does_not_interrupt(client, say, ack):
     await asyncio.sleep(1.0)
     await client.say(say(ack))
     done = await client.wait_for("response.done", timeout=90)
-    assert done["response"]["status"] == "completed"
+    heard = [
+        e["transcript"] for e in client.of("conversation.item.input_audio_transcription.completed")
+    ]
+    assert done["response"]["status"] == "completed", (
+        done["response"].get("status_details"),
+        heard,
+    )
     assert not client.of("conversation.item.truncated")
     assert len(client.of("input_audio_buffer.speech_started")) == 1
 

@@ -94,6 +94,17 @@ def test_job_queue_runs_finals_first_and_supersedes_partials_per_key() -> None:
     assert q.pop() is None
 
 
+def test_job_queue_a_superseding_partial_brings_its_context() -> None:
+    q: JobQueue[str] = JobQueue()
+    q.push(NO_AUDIO, final=False, key="a", waiter="a1", context="")
+    q.push(NO_AUDIO, final=False, key="a", waiter="a2", context="Mm-hmm.")
+    q.push(NO_AUDIO, final=True, key="b", waiter="b1", context="Okay.")
+    assert [(j.context, j.waiters) for j in (q.pop(), q.pop()) if j] == [
+        ("Okay.", ["b1"]),
+        ("Mm-hmm.", ["a1", "a2"]),
+    ]
+
+
 def test_job_queue_final_absorbs_the_partial_of_its_key() -> None:
     q: JobQueue[str] = JobQueue()
     q.push(NO_AUDIO, final=False, key="a", waiter="p")
