@@ -9,9 +9,11 @@ thread under ``_lock``; results travel back with ``loop.call_soon_threadsafe``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -99,6 +101,7 @@ class Engine:
         self._error: BaseException | None = None
         self._stopped = False
         self._started = False
+        self._pauses, self._paused_until = 0, 0.0  # see paused()
         self._load_error: BaseException | None = None
         loaded = threading.Event()
         # all torch work happens on this one thread, loading included (see _thread_main)
@@ -385,6 +388,30 @@ class Engine:
         self.scheduler.remove(state.seq)
         del self._convs[state.seq.seq_id]
 
+    @contextlib.contextmanager
+    def paused(self, max_s: float) -> Iterator[None]:
+        """Inside, the engine runs no step for up to ``max_s``, unless a live turn (a generation
+        waiting for its first token) needs one: another component's latency-critical work gets
+        the cores. The voice session synthesizes a reply's first chunk so: its caller waits in
+        silence, while the reply's later tokens are needed only a sentence later. Any thread."""
+        with self._lock:
+            self._pauses += 1
+            self._paused_until = max(self._paused_until, time.monotonic() + max_s)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pauses -= 1
+                if not self._pauses:
+                    self._paused_until = 0.0
+            self._commands.put(lambda: None)  # wake the engine thread
+
+    def _pause_left(self) -> float:
+        with self._lock:
+            if not self._pauses or self.scheduler.has_live_turn():
+                return 0.0
+            return self._paused_until - time.monotonic()
+
     # --- the engine thread -----------------------------------------------------------------
 
     def _loop(self) -> None:
@@ -397,7 +424,8 @@ class Engine:
             self._fail_all(EngineError(f"engine step failed: {err!r}"))
 
     def _drain_commands(self) -> bool:
-        """Apply queued commands; block while there is nothing to compute. False = stop.
+        """Apply queued commands; block while there is nothing to compute, or while
+        :meth:`paused`. False = stop.
 
         With work to do, only the commands already queued run before the next step: a stream
         of commands arriving as fast as they are applied must not hold the step back."""
@@ -406,7 +434,13 @@ class Engine:
                 for _ in range(self._commands.qsize()):
                     if not self._apply_command(self._commands.get_nowait()):
                         return False
-                return True
+                left = self._pause_left()
+                if left <= 0:
+                    return True
+                with contextlib.suppress(queue.Empty):  # a command may bring a live turn
+                    if not self._apply_command(self._commands.get(timeout=left)):
+                        return False
+                continue
             if not self._apply_command(self._commands.get()):
                 return False
 

@@ -108,6 +108,13 @@ class Scheduler:
         """True when a pending non-generating request (an append) has nothing left to compute."""
         return not seq.generating and seq.num_uncached == 0
 
+    def has_live_turn(self) -> bool:
+        """Whether a generation waits for its first token (its prefill is still to run)."""
+        return any(
+            s.pending and s.generating and not (s.num_uncached == 1 and s.num_cached > 0)
+            for s in self.seqs.values()
+        )
+
     # --- scheduling ------------------------------------------------------------------------
 
     def schedule(self) -> ScheduledBatch:

@@ -25,6 +25,7 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from audio.codec import encode
@@ -39,6 +40,7 @@ from voice.tts import Synthesizer
 __all__ = ["Reply", "ReplyTimes", "TtsWorker"]
 
 _DELTA_S = 0.1  # audio per output event: pacing granularity
+FIRST_PAUSE_S = 0.3  # the longest a first chunk holds the engine (~4 words take ~80 ms)
 
 
 _Result = asyncio.Future[Float32Array]
@@ -51,10 +53,22 @@ class TtsWorker:
     waiting in silence, theirs are listening to the audio sent ahead (``output_lead_s``).
     At 4 sessions a first chunk could otherwise wait behind three sentences (150-300 ms each
     on one thread). A queued job whose awaiter is cancelled never runs.
+
+    ``first``, when given, is the same voice with more threads: it synthesizes first chunks
+    inside ``pause`` (the local engine's ``Engine.paused``), which holds the engine's decode
+    steps for as long (at most ``FIRST_PAUSE_S``) so that the chunk has the cores. The reply's
+    later tokens are needed only a chunk later; a live turn's first token is never held.
     """
 
-    def __init__(self, synthesizer: Synthesizer) -> None:
+    def __init__(
+        self,
+        synthesizer: Synthesizer,
+        first: Synthesizer | None = None,
+        pause: Callable[[float], AbstractContextManager[None]] | None = None,
+    ) -> None:
         self._synth = synthesizer
+        self._first = first
+        self._pause = pause
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="parley-tts")
         self._jobs: list[tuple[int, int, str, int, _Result]] = []  # (priority, order, ...)
         self._order = itertools.count()
@@ -69,14 +83,18 @@ class TtsWorker:
 
     def _start_next(self) -> None:
         while not self._busy and self._jobs:
-            _, _, text, rate, done = heapq.heappop(self._jobs)
+            priority, _, text, rate, done = heapq.heappop(self._jobs)
             if done.done():
                 continue  # its awaiter was cancelled
             self._busy = True
-            job = asyncio.get_running_loop().run_in_executor(
-                self._pool, self._synth.synthesize, text, rate
-            )
+            run = self._run_first if priority == 0 and self._first else self._synth.synthesize
+            job = asyncio.get_running_loop().run_in_executor(self._pool, run, text, rate)
             job.add_done_callback(functools.partial(self._finished, done))
+
+    def _run_first(self, text: str, rate: int) -> Float32Array:  # on the TTS thread
+        assert self._first is not None
+        with self._pause(FIRST_PAUSE_S) if self._pause else contextlib.nullcontext():
+            return self._first.synthesize(text, rate)
 
     def _finished(self, done: _Result, job: asyncio.Future[Float32Array]) -> None:
         self._busy = False

@@ -206,7 +206,11 @@ async def running(config: ParleyConfig, dirs: ModelDirs) -> AsyncIterator[web.Ap
         engine.start()
         service = ChatService(engine, dirs.llm_name, config.server.max_conversations)
     asr = AsrWorker(Transcriber(dirs.asr, config.asr))
-    tts = TtsWorker(Synthesizer(dirs.tts, config.tts))
+    first = None
+    if config.tts.first_chunk_threads > config.tts.threads:
+        first = Synthesizer(dirs.tts, config.tts, threads=config.tts.first_chunk_threads)
+    pause = engine.paused if engine is not None else None
+    tts = TtsWorker(Synthesizer(dirs.tts, config.tts), first, pause)
     try:
         open_dialogue: Callable[[str], Awaitable[Dialogue]]
         if engine is not None:

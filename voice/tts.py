@@ -28,10 +28,11 @@ class TtsConfig:
     noise_w_scale: float | None = None
     volume: float = 1.0
     threads: int = 1  # onnxruntime intra-op threads; see configs/default.toml [tts]
+    first_chunk_threads: int = 2  # threads for a reply's first chunk; see the same place
 
     def __post_init__(self) -> None:
-        if self.threads < 1:
-            raise ValueError("tts.threads must be >= 1")
+        if self.threads < 1 or self.first_chunk_threads < 1:
+            raise ValueError("tts.threads and tts.first_chunk_threads must be >= 1")
         if self.length_scale is not None and not 0.25 <= self.length_scale <= 4:
             raise ValueError("tts.length_scale must be within [0.25, 4]")
         if not 0 < self.volume <= 4:
@@ -41,7 +42,11 @@ class TtsConfig:
 class Synthesizer:
     """Text to float32 mono audio. Not thread-safe: one caller at a time."""
 
-    def __init__(self, model_dir: Path, config: TtsConfig | None = None) -> None:
+    def __init__(
+        self, model_dir: Path, config: TtsConfig | None = None, threads: int | None = None
+    ) -> None:
+        """``threads`` overrides ``config.threads`` and makes the thread pool sleep when idle:
+        a second Synthesizer of the voice for the first chunks must not spin between them."""
         import onnxruntime
         from piper.config import PiperConfig, SynthesisConfig
         from piper.voice import PiperVoice
@@ -50,8 +55,10 @@ class Synthesizer:
         # built here rather than by PiperVoice.load, which gives onnxruntime its default
         # thread count: a spinning thread pool on cores the LLM and ASR also use
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = self.config.threads
+        options.intra_op_num_threads = threads or self.config.threads
         options.inter_op_num_threads = 1
+        if threads is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = onnxruntime.InferenceSession(
             str(model_dir / "voice.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
         )

@@ -306,3 +306,41 @@ async def test_set_messages_reuses_own_reply_tokens(smol_engine: Any) -> None:
         assert smol_engine.tokenizer.decode(conv.tokens).endswith("Something else.<|im_end|>\n")
     finally:
         await conv.close()
+
+
+async def test_paused_holds_decoding_but_not_a_live_turns_first_token(smol_engine: Any) -> None:
+    """Inside ``paused`` no decode step runs (the voice's first chunk has the cores); a turn
+    waiting for its first token still gets it; on leaving, decoding goes on."""
+    talker, caller = smol_engine.open_conversation(SYSTEM), smol_engine.open_conversation(SYSTEM)
+    received: list[int] = []
+    going = asyncio.Event()
+
+    async def talk() -> None:
+        await talker.append({"role": "user", "content": "Count from one to fifty."})
+        params = SamplingParams(max_tokens=500, ignore_eos=True)
+        async for d in talker.generate(params):
+            received.extend(d.token_ids)
+            going.set()
+
+    task = asyncio.create_task(talk())
+    try:
+        await going.wait()
+        with smol_engine.paused(60.0):
+            await smol_engine.sync()  # the step running when the pause began has finished
+            held = len(received)
+            await asyncio.sleep(0.3)  # ~50 decode steps' time
+            assert len(received) == held
+            turn = {"role": "user", "content": "Hello!"}
+            params = SamplingParams(max_tokens=1)
+            reply = [d async for d in caller.generate(params, messages=turn)]
+            assert sum(len(d.token_ids) for d in reply) == 1  # the live turn ran
+            await asyncio.sleep(0.05)
+            assert len(received) <= held + 1  # the talker rode along in that one step only
+        going.clear()
+        await asyncio.wait_for(going.wait(), 60)  # decoding resumed
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await talker.close()
+        await caller.close()

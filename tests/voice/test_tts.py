@@ -71,3 +71,43 @@ async def test_worker_serves_a_first_chunk_before_queued_later_ones(synthesizer)
         await later[1]
     assert finished == ["one", "five", "two", "four"]
     worker.close()
+
+
+async def test_worker_synthesizes_first_chunks_on_the_first_voice_inside_the_pause(
+    synthesizer, model_dir
+):
+    import contextlib
+
+    from voice.responder import FIRST_PAUSE_S, TtsWorker
+    from voice.tts import Synthesizer
+
+    fast = Synthesizer(model_dir("piper-joe-medium"), threads=2)
+    spoken: list[tuple[str, bool]] = []  # (which voice, inside the pause)
+    paused: list[float] = []
+    for name, voice in (("main", synthesizer), ("first", fast)):
+        original = voice.synthesize
+
+        def spy(text: str, rate: int, name: str = name, original=original):
+            spoken.append((name, bool(paused)))
+            return original(text, rate)
+
+        voice.synthesize = spy  # type: ignore[method-assign]
+
+    @contextlib.contextmanager
+    def pause(max_s: float):
+        paused.append(max_s)
+        try:
+            yield
+        finally:
+            paused.pop()
+
+    worker = TtsWorker(synthesizer, fast, pause)
+    try:
+        first = await worker.synthesize("Hello there.", 24000, first=True)
+        later = await worker.synthesize("How are you today?", 24000)
+    finally:
+        worker.close()
+        del synthesizer.synthesize  # the session-wide fixture gets its own method back
+    assert len(first) > 0 and len(later) > 0
+    assert spoken == [("first", True), ("main", False)]
+    assert not paused and FIRST_PAUSE_S > 0
