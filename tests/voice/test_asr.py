@@ -128,21 +128,28 @@ def test_a_word_cut_off_by_the_token_budget_is_dropped(text, kept):
 
 
 def test_the_overlap_context_reads_a_hum_as_an_acknowledgement(transcriber, synthesizer):
-    """Whisper tiny reads Piper's "uh huh" as words ("I have", "I help") in about one window in
-    four; primed with the acknowledgements it spells it as one. Words stay words."""
+    """In a partial's short window Whisper tiny reads Piper's "uh huh" as words ("I have",
+    "I help") about half the time (4 to 11 of 16 across runs here); primed with the
+    acknowledgements it spells it as one 14 to 16 times of 16, in finals too.
+    Piper speaks with its noise, so the counts vary: the margins hold them. Words stay words."""
     from voice.streaming_asr import StreamingAsrConfig
     from voice.turns import DEFAULT_BACKCHANNELS, _segment, _words
 
     context = StreamingAsrConfig().overlap_context
     phrases = tuple(_words(p) for p in DEFAULT_BACKCHANNELS)
-    hums = [synthesizer.synthesize("Uh huh.", SAMPLE_RATE) for _ in range(4)]
+
+    def acknowledged(texts: list[str]) -> int:
+        return sum(_segment(_words(t), phrases)[0] for t in texts)
+
+    hums = [synthesizer.synthesize("Uh huh.", SAMPLE_RATE) for _ in range(16)]
     # as a partial reads it: the short window, where the primed decoder loops until its token
-    # budget stops it mid-word ("Uh-huh. Uh-huh. Uh-h"), and as the final does
+    # budget stops it mid-word ("Uh-huh. Uh-huh. Uh-h"); and as the final does
     window = transcriber.config.window_for(1.0)
-    heard = [transcriber.transcribe(a, window_s=window, context=context).text for a in hums]
-    heard += [transcriber.transcribe(a, live=True, context=context).text for a in hums]
-    acknowledged = [_segment(_words(t), phrases)[0] for t in heard]
-    assert sum(acknowledged) >= 6, heard
+    plain = [transcriber.transcribe(a, window_s=window).text for a in hums]
+    primed = [transcriber.transcribe(a, window_s=window, context=context).text for a in hums]
+    finals = [transcriber.transcribe(a, live=True, context=context).text for a in hums]
+    assert acknowledged(primed) >= max(12, acknowledged(plain)), (primed, plain)
+    assert acknowledged(finals) >= 12, finals
     for words in ("Stop.", "Hold on.", "I have a question."):
         audio = synthesizer.synthesize(words, SAMPLE_RATE)
         primed = transcriber.transcribe(audio, live=True, context=context).text
