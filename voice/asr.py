@@ -28,7 +28,7 @@ import numpy as np
 SAMPLE_RATE = 16_000
 FRAMES_PER_SECOND = 100  # Whisper's mel hop is 10 ms
 SILENCE_PEAK = 10 ** (-60 / 20)  # below -60 dBFS everywhere: nothing to recognise
-MAX_CONTEXT_TOKENS = 223 // 2  # Whisper keeps half its 448-token context for a previous-text prompt
+MAX_CONTEXT_TOKENS = 448 // 2 - 1  # a previous-text prompt takes at most half the text context
 
 
 @dataclass(slots=True)
