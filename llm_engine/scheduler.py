@@ -34,6 +34,11 @@ class Sequence:
     def num_uncached(self) -> int:
         return len(self.tokens) - self.num_cached
 
+    @property
+    def decoding(self) -> bool:
+        """Generating past its first token: one new token (the last sampled) to compute."""
+        return self.generating and self.num_uncached == 1 and self.num_cached > 0
+
 
 @dataclass(slots=True)
 class ScheduledBatch:
@@ -110,10 +115,7 @@ class Scheduler:
 
     def has_live_turn(self) -> bool:
         """Whether a generation waits for its first token (its prefill is still to run)."""
-        return any(
-            s.pending and s.generating and not (s.num_uncached == 1 and s.num_cached > 0)
-            for s in self.seqs.values()
-        )
+        return any(s.pending and s.generating and not s.decoding for s in self.seqs.values())
 
     # --- scheduling ------------------------------------------------------------------------
 
@@ -123,9 +125,8 @@ class Scheduler:
         dropped = self._dropped = set()  # preempted this step: they wait for the next one
         active = sorted((s for s in self.seqs.values() if s.pending), key=lambda s: s.arrival)
         for seq in active:
-            is_decode = seq.generating and seq.num_uncached == 1 and seq.num_cached > 0
             room = len(batch.decodes) < self.max_batch
-            if is_decode and room and self._reserve(seq, 1, protected, batch):
+            if seq.decoding and room and self._reserve(seq, 1, protected, batch):
                 batch.decodes.append(seq)
         budget = max(self.max_step_tokens - len(batch.decodes), self.blocks.block_size)
         # live turns (generation waiting for its first token) go before plain appends
