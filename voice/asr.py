@@ -175,7 +175,7 @@ class Transcriber:
         return cached
 
     def _transcribe_window(
-        self, audio: np.ndarray, window_s: float, prompt: list[int] | None = None
+        self, audio: np.ndarray, window_s: float, prompt: list[int]
     ) -> Transcript:
         import ctranslate2
 
@@ -185,7 +185,6 @@ class Transcriber:
         frames = round(window_s * FRAMES_PER_SECOND)
         padded = np.pad(audio[:n_samples], (0, max(0, n_samples - len(audio))))
         features = self._whisper.feature_extractor(padded)[:, :frames]  # [n_mels, frames]
-        prompt = self._prompt if prompt is None else prompt
         t0 = time.perf_counter()
         encoded = self._whisper.model.encode(
             ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])), to_cpu=False
