@@ -70,17 +70,20 @@ async function start() {
   };
   session = s;
   try {
-    s.ctx = await createAudioContext(); // first: needs the click's user activation
+    // The microphone before the AudioContext: Firefox (140 ESR) gave silence from a
+    // microphone that joined a context already running, and the right order costs nothing.
+    s.mic = new Microphone((pcm, peak) => sendAudio(s, pcm, peak));
+    await s.mic.open();
+    if (session !== s) return s.mic.stop(); // stopped while the permission prompt was up
+    s.ctx = await createAudioContext();
     s.player = new Player(s.ctx, (played) => {
       stats.audioSamplesPlayed = played;
       showSpeaking();
     });
     s.ws = await openSocket(s);
     sendSessionUpdate(s.ws);
-    // The microphone only after the socket is open: the first words must not be lost.
-    s.mic = new Microphone(s.ctx, (pcm, peak) => sendAudio(s, pcm, peak));
-    await s.mic.start();
-    if (session !== s) return s.mic.stop(); // stopped while the permission prompt was up
+    // Frames only once the socket is open: the first words must not be lost.
+    s.mic.start(s.ctx);
     setState('listening');
   } catch (err) {
     if (session !== s) return; // stopped meanwhile: the error is moot

@@ -8,7 +8,10 @@ import { Resampler, pcm16ToFloat } from './resampler.js';
 
 export const WIRE_RATE = 24000; // the Realtime API's audio/pcm rate, both directions
 
-/** Create the AudioContext and load both worklets. Call from a user gesture (autoplay rules). */
+/**
+ * Create the AudioContext and load both worklets. Call after a click (autoplay rules: the
+ * click's sticky activation, and a granted microphone, let it run).
+ */
 export async function createAudioContext() {
   const ctx = new AudioContext({ latencyHint: 'interactive' });
   await Promise.all([
@@ -20,20 +23,16 @@ export async function createAudioContext() {
 }
 
 export class Microphone {
-  /**
-   * @param {AudioContext} ctx
-   * @param {(pcm: Int16Array, peak: number) => void} onFrame  called per 20 ms frame
-   */
-  constructor(ctx, onFrame) {
-    this.ctx = ctx;
+  /** @param {(pcm: Int16Array, peak: number) => void} onFrame  called per 20 ms frame */
+  constructor(onFrame) {
     this.onFrame = onFrame;
     this.stream = null;
     this.source = null;
     this.node = null;
   }
 
-  /** Ask for the microphone and start delivering frames. Rejects if access is refused. */
-  async start() {
+  /** Ask for the microphone (the permission prompt). Rejects if access is refused. */
+  async open() {
     this.stream = await navigator.mediaDevices.getUserMedia({
       audio: {
         channelCount: 1,
@@ -44,9 +43,16 @@ export class Microphone {
         autoGainControl: true,
       },
     });
-    this.source = this.ctx.createMediaStreamSource(this.stream);
+  }
+
+  /**
+   * Start delivering frames from the open microphone through `ctx`.
+   * @param {AudioContext} ctx
+   */
+  start(ctx) {
+    this.source = ctx.createMediaStreamSource(this.stream);
     // No outputs: a worklet node with a live input is processed without reaching the speakers.
-    this.node = new AudioWorkletNode(this.ctx, 'parley-capture', {
+    this.node = new AudioWorkletNode(ctx, 'parley-capture', {
       numberOfInputs: 1,
       numberOfOutputs: 0,
       channelCount: 1,

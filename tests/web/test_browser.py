@@ -1,18 +1,23 @@
-"""The browser client end to end: a real headless Chromium whose microphone is a WAV file.
+"""The browser client end to end, in headless Chromium and headless Firefox.
 
-Chromium opens the page the server serves, its fake microphone speaks a Piper-generated
-question, and the page must show the caller's words, the assistant's reply and the turn's
-latency, and play the reply's audio (observed through ``window.parleyStats``). The server is
-the real one with the real models (the ``voice_server`` fixture). Playwright drives the
-system's Chromium: no browser download, no network.
+The page the server serves hears a Piper-generated question through the browser's microphone,
+and must show the caller's words, the assistant's reply and the turn's latency, and play the
+reply's audio (observed through ``window.parleyStats``). The server is the real one with the
+real models (the ``voice_server`` fixture). Chromium's microphone is the WAV file itself
+(Playwright drives the system's Chromium: no browser download, no network); Firefox's is a
+private PulseAudio source the test plays the WAV into (see :mod:`tests.web.firefox`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import pytest
@@ -20,6 +25,7 @@ from playwright.async_api import ConsoleMessage, Page, async_playwright
 
 from audio.wav import write_wav
 from tests.corpus import normalize
+from tests.web import firefox
 from voice.tts import Synthesizer, TtsConfig
 
 QUESTION = "What is the capital of France?"
@@ -37,24 +43,58 @@ def find_chromium() -> str | None:
     """``$PARLEY_CHROMIUM``, else the first Chromium or Chrome on ``PATH``."""
     if path := os.environ.get("PARLEY_CHROMIUM"):
         return path
-    for name in CHROMIUM_NAMES:
-        if path := shutil.which(name):
-            return path
-    return None
+    return next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
 
 
+NO_CHROMIUM = "no Chromium found (apt-get install chromium, or set PARLEY_CHROMIUM=/path/to/chrome)"
 # Decided at collection, so a machine without a browser does not start the server for nothing.
-pytestmark = pytest.mark.skipif(
-    find_chromium() is None,
-    reason="no Chromium found (apt-get install chromium, or set PARLEY_CHROMIUM=/path/to/chrome)",
-)
+BROWSERS = [
+    pytest.param("chromium", marks=pytest.mark.skipif(find_chromium() is None, reason=NO_CHROMIUM)),
+    pytest.param(
+        "firefox", marks=pytest.mark.skipif(bool(firefox.missing()), reason=str(firefox.missing()))
+    ),
+]
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = find_chromium()
-    assert path is not None
-    return path
+class BrowserPage(Protocol):
+    """What the test does with a page, in either browser."""
+
+    problems: list[str]  # uncaught exceptions and console errors
+
+    async def goto(self, url: str) -> None: ...
+    async def click(self, selector: str) -> None: ...
+    async def evaluate(self, expression: str) -> Any: ...  # a JSON-able JS value
+
+
+@dataclass
+class Browser:
+    page: BrowserPage
+    speak: Callable[[], Awaitable[None]]  # the question into the microphone (once listening)
+
+
+class ChromiumPage:
+    """A Playwright page as a :class:`BrowserPage`."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.problems: list[str] = []
+        page.on("pageerror", lambda err: self.problems.append(f"uncaught: {err}"))
+        page.on("console", self._console)
+
+    def _console(self, msg: ConsoleMessage) -> None:
+        if msg.type == "error":
+            self.problems.append(f"console: {msg.text}")
+
+    async def goto(self, url: str) -> None:
+        await self.page.goto(url)
+
+    async def click(self, selector: str) -> None:
+        await self.page.click(selector)
+
+    async def evaluate(self, expression: str) -> Any:
+        return json.loads(
+            await self.page.evaluate(f"async () => JSON.stringify(await ({expression}))")
+        )
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +103,7 @@ def question_wav(model_dir, tmp_path_factory) -> Path:
 
     Half a second of silence first, so no word falls before capture is running, and 2.5 s
     after it, so the server hears the end of the turn. Chromium plays it once (``%noloop``)
-    and then feeds silence.
+    and then feeds silence; PulseAudio's microphone is silent before and after it.
     """
     tts = Synthesizer(model_dir("piper-joe-medium"), TtsConfig(noise_scale=0, noise_w_scale=0))
     speech = tts.synthesize(QUESTION, RATE)
@@ -75,58 +115,69 @@ def question_wav(model_dir, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-async def page(chromium: str, question_wav: Path) -> AsyncIterator[tuple[Page, list[str]]]:
-    """A fresh page in headless Chromium with the WAV as its microphone; and its errors."""
+@pytest.fixture(params=BROWSERS)
+async def browser(request, question_wav: Path) -> AsyncIterator[Browser]:
+    """A fresh page in the headless browser, whose microphone will say the question."""
+    if request.param == "firefox":
+        async with firefox.firefox_page() as (bidi, pulse):
+            yield Browser(bidi, lambda: pulse.speak(question_wav))
+        return
     args = [
         "--use-fake-ui-for-media-stream",  # grant the microphone without a prompt
         "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={question_wav}%noloop",
+        f"--use-file-for-fake-audio-capture={question_wav}%noloop",  # plays once capture starts
         "--autoplay-policy=no-user-gesture-required",
     ]
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=chromium, args=args)
+        chromium = await pw.chromium.launch(executable_path=find_chromium(), args=args)
         try:
-            context = await browser.new_context(permissions=["microphone"])
-            page = await context.new_page()
-            problems: list[str] = []
-            page.on("pageerror", lambda err: problems.append(f"uncaught: {err}"))
-
-            def on_console(msg: ConsoleMessage) -> None:
-                if msg.type == "error":
-                    problems.append(f"console: {msg.text}")
-
-            page.on("console", on_console)
-            yield page, problems
+            context = await chromium.new_context(permissions=["microphone"])
+            yield Browser(ChromiumPage(await context.new_page()), already_speaking)
         finally:
-            await browser.close()
+            await chromium.close()
 
 
-async def wait_for(page: Page, condition: str, timeout_ms: int) -> None:
+async def already_speaking() -> None:
+    """Chromium's fake microphone plays the WAV by itself from when capture starts."""
+
+
+async def wait_for(page: BrowserPage, condition: str, timeout_ms: int) -> None:
     """Wait until ``condition`` (a JS expression over ``s = window.parleyStats``) holds."""
-    await page.wait_for_function(
-        f"() => {{ const s = window.parleyStats; return Boolean(s && ({condition})); }}",
-        timeout=timeout_ms,
-        polling=100,
-    )
+    check = f"(() => {{ const s = window.parleyStats; return Boolean(s && ({condition})); }})()"
+    try:
+        async with asyncio.timeout(timeout_ms / 1000):
+            while not await page.evaluate(check):
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        state = await stats(page)
+        pytest.fail(
+            f"not within {timeout_ms} ms: {condition}; parleyStats {state}; {page.problems}"
+        )
 
 
-async def stats(page: Page) -> dict:
-    return await page.evaluate("() => JSON.parse(JSON.stringify(window.parleyStats))")
+async def stats(page: BrowserPage) -> dict:
+    return await page.evaluate("window.parleyStats")
 
 
-async def test_a_spoken_question_is_heard_answered_and_played(voice_server: str, page) -> None:
-    page, problems = page
+async def inner_text(page: BrowserPage, selector: str) -> str:
+    return await page.evaluate(f"document.querySelector({json.dumps(selector)}).innerText")
+
+
+async def test_a_spoken_question_is_heard_answered_and_played(
+    voice_server: str, browser: Browser
+) -> None:
+    page = browser.page
     await page.goto(voice_server + "/")
     await page.click("#start")
     await wait_for(page, "s.connected && s.state === 'listening'", CONNECT_MS)
+    speaking = asyncio.create_task(browser.speak())
 
     # The caller's words: transcribed by the server from audio the page captured and sent.
     await wait_for(page, "s.userTranscripts.length > 0", TRANSCRIPT_MS)
     s = await stats(page)
     heard = normalize(s["userTranscripts"][0]).split()
     assert {"capital", "france"} <= set(heard), s["userTranscripts"]
-    assert "capital" in normalize(await page.inner_text("#transcript .turn.user"))
+    assert "capital" in normalize(await inner_text(page, "#transcript .turn.user"))
 
     # The reply: its transcript shown, its audio received and played out to the end.
     await wait_for(page, "s.turns > 0 && s.assistantTranscripts.length > 0", TRANSCRIPT_MS)
@@ -137,18 +188,21 @@ async def test_a_spoken_question_is_heard_answered_and_played(voice_server: str,
     )
     s = await stats(page)
     assert s["assistantTranscripts"][0].strip(), "the assistant's transcript is empty"
-    assert (await page.inner_text("#transcript .turn.assistant")).strip()
+    assert (await inner_text(page, "#transcript .turn.assistant")).strip()
     assert s["audioSamplesReceived"] > 24_000 // 4, "under a quarter second of reply audio"
     assert s["flushes"] == 0, "playback was flushed, but nobody barged in"
 
     # The turn's latency figures: a row in the table, from response.parley.metrics.
-    cells = await page.locator("#metrics tbody tr").first.locator("td").all_inner_texts()
+    cells = await page.evaluate(
+        "[...document.querySelectorAll('#metrics tbody tr:first-child td')].map(td => td.innerText)"
+    )
     assert cells[:2] == ["1", "completed"], cells
     assert isinstance(s["lastMetrics"]["first_audio_ms"], int | float), s["lastMetrics"]
     assert abs(int(cells[6]) - s["lastMetrics"]["first_audio_ms"]) <= 1, cells  # shown rounded
 
     assert s["errors"] == [], s["errors"]
-    assert problems == [], problems
+    assert page.problems == [], page.problems
 
+    await speaking
     await page.click("#start")  # Stop
     await wait_for(page, "!s.connected && s.state === 'idle'", CONNECT_MS)
