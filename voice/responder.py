@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from audio.codec import encode
 from audio.pcm import Float32Array
@@ -44,6 +44,18 @@ FIRST_PAUSE_S = 0.3  # the longest a first chunk holds the engine (~4 words take
 
 
 _Result = asyncio.Future[Float32Array]
+
+
+@dataclass(order=True, slots=True)
+class _TtsJob:
+    """A queued synthesis. Jobs sort by ``rank``: first chunks before later ones, then by
+    arrival."""
+
+    rank: tuple[bool, int]  # (not first, arrival number)
+    first: bool = field(compare=False)
+    text: str = field(compare=False)
+    sample_rate: int = field(compare=False)
+    done: _Result = field(compare=False)
 
 
 class TtsWorker:
@@ -70,26 +82,29 @@ class TtsWorker:
         self._first = first
         self._pause = pause
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="parley-tts")
-        self._jobs: list[tuple[int, int, str, int, _Result]] = []  # (priority, order, ...)
-        self._order = itertools.count()
+        self._jobs: list[_TtsJob] = []  # a heap
+        self._arrivals = itertools.count()
         self._busy = False
 
     async def synthesize(self, text: str, sample_rate: int, *, first: bool = False) -> Float32Array:
         """``first``: a reply's first chunk (served before queued later chunks)."""
         done: _Result = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._jobs, (0 if first else 1, next(self._order), text, sample_rate, done))
+        rank = (not first, next(self._arrivals))
+        heapq.heappush(self._jobs, _TtsJob(rank, first, text, sample_rate, done))
         self._start_next()
         return await done
 
     def _start_next(self) -> None:
         while not self._busy and self._jobs:
-            priority, _, text, rate, done = heapq.heappop(self._jobs)
-            if done.done():
+            job = heapq.heappop(self._jobs)
+            if job.done.done():
                 continue  # its awaiter was cancelled
             self._busy = True
-            run = self._run_first if priority == 0 and self._first else self._synth.synthesize
-            job = asyncio.get_running_loop().run_in_executor(self._pool, run, text, rate)
-            job.add_done_callback(functools.partial(self._finished, done))
+            run = self._run_first if job.first and self._first else self._synth.synthesize
+            running = asyncio.get_running_loop().run_in_executor(
+                self._pool, run, job.text, job.sample_rate
+            )
+            running.add_done_callback(functools.partial(self._finished, job.done))
 
     def _run_first(self, text: str, rate: int) -> Float32Array:  # on the TTS thread
         assert self._first is not None
@@ -102,8 +117,8 @@ class TtsWorker:
         self._start_next()
 
     def close(self) -> None:
-        for *_, done in self._jobs:
-            done.cancel()
+        for job in self._jobs:
+            job.done.cancel()
         self._jobs.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
