@@ -407,6 +407,8 @@ class Engine:
             self._commands.put(lambda: None)  # wake the engine thread
 
     def _pause_left(self) -> float:
+        if not self._pauses:  # the common case, read without the lock: a pause that begins
+            return 0.0  # just after this read holds from the next step on
         with self._lock:
             if not self._pauses or self.scheduler.has_live_turn():
                 return 0.0
