@@ -7,7 +7,8 @@ DynamicCache reused across turns) and with llama.cpp on the packaged Q4_1 GGUF w
   2. long reply (1,024 tokens): decode tokens/s;
   3. 50 summaries of ~300-token texts all at once: total tokens/s (and Parley batch-50 vs batch-1);
   4. a 10-round conversation of ~40-token user turns: time to first token per round.
-Also the memory-bandwidth ceiling of each backend's weights and an abort check. No asserts:
+Also the memory-bandwidth ceiling of each backend's weights, the bound the batch's prompts
+alone put on scenario 3 at this CPU's measured GEMM rate, and an abort check. No asserts:
 these are figures to read. Each backend runs in its own process (torch's OpenMP teams must not
 meet the engine thread's), one after the other. Run on a quiet machine:
 `python bench/llm.py [--quick] [--no-hf] [--no-llama-cpp] [--threads N]`.
@@ -149,12 +150,43 @@ def read_bandwidth(threads: int) -> float:
     return 2**30 / best
 
 
+def layer_shapes(mc: Any) -> list[tuple[int, int]]:
+    """(out, in) of one layer's projections: q/k/v fused, o, gate/up fused, down."""
+    h, inter, d = mc.hidden_size, mc.intermediate_size, mc.head_dim
+    return [((mc.num_heads + 2 * mc.num_kv_heads) * d, h), (h, mc.num_heads * d),
+            (2 * inter, h), (h, inter)]  # fmt: skip
+
+
+def layer_weights(mc: Any) -> int:
+    return sum(n * k for n, k in layer_shapes(mc))
+
+
+def gemm_rate(threads: int, shapes: list[tuple[int, int]], rows: int = 256) -> tuple[float, str]:
+    """FLOP/s of one layer's projections on ``rows`` input rows in the dtype Parley prefills
+    with here (bfloat16 where the CPU has it natively, else float32); best of 5."""
+    import torch
+    import torch.nn.functional as F
+
+    from llm_engine.quant import native_bf16
+
+    torch.set_num_threads(threads)
+    dtype = torch.bfloat16 if native_bf16() else torch.float32
+    pairs = [(torch.randn(rows, k).to(dtype), torch.randn(n, k).to(dtype)) for n, k in shapes]
+    best = float("inf")
+    for _ in range(5):
+        t0 = perf_counter()
+        for x, w in pairs:
+            F.linear(x, w)
+        best = min(best, perf_counter() - t0)
+    return 2 * rows * sum(n * k for n, k in shapes) / best, str(dtype).removeprefix("torch.")
+
+
 def parley_weight_bytes(engine: Any) -> int:
     """Weight bytes one decode step reads: every projection and the head (the tied embedding),
     at the engine's weight width. Norms and int8 scales add well under 1 %."""
     mc, cfg = engine.model_config, engine.config
-    h, inter, d = mc.hidden_size, mc.intermediate_size, mc.head_dim
-    layer = (mc.num_heads + 2 * mc.num_kv_heads) * d * h + h * mc.num_heads * d + 3 * inter * h
+    layer = layer_weights(mc)
+    h = mc.hidden_size
     width = {"float32": 4, "bfloat16": 2, "float16": 2}[cfg.resolved_dtype()]
     if cfg.resolved_quant() == "int8":
         width = 1
@@ -238,7 +270,10 @@ async def parley_main(w: Workload) -> Result:
     blocks = 256 + s.batch * (s.doc + 128 + s.summary) // 16  # all summaries resident at once
     cfg = EngineConfig(model_dir=Path(w.model_dir), num_threads=w.threads, num_blocks=blocks)
     async with Engine(cfg) as engine:
+        mc = engine.model_config
         r: Result = {"label": PARLEY, "bytes_per_token": parley_weight_bytes(engine)}
+        r["layer_shapes"] = layer_shapes(mc)
+        r["prefill_flop"] = 2 * mc.num_layers * layer_weights(mc)  # per token, projections
         r["setup"] = f"dtype {cfg.resolved_dtype()}, quant {cfg.resolved_quant()}"
         base = engine.free_blocks()
         await parley_reply(engine, SHORT_PROMPT, 4)  # warm-up
@@ -421,7 +456,22 @@ def report_rounds(results: list[Result]) -> None:
     print("  (history: Parley's tokens before the round; the baselines' differ by a few)")
 
 
-def report(results: list[Result], bandwidth: float) -> None:
+def prefill_bound(w: Workload, ours: Result) -> None:
+    """The batch's prompts alone at the CPU's GEMM rate: how far batching can go here."""
+    rate, dtype = isolated(gemm_rate, w.threads, ours["layer_shapes"])
+    prompt = sum(len(ids) for ids in w.doc_ids)
+    flop = ours["prefill_flop"]
+    floor_s = prompt * flop / rate
+    best = len(w.doc_ids) * w.sizes.summary / floor_s
+    print(
+        f"  prefill bound: {prompt} prompt tokens x {flop / 1e6:.0f} MFLOP at the measured "
+        f"{rate / 1e9:.0f} GFLOP/s ({dtype} GEMM, 256 rows) take >= {floor_s:.1f} s, so even "
+        f"with free decoding the batch reaches at most {best:.0f} tok/s = "
+        f"{best / ours['batch1_tps']:.2f}x batch-1"
+    )
+
+
+def report(w: Workload, results: list[Result], bandwidth: float) -> None:
     compare("1. Short reply: time to first token", "ms", figures(results, "short_ttft"), 1e3)
     target = "(target: >= llama.cpp, >= 3x HF)"
     compare(f"1. Short reply: decode {target}", "tok/s", figures(results, "short_tps"))
@@ -432,6 +482,7 @@ def report(results: list[Result], bandwidth: float) -> None:
         gain = ours["batch_tps"] / ours["batch1_tps"]
         batch1 = f"its own batch-1 ({ours['batch1_tps']:.1f} tok/s)"
         print(f"  Parley vs {batch1}: {gain:.2f}x (target >= 5x)")
+        prefill_bound(w, ours)
     report_rounds(results)
     print(f"\n## Memory-bandwidth ceiling (read bandwidth {bandwidth / 1e9:.1f} GB/s)")
     for r in results:
@@ -486,7 +537,7 @@ def main() -> None:
         print("# llama-cpp-python is not installed: llama.cpp skipped")
     for r in results:
         print(f"# {r['label']}: {r['setup']}")
-    report(results, bandwidth)
+    report(w, results, bandwidth)
     print(f"\n# load average at the end {os.getloadavg()[0]:.2f} (figures are noisy when busy)")
 
 
