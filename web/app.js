@@ -72,21 +72,25 @@ async function start() {
   try {
     // The microphone before the AudioContext: Firefox (140 ESR) gave silence from a
     // microphone that joined a context already running, and the right order costs nothing.
+    // After each wait, Stop may have been pressed (or Start again): then this attempt only
+    // frees what it opened meanwhile, which the stop could not see yet.
     s.mic = new Microphone((pcm, peak) => sendAudio(s, pcm, peak));
     await s.mic.open();
-    if (session !== s) return s.mic.stop(); // stopped while the permission prompt was up
+    if (session !== s) return release(s); // stopped while the permission prompt was up
     s.ctx = await createAudioContext();
+    if (session !== s) return release(s);
     s.player = new Player(s.ctx, (played) => {
       stats.audioSamplesPlayed = played;
       showSpeaking();
     });
     s.ws = await openSocket(s);
+    if (session !== s) return release(s);
     sendSessionUpdate(s.ws);
     // Frames only once the socket is open: the first words must not be lost.
     s.mic.start(s.ctx);
     setState('listening');
   } catch (err) {
-    if (session !== s) return; // stopped meanwhile: the error is moot
+    if (session !== s) return release(s); // stopped meanwhile: the error is moot
     showError(describe(err));
     drop(s);
   }
@@ -107,13 +111,18 @@ function drop(s) {
 }
 
 function teardown(s) {
+  release(s);
+  stats.connected = false;
+  ui.level.value = 0;
+}
+
+/** Free what a session holds (microphone, playback, socket, AudioContext); safe to repeat. */
+function release(s) {
   s.closing = true;
   s.mic?.stop();
   s.player?.close();
   if (s.ws && s.ws.readyState <= WebSocket.OPEN) s.ws.close(1000, 'client stopped');
-  s.ctx?.close();
-  stats.connected = false;
-  ui.level.value = 0;
+  s.ctx?.close().catch(() => {}); // closing it twice rejects: nothing to do
 }
 
 function openSocket(s) {
@@ -123,12 +132,12 @@ function openSocket(s) {
   return new Promise((resolve, reject) => {
     ws.onopen = () => {
       opened = true;
-      stats.connected = true;
+      if (session === s) stats.connected = true; // else a stopped attempt's late socket
       resolve(ws);
     };
     ws.onerror = () => {}; // the close event that always follows carries what we can know
     ws.onclose = (e) => {
-      stats.connected = false;
+      if (session === s) stats.connected = false;
       if (!opened) {
         reject(new Error(`Could not connect to the server (WebSocket closed, code ${e.code}).`));
         return;

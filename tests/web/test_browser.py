@@ -95,9 +95,8 @@ class ChromiumPage:
         await self.page.click(selector)
 
     async def evaluate(self, expression: str) -> Any:
-        return json.loads(
-            await self.page.evaluate(f"async () => JSON.stringify(await ({expression}))")
-        )
+        value = await self.page.evaluate(f"async () => JSON.stringify(await ({expression}))")
+        return None if value is None else json.loads(value)  # undefined: None
 
 
 @pytest.fixture(scope="module")
@@ -273,5 +272,31 @@ async def test_barge_in_stops_playback_and_tells_the_server_what_was_heard(
         s = await stats(page)
         heard = set(normalize(" ".join(s["userTranscripts"][1:])).split())
         assert {"stop", "wait", "moment"} & heard, s["userTranscripts"]
+        assert s["errors"] == [], s["errors"]
+        assert page.problems == [], page.problems
+
+
+@pytest.mark.parametrize("name", BROWSERS)
+async def test_stop_while_starting_leaves_nothing_open(voice_app, speech_wav, name: str) -> None:
+    """Start then Stop at once, at every moment of the start-up (microphone, audio, socket):
+    no socket stays open on the server, and the page ends idle without errors."""
+    from voice.realtime.handler import SESSIONS_KEY
+
+    url, app = voice_app
+    sessions = app[SESSIONS_KEY]
+    async with open_browser(name, speech_wav(QUESTION)) as browser:
+        page = browser.page
+        await page.goto(url + "/")
+        before = len(sessions)
+        for delay_ms in range(0, 200, 10):
+            await page.evaluate(
+                "(async () => { const b = document.querySelector('#start'); b.click();"
+                f" await new Promise(r => setTimeout(r, {delay_ms})); b.click(); }})()"
+            )
+            await wait_for(page, "s.state === 'idle'", CONNECT_MS)
+        await asyncio.sleep(1.0)  # late sockets would be open by now
+        s = await stats(page)
+        assert len(sessions) == before, f"{len(sessions) - before} session(s) left open"
+        assert not s["connected"], s
         assert s["errors"] == [], s["errors"]
         assert page.problems == [], page.problems
