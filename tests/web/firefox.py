@@ -189,6 +189,10 @@ class BidiPage:
             await self._reader
 
 
+def log_tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-2000:]
+
+
 @contextlib.asynccontextmanager
 async def firefox_page() -> AsyncIterator[tuple[BidiPage, PulseAudio]]:
     """A headless Firefox tab whose microphone and speaker are a private PulseAudio's."""
@@ -204,22 +208,28 @@ async def firefox_page() -> AsyncIterator[tuple[BidiPage, PulseAudio]]:
         browser: subprocess.Popen[bytes] | None = None
         try:
             await pulse.ready()
-            browser = subprocess.Popen(
-                [firefox, "--headless", "--no-remote", "--profile", str(profile),
-                 "--remote-debugging-port=0", "about:blank"],
-                env=pulse.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            log = Path(tmp, "firefox.log")
+            with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+                browser = subprocess.Popen(
+                    [firefox, "--headless", "--no-remote", "--profile", str(profile),
+                     "--remote-debugging-port=0", "about:blank"],
+                    env=pulse.env, stdout=out, stderr=subprocess.STDOUT,
+                )  # fmt: skip
             port_file = profile / "WebDriverBiDiServer.json"  # where port 0 became a port
 
             def port() -> int | None:
                 assert browser is not None
                 if browser.poll() is not None:
-                    raise RuntimeError(f"Firefox exited with {browser.returncode}")
+                    code = browser.returncode
+                    raise RuntimeError(f"Firefox exited with {code}:\n{log_tail(log)}")
                 with contextlib.suppress(OSError, ValueError, KeyError):
                     return int(json.loads(port_file.read_text())["ws_port"])
                 return None
 
-            url = f"ws://127.0.0.1:{await _until(port, 'Firefox start', START_S)}/session"
+            try:
+                url = f"ws://127.0.0.1:{await _until(port, 'Firefox start', START_S)}/session"
+            except TimeoutError as err:
+                raise TimeoutError(f"{err}; its log:\n{log_tail(log)}") from err
             async with aiohttp.ClientSession() as http:
                 ws = await http.ws_connect(url, max_msg_size=0)
                 page = BidiPage(ws)
