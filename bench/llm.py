@@ -157,8 +157,8 @@ def layer_shapes(mc: Any) -> list[tuple[int, int]]:
             (2 * inter, h), (h, inter)]  # fmt: skip
 
 
-def layer_weights(mc: Any) -> int:
-    return sum(n * k for n, k in layer_shapes(mc))
+def weights(shapes: list[tuple[int, int]]) -> int:
+    return sum(n * k for n, k in shapes)
 
 
 def gemm_rate(threads: int, shapes: list[tuple[int, int]], rows: int = 256) -> tuple[float, str]:
@@ -178,14 +178,14 @@ def gemm_rate(threads: int, shapes: list[tuple[int, int]], rows: int = 256) -> t
         for x, w in pairs:
             F.linear(x, w)
         best = min(best, perf_counter() - t0)
-    return 2 * rows * sum(n * k for n, k in shapes) / best, str(dtype).removeprefix("torch.")
+    return 2 * rows * weights(shapes) / best, str(dtype).removeprefix("torch.")
 
 
 def parley_weight_bytes(engine: Any) -> int:
     """Weight bytes one decode step reads: every projection and the head (the tied embedding),
     at the engine's weight width. Norms and int8 scales add well under 1 %."""
     mc, cfg = engine.model_config, engine.config
-    layer = layer_weights(mc)
+    layer = weights(layer_shapes(mc))
     h = mc.hidden_size
     width = {"float32": 4, "bfloat16": 2, "float16": 2}[cfg.resolved_dtype()]
     if cfg.resolved_quant() == "int8":
@@ -273,7 +273,7 @@ async def parley_main(w: Workload) -> Result:
         mc = engine.model_config
         r: Result = {"label": PARLEY, "bytes_per_token": parley_weight_bytes(engine)}
         r["layer_shapes"] = layer_shapes(mc)
-        r["prefill_flop"] = 2 * mc.num_layers * layer_weights(mc)  # per token, projections
+        r["prefill_flop"] = 2 * mc.num_layers * weights(r["layer_shapes"])  # per token
         r["setup"] = f"dtype {cfg.resolved_dtype()}, quant {cfg.resolved_quant()}"
         base = engine.free_blocks()
         await parley_reply(engine, SHORT_PROMPT, 4)  # warm-up

@@ -52,10 +52,13 @@ class _TtsJob:
     arrival."""
 
     rank: tuple[bool, int]  # (not first, arrival number)
-    first: bool = field(compare=False)
     text: str = field(compare=False)
     sample_rate: int = field(compare=False)
     done: _Result = field(compare=False)
+
+    @property
+    def first(self) -> bool:
+        return not self.rank[0]
 
 
 class TtsWorker:
@@ -90,7 +93,7 @@ class TtsWorker:
         """``first``: a reply's first chunk (served before queued later chunks)."""
         done: _Result = asyncio.get_running_loop().create_future()
         rank = (not first, next(self._arrivals))
-        heapq.heappush(self._jobs, _TtsJob(rank, first, text, sample_rate, done))
+        heapq.heappush(self._jobs, _TtsJob(rank, text, sample_rate, done))
         self._start_next()
         return await done
 
