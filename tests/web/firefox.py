@@ -29,6 +29,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.web import find_browser
+
 FIREFOX_NAMES = ("firefox-esr", "firefox")
 START_S = 30.0  # Firefox and PulseAudio start within a few seconds; a loaded CI box is slower
 COMMAND_S = 60.0
@@ -42,10 +44,7 @@ PREFS = {
 
 
 def find_firefox() -> str | None:
-    """``$PARLEY_FIREFOX``, else Firefox on ``PATH``."""
-    if path := os.environ.get("PARLEY_FIREFOX"):
-        return path
-    return next(filter(None, map(shutil.which, FIREFOX_NAMES)), None)
+    return find_browser("PARLEY_FIREFOX", FIREFOX_NAMES)
 
 
 def missing() -> str | None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from playwright.async_api import ConsoleMessage, Page, async_playwright
 
 from audio.wav import write_wav
 from tests.corpus import normalize
-from tests.web import firefox
+from tests.web import find_browser, firefox
 from voice.tts import Synthesizer, TtsConfig
 
 QUESTION = "What is the capital of France?"
@@ -43,10 +41,7 @@ PLAYBACK_MS = 120_000
 
 
 def find_chromium() -> str | None:
-    """``$PARLEY_CHROMIUM``, else the first Chromium or Chrome on ``PATH``."""
-    if path := os.environ.get("PARLEY_CHROMIUM"):
-        return path
-    return next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
+    return find_browser("PARLEY_CHROMIUM", CHROMIUM_NAMES)
 
 
 NO_CHROMIUM = "no Chromium found (apt-get install chromium, or set PARLEY_CHROMIUM=/path/to/chrome)"
