@@ -17,8 +17,13 @@ Both are matrix-vector style kernels; GEMM wins for many rows, so ``full`` keeps
 for prefill: bfloat16 where the CPU multiplies bf16 natively (AVX512-BF16, AMX: oneDNN's bf16
 GEMM ran 1.5x fbgemm fp16 from 32 rows on the Zen 4 box, 286 vs 197 GFLOP/s at 48 rows, 408 vs
 185 for fp32 at 300; it halves the kept copy too), float32 elsewhere (bf16 is emulated there and
-~5x slower). Where it builds (gcc, AVX2), :mod:`llm_engine.cpu_kernel` serves one-row
-inputs instead of both: int8 weights, fp32 activations, 2-3x faster than either at one row.
+~5x slower). The bf16 copy is kept in oneDNN's own blocked layout where torch can make one
+(``mkldnn._reorder_linear_weight``): a plain bf16 weight is reordered on every call, which made
+oneDNN lose to fbgemm below 32 rows; prepacked, the whole model's prefill matmuls on one thread
+beat fbgemm fp16 from 6 rows (same process, interleaved: 8 rows 27.9 vs 31.7 ms, 13 rows 44.8
+vs 54.4, 24 rows 50.1 vs 86.2, 40 rows 73.7 vs 95.0 with plain bf16) and lost at 2-4 rows.
+Where it builds (gcc, AVX2), :mod:`llm_engine.cpu_kernel` serves one-row inputs instead of all
+of these: int8 weights, fp32 activations, 2-3x faster than either at one row.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from llm_engine import cpu_kernel
 
 INT8_MAX_ROWS = 8  # above this many input rows, the float weight (if kept) beats int8pack
 FP16_MAX_ROWS = 64  # with the fp16 copy: fp32 GEMM was 1.5-3x slower up to 64 rows
-BF16_MIN_ROWS = 32  # native bf16 GEMM: below this it was no faster than fbgemm fp16 (~overhead)
+BF16_MIN_ROWS = 32  # native bf16 GEMM, plain weight: below this no faster than fbgemm fp16
+PACKED_BF16_MIN_ROWS = 8  # native bf16 GEMM, prepacked weight (see the module docstring)
 FBGEMM_MIN_ELEMS = 1 << 20  # one-row matmuls use fbgemm only for weights this big (N * K)
 KERNEL_MAX_ROWS = 1  # at 2+ rows fbgemm's fp16 GEMM caught up with cpu_kernel
 
@@ -44,7 +50,8 @@ KERNEL_MAX_ROWS = 1  # at 2+ rows fbgemm's fp16 GEMM caught up with cpu_kernel
 class Int8Weight:
     q: Tensor  # [N, K] int8
     scale: Tensor  # [N] bfloat16 (CPU kernel) or the activation dtype
-    full: Tensor | None  # [N, K] float weight (bf16 or the model's dtype) for many rows, or None
+    # [N, K] float weight for many rows (bf16, possibly oneDNN-packed, or the model's dtype)
+    full: Tensor | None
     full_min_rows: int = 1  # inputs with at least this many rows use ``full``
     packed: Any = None  # fbgemm's prepacked fp16 copy of the weight on CPU, or None
     one_row_packed: bool = False  # one input row goes to ``packed`` too (big weights)
@@ -63,6 +70,8 @@ def quantize_int8(w: Tensor, keep_full: bool) -> Int8Weight:
     full, min_rows = None, 1
     if keep_full and cpu and native_bf16():
         full, min_rows = w.to(torch.bfloat16), BF16_MIN_ROWS
+        if (packed_bf16 := _onednn_pack(full)) is not None:
+            full, min_rows = packed_bf16, PACKED_BF16_MIN_ROWS
     elif keep_full:
         full, min_rows = w, 1 + (INT8_MAX_ROWS if packed is None else FP16_MAX_ROWS)
     scale16 = scale.to(torch.bfloat16)
@@ -86,6 +95,17 @@ def _fbgemm_pack(w: Tensor) -> Any:
         return None
 
 
+def _onednn_pack(w: Tensor) -> Tensor | None:
+    """``w`` (bf16) in oneDNN's blocked layout for ``mkldnn._linear_pointwise``; None where
+    this torch has no oneDNN."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(w, 1)
+    except (RuntimeError, AttributeError):
+        return None
+
+
 def linear(x: Tensor, w: Tensor | Int8Weight, bias: Tensor | None = None) -> Tensor:
     """x: [..., K] -> [..., N]."""
     if isinstance(w, Tensor):
@@ -93,6 +113,10 @@ def linear(x: Tensor, w: Tensor | Int8Weight, bias: Tensor | None = None) -> Ten
     K = x.shape[-1]
     rows = x.numel() // K
     if w.full is not None and rows >= w.full_min_rows:
+        if w.full.is_mkldnn:
+            xb = x.to(torch.bfloat16)
+            y = torch.ops.mkldnn._linear_pointwise(xb, w.full, None, "none", [], "").to(x.dtype)
+            return y if bias is None else y + bias
         if w.full.dtype == x.dtype:
             return F.linear(x, w.full, bias)
         y = F.linear(x.to(w.full.dtype), w.full).to(x.dtype)
