@@ -62,12 +62,15 @@ class _TtsJob:
 
 
 class TtsWorker:
-    """The process's one Synthesizer behind one thread (Piper is not thread-safe).
+    """The process's Synthesizers behind two threads.
 
     A reply's first chunk goes before queued later chunks of other replies: its caller is
     waiting in silence, theirs are listening to the audio sent ahead (``output_lead_s``).
     At 4 sessions a first chunk could otherwise wait behind three sentences (150-300 ms each
-    on one thread). A queued job whose awaiter is cancelled never runs.
+    on one thread). Nor does it wait for a later chunk already running: later chunks run one
+    at a time, first chunks whenever one of the two threads is free. (Piper phonemizes under
+    its own lock; onnxruntime sessions take concurrent runs.) A queued job whose awaiter is
+    cancelled never runs.
 
     ``first``, when given, is the same voice with more threads: it synthesizes first chunks
     inside ``pause`` (the local engine's ``Engine.paused``), which holds the engine's decode
@@ -84,10 +87,16 @@ class TtsWorker:
         self._synth = synthesizer
         self._first = first
         self._pause = pause
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="parley-tts")
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="parley-tts")
         self._jobs: list[_TtsJob] = []  # a heap
         self._arrivals = itertools.count()
-        self._busy = False
+        self._running = 0
+        self._later_running = False
+
+    @property
+    def running(self) -> int:
+        """Syntheses running now."""
+        return self._running
 
     async def synthesize(self, text: str, sample_rate: int, *, first: bool = False) -> Float32Array:
         """``first``: a reply's first chunk (served before queued later chunks)."""
@@ -98,25 +107,32 @@ class TtsWorker:
         return await done
 
     def _start_next(self) -> None:
-        while not self._busy and self._jobs:
-            job = heapq.heappop(self._jobs)
+        while self._running < 2 and self._jobs:
+            job = self._jobs[0]  # first chunks sort first: a later one on top means none queued
             if job.done.done():
-                continue  # its awaiter was cancelled
-            self._busy = True
+                heapq.heappop(self._jobs)  # its awaiter was cancelled
+                continue
+            if not job.first and self._later_running:
+                return
+            heapq.heappop(self._jobs)
+            self._running += 1
+            self._later_running |= not job.first
             run = self._run_first if job.first and self._first else self._synth.synthesize
             running = asyncio.get_running_loop().run_in_executor(
                 self._pool, run, job.text, job.sample_rate
             )
-            running.add_done_callback(functools.partial(self._finished, job.done))
+            running.add_done_callback(functools.partial(self._finished, job))
 
-    def _run_first(self, text: str, rate: int) -> Float32Array:  # on the TTS thread
+    def _run_first(self, text: str, rate: int) -> Float32Array:  # on a TTS thread
         assert self._first is not None
         with self._pause(FIRST_PAUSE_S) if self._pause else contextlib.nullcontext():
             return self._first.synthesize(text, rate)
 
-    def _finished(self, done: _Result, job: asyncio.Future[Float32Array]) -> None:
-        self._busy = False
-        settle_like(done, job)
+    def _finished(self, job: _TtsJob, running: asyncio.Future[Float32Array]) -> None:
+        self._running -= 1
+        if not job.first:
+            self._later_running = False
+        settle_like(job.done, running)
         self._start_next()
 
     def close(self) -> None:

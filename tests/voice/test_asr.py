@@ -150,7 +150,10 @@ def test_the_overlap_context_reads_a_hum_as_an_acknowledgement(transcriber, synt
     finals = [transcriber.transcribe(a, live=True, context=context).text for a in hums]
     assert acknowledged(primed) >= max(12, acknowledged(plain)), (primed, plain)
     assert acknowledged(finals) >= 12, finals
+    # an interjection is still read as itself, in 2 syntheses of 3: Piper's voice varies from one
+    # synthesis to the next, and about 1 in 30 is misread primed or not ("Old one." for "Hold on.")
     for words in ("Stop.", "Hold on.", "I have a question."):
-        audio = synthesizer.synthesize(words, SAMPLE_RATE)
-        primed = transcriber.transcribe(audio, live=True, context=context).text
-        assert set(normalize(words).split()) <= set(normalize(primed).split()), primed
+        audios = [synthesizer.synthesize(words, SAMPLE_RATE) for _ in range(3)]
+        reads = [transcriber.transcribe(a, live=True, context=context).text for a in audios]
+        right = [set(normalize(words).split()) <= set(normalize(r).split()) for r in reads]
+        assert sum(right) >= 2, reads

@@ -216,14 +216,38 @@ async def test_finals_run_before_partials_across_recognizers(
         done.append(name)
         return result
 
-    # the tasks start in this order: the first job runs, the other two queue behind it
+    # the tasks start in this order: the first partial runs, the second queues behind it, and
+    # the final starts beside the first at once (a final never waits for a partial)
     busy = asyncio.create_task(run("busy", worker.transcribe(clips[2], final=False, key="x")))
     part_b = asyncio.create_task(run("partial b", b.partial()))
+    await asyncio.sleep(0)
+    assert worker.running == 1 and worker.queued == 1  # one partial at a time
     final_a = asyncio.create_task(run("final a", a.final()))
+    await asyncio.sleep(0)
+    assert worker.running == 2 and worker.queued == 1
     await asyncio.gather(busy, part_b, final_a)
-    assert done == ["busy", "final a", "partial b"]
+    assert done.index("final a") < done.index("partial b")
+    assert done.index("busy") < done.index("partial b")
     assert final_a.result().text == transcriber.transcribe(clips[0]).text
-    assert part_b.result().text
+    assert busy.result().text and part_b.result().text
+
+
+async def test_finals_of_two_callers_run_at_once_and_match_one_at_a_time(
+    worker: AsrWorker, transcriber: Transcriber, clips: list[np.ndarray]
+) -> None:
+    """Two finals share the Transcriber from two threads: each reads exactly what it reads
+    alone (no state leaks between concurrent calls), and a partial waits for both."""
+    recs = [StreamingRecognizer(worker) for _ in clips]
+    for rec, audio in zip(recs, clips, strict=True):
+        rec.add(audio)
+    for _ in range(3):  # a few rounds: the calls overlap at different points
+        finals = [asyncio.create_task(rec.final()) for rec in recs]
+        partial = asyncio.create_task(recs[0].partial())
+        await asyncio.sleep(0)
+        assert worker.running == 2 and worker.queued == len(clips) - 2 + 1
+        texts = [t.text for t in await asyncio.gather(*finals)]
+        assert texts == [transcriber.transcribe(audio).text for audio in clips]
+        assert (await partial).text
 
 
 async def test_a_superseded_partial_gets_the_newer_result(
@@ -252,13 +276,13 @@ async def test_cancelling_waiters_leaves_the_worker_serving(
     running = asyncio.create_task(recs[0].final())
     queued = [asyncio.create_task(recs[1].partial()), asyncio.create_task(recs[2].final())]
     await asyncio.sleep(0)
-    assert worker.busy and worker.queued == 2
+    assert worker.running == 2 and worker.queued == 1  # the second final runs beside the first
     for task in [running, *queued]:
         task.cancel()
     results = await asyncio.gather(running, *queued, return_exceptions=True)
     assert all(isinstance(r, asyncio.CancelledError) for r in results)
     assert worker.queued == 0
-    # the cancelled job may still be running: the next one waits for it, then runs
+    # the cancelled jobs may still be running: the next one waits for a free thread, then runs
     assert (await recs[2].final()).text == transcriber.transcribe(clips[2]).text
     assert recs[1].partial_due()  # the cancelled partial no longer counts as in flight
     assert (await recs[1].partial()).text

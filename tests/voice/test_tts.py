@@ -47,7 +47,9 @@ def test_empty_text_yields_no_audio(synthesizer):
     assert len(synthesizer.synthesize("")) == 0
 
 
-async def test_worker_serves_a_first_chunk_before_queued_later_ones(synthesizer):
+async def test_worker_serves_a_first_chunk_before_queued_later_ones_and_beside_a_running_one(
+    synthesizer,
+):
     import asyncio
 
     from voice.responder import TtsWorker
@@ -64,12 +66,15 @@ async def test_worker_serves_a_first_chunk_before_queued_later_ones(synthesizer)
     await asyncio.sleep(0)
     later = [asyncio.create_task(say(n)) for n in ("two", "three", "four")]
     await asyncio.sleep(0)
+    assert worker.running == 1  # later chunks run one at a time
     later[1].cancel()  # "three" leaves the queue: it never runs
     first = asyncio.create_task(say("five", first=True))
+    await asyncio.sleep(0)
+    assert worker.running == 2  # the first chunk starts beside "one", not after it
     await asyncio.gather(running, first, later[0], later[2])
     with pytest.raises(asyncio.CancelledError):
         await later[1]
-    assert finished == ["one", "five", "two", "four"]
+    assert sorted(finished[:2]) == ["five", "one"] and finished[2:] == ["two", "four"]
     worker.close()
 
 
