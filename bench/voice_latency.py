@@ -27,7 +27,8 @@ Measured, per turn (client clock, monotonic):
     sample above ``SPEECH_LEVEL`` to receiving the reply's first ``response.output_audio.delta``;
     a turn whose reply audio began before that (a reply to part of it: the assistant talked
     over the caller) is counted as "early", not timed;
-  - the server's stages (``response.parley.metrics``, ms after the end of speech as it saw it);
+  - the server's stages (``response.parley.metrics``, ms after the end of speech as it saw it),
+    as medians, and for the slowest few turns each (what held them up);
   - barge-in, from sending the interjection's first speech sample: to receiving the interrupted
     response's ``response.done`` (status cancelled), "stopped" (an upper bound: the server sends
     it right after it stopped the audio); to the last audio delta of that response received
@@ -87,6 +88,7 @@ HEAR_S = 1.0  # the caller hears this much of the story before interrupting
 GAP_S = 0.6  # silence after a reply ends before the next question
 STAGGER_S = 1.0  # session k starts k * STAGGER_S after the first
 TIMEOUT_S = 120.0  # for any one awaited event
+SLOWEST = 3  # turns listed per concurrency level, with their stages
 STAGES = ("end_of_turn_ms", "asr_final_ms", "first_token_ms", "first_chunk_ms", "first_audio_ms")
 TARGET_P50_MS, TARGET_P95_MS, TARGET_BARGE_P95_MS, TARGET_RATIO_4 = 400.0, 600.0, 150.0, 1.5
 
@@ -246,9 +248,12 @@ class Results:
     missed_barges: int = 0  # the story ended (or was not interrupted) before the interjection
     failed_turns: int = 0  # no reply, or a reply without audio
     early_turns: int = 0  # the reply's audio started before the caller finished (not timed)
+    # each timed turn: (client first audio ms, what the caller said, the server's stages)
+    turns: list[tuple[float, str, dict[str, float | None]]] = field(default_factory=list)
 
     def merge(self, other: Results) -> None:
         self.first_audio_ms += other.first_audio_ms
+        self.turns += other.turns
         for stage, values in other.stages.items():
             self.stages[stage] += values
         self.barges += other.barges
@@ -298,18 +303,25 @@ class Caller:
                 await asyncio.sleep(GAP_S)
                 return done
 
-    def record_stages(self, done: dict[str, Any]) -> None:
+    def record_stages(self, done: dict[str, Any], utterance: Utterance, timed: int) -> None:
+        """The reply's server stages; with the turn's client figure when ``ask`` timed it
+        (``timed``: the number of timed turns before it)."""
         metrics = done["response"].get("parley", {}).get("metrics", {})
         for stage in STAGES:
             if metrics.get(stage) is not None:
                 self.results.stages[stage].append(metrics[stage])
+        if len(self.results.first_audio_ms) > timed:
+            stages = {stage: metrics.get(stage) for stage in STAGES}
+            self.results.turns.append((self.results.first_audio_ms[-1], utterance.text, stages))
 
     async def question(self, utterance: Utterance) -> None:
+        timed = len(self.results.first_audio_ms)
         mark = await self.ask(utterance)
         if mark is not None:
-            self.record_stages(await self.hear_out(mark))
+            self.record_stages(await self.hear_out(mark), utterance, timed)
 
     async def barge_in(self, story: Utterance, interjection: Utterance) -> None:
+        timed = len(self.results.first_audio_ms)
         mark = await self.ask(story)
         if mark is None:
             return
@@ -319,7 +331,7 @@ class Caller:
         mark = len(self.conn.events)
         spoken = await self.mic.say(interjection)
         done = await self.conn.wait_for(of_type("response.done", response_id))
-        self.record_stages(done)
+        self.record_stages(done, story, timed)
         if done["response"]["status"] != "cancelled":
             self.results.missed_barges += 1
         else:
@@ -414,6 +426,12 @@ def print_latency(by_sessions: dict[int, Results]) -> None:
     print("sessions  " + "  ".join(f"{s.removesuffix('_ms'):>12}" for s in STAGES))
     for n, r in by_sessions.items():
         print(f"{n:8d}  " + "  ".join(f"{pct(r.stages[s], 50):12.0f}" for s in STAGES))
+    print("\n## the slowest turns (client ms; the server's stages, ms)")
+    print("sessions  client  " + "  ".join(f"{s.removesuffix('_ms'):>12}" for s in STAGES))
+    for n, r in by_sessions.items():
+        for client_ms, text, stages in sorted(r.turns, key=lambda t: t[0])[-SLOWEST:]:
+            cells = "  ".join(f"{'-' if v is None else f'{v:.0f}':>12}" for v in stages.values())
+            print(f"{n:8d}  {client_ms:6.0f}  {cells}  {text[:30]!r}")
 
 
 def print_barge_in(by_sessions: dict[int, Results]) -> None:
