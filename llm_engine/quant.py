@@ -113,13 +113,14 @@ def linear(x: Tensor, w: Tensor | Int8Weight, bias: Tensor | None = None) -> Ten
     K = x.shape[-1]
     rows = x.numel() // K
     if w.full is not None and rows >= w.full_min_rows:
-        if w.full.is_mkldnn:
+        if w.full.is_mkldnn:  # oneDNN's prepacked bf16 weight
             xb = x.to(torch.bfloat16)
-            y = torch.ops.mkldnn._linear_pointwise(xb, w.full, None, "none", [], "").to(x.dtype)
-            return y if bias is None else y + bias
-        if w.full.dtype == x.dtype:
+            y = torch.ops.mkldnn._linear_pointwise(xb, w.full, None, "none", [], "")
+        elif w.full.dtype == x.dtype:
             return F.linear(x, w.full, bias)
-        y = F.linear(x.to(w.full.dtype), w.full).to(x.dtype)
+        else:
+            y = F.linear(x.to(w.full.dtype), w.full)
+        y = y.to(x.dtype)
         return y if bias is None else y + bias
     x2 = x.reshape(rows, K)
     if w.kernel is not None and rows <= KERNEL_MAX_ROWS and x.dtype == torch.float32:

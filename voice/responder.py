@@ -90,13 +90,12 @@ class TtsWorker:
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="parley-tts")
         self._jobs: list[_TtsJob] = []  # a heap
         self._arrivals = itertools.count()
-        self._running = 0
-        self._later_running = False
+        self._running: list[_TtsJob] = []
 
     @property
     def running(self) -> int:
         """Syntheses running now."""
-        return self._running
+        return len(self._running)
 
     async def synthesize(self, text: str, sample_rate: int, *, first: bool = False) -> Float32Array:
         """``first``: a reply's first chunk (served before queued later chunks)."""
@@ -107,16 +106,15 @@ class TtsWorker:
         return await done
 
     def _start_next(self) -> None:
-        while self._running < 2 and self._jobs:
+        while len(self._running) < 2 and self._jobs:
             job = self._jobs[0]  # first chunks sort first: a later one on top means none queued
             if job.done.done():
                 heapq.heappop(self._jobs)  # its awaiter was cancelled
                 continue
-            if not job.first and self._later_running:
-                return
+            if not job.first and not all(other.first for other in self._running):
+                return  # a later chunk is running already
             heapq.heappop(self._jobs)
-            self._running += 1
-            self._later_running |= not job.first
+            self._running.append(job)
             run = self._run_first if job.first and self._first else self._synth.synthesize
             running = asyncio.get_running_loop().run_in_executor(
                 self._pool, run, job.text, job.sample_rate
@@ -129,9 +127,7 @@ class TtsWorker:
             return self._first.synthesize(text, rate)
 
     def _finished(self, job: _TtsJob, running: asyncio.Future[Float32Array]) -> None:
-        self._running -= 1
-        if not job.first:
-            self._later_running = False
+        self._running.remove(job)
         settle_like(job.done, running)
         self._start_next()
 
