@@ -7,6 +7,7 @@ worse, see DESIGN.md):
     .venv/bin/python bench/voice_latency.py --quick          # sessions 1,4, 3 turns (~3 min)
     .venv/bin/python bench/voice_latency.py --url http://127.0.0.1:8000   # a running server
     .venv/bin/python bench/voice_latency.py --barge-in onset # the other barge-in policy
+    .venv/bin/python bench/voice_latency.py --speech recorded # people instead of Piper
 
 Without ``--url`` the real server (default models, ``configs/default.toml``, replies capped at
 ``--reply-tokens``) runs in this process, in a thread with its own event loop; the client shares
@@ -15,7 +16,9 @@ with a short ``session.max_reply_tokens``, or turns last as long as its replies)
 
 Each session is one caller with a live microphone: 24 kHz PCM16 streamed at real time in 20 ms
 appends, silence between utterances, as a real client sends it. The speech is Piper's (noise off,
-so every run hears the same audio). Per session, turns alternate over a few short questions;
+so every run hears the same audio), or with ``--speech recorded`` people's: the recordings of
+``tests.corpus.recordings`` (read sentences and card names, 1-7 s, with their background noise;
+"go forward ten meters" interrupts). Per session, turns alternate over a few short utterances;
 every fourth turn (from the third) asks for a story and, one second into its audio, interrupts it.
 Each reply is heard to its end (its audio length after its first delta) plus a short gap. The
 interjection's own reply is heard out too but not counted (its turn began over the assistant).
@@ -24,9 +27,10 @@ that completes is heard out, so none spills into the next turn.
 
 Measured, per turn (client clock, monotonic):
   - end of speech -> first audio: from sending the 20 ms append that holds the utterance's last
-    sample above ``SPEECH_LEVEL`` to receiving the reply's first ``response.output_audio.delta``;
-    a turn whose reply audio began before that (a reply to part of it: the assistant talked
-    over the caller) is counted as "early", not timed;
+    speech sample (see ``speech_bounds``; a recording's label where it has one) to receiving
+    the reply's first ``response.output_audio.delta``; a turn whose reply audio began before
+    that (a reply to part of it: the assistant talked over the caller) is counted as "early",
+    not timed;
   - the server's stages (``response.parley.metrics``, ms after the end of speech as it saw it),
     as medians, and for the slowest few turns each (what held them up);
   - barge-in, from sending the interjection's first speech sample: to receiving the interrupted
@@ -36,7 +40,7 @@ Measured, per turn (client clock, monotonic):
     for a while before it stopped); to the barge-in decision (the interjection's
     ``input_audio_buffer.speech_started``, which the server sends just before it cancels), and
     from the decision to "stopped"; beside the server's own ``barge_in_stop_ms`` (from the
-    speech onset its VAD found, which lags the first sample above ``SPEECH_LEVEL``).
+    speech onset its VAD found, which lags the first speech sample).
 The same scenario runs with 1, 4, 8 concurrent sessions (staggered starts). In-process only, the
 one-session scenario also runs on a second server with ``hold_first_audio_s`` = ``--hold`` (the
 reply always waits for the end of turn to be confirmed) beside the default: one after
@@ -65,6 +69,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from audio.pcm import float32_to_pcm16
+from audio.resample import resample
+from tests.corpus import recordings
 from voice import assets
 from voice.config import ParleyConfig, load_config
 from voice.server import ModelDirs, serve_in_thread
@@ -72,7 +78,8 @@ from voice.tts import Synthesizer, TtsConfig
 
 RATE = 24_000  # the Realtime API's default input: PCM16 mono at 24 kHz
 CHUNK = RATE // 50  # 20 ms appends
-SPEECH_LEVEL = 0.005  # |sample| above this is speech (about -46 dBFS; Piper's pauses are ~0)
+SPEECH_LEVEL = 0.005  # |sample| above this may be speech (about -46 dBFS; Piper's pauses are ~0)
+NOISE_MARGIN = 10.0  # ... and so may one 20 dB above the recording's noise floor
 QUESTIONS = (
     "What is the capital of France?",
     "How many days are in a week?",
@@ -83,6 +90,7 @@ QUESTIONS = (
 )
 STORY = "Please tell me a long story about a brave knight and a dragon."
 INTERJECTION = "Stop, wait a moment please."
+RECORDED_INTERJECTION = "goforward"
 BARGE_EVERY, BARGE_FIRST = 4, 2  # turns 2, 6, 10, ... ask for the story and interrupt it
 HEAR_S = 1.0  # the caller hears this much of the story before interrupting
 GAP_S = 0.6  # silence after a reply ends before the next question
@@ -102,20 +110,54 @@ class Utterance:
     end: int  # sample index of the last speech sample
 
 
+@dataclass(frozen=True, slots=True)
+class Script:
+    """What every caller says: questions in turn, and a story request it interrupts."""
+
+    questions: list[Utterance]
+    story: Utterance
+    interjection: Utterance
+
+
 def speech_bounds(audio: np.ndarray) -> tuple[int, int]:
-    loud = np.flatnonzero(np.abs(audio) > SPEECH_LEVEL)
-    assert len(loud), "synthesized audio holds no speech"
+    """The first and last sample louder than both ``SPEECH_LEVEL`` and ``NOISE_MARGIN`` times
+    the noise floor (the 10th percentile RMS of 10 ms blocks: ~0 for Piper, -41 to -63 dBFS
+    for the recordings)."""
+    block = RATE // 100
+    blocks = audio[: len(audio) // block * block].reshape(-1, block)
+    floor = float(np.percentile(np.sqrt(np.mean(np.square(blocks), axis=1)), 10))
+    loud = np.flatnonzero(np.abs(audio) > max(SPEECH_LEVEL, NOISE_MARGIN * floor))
+    assert len(loud), "the audio holds no speech"
     return int(loud[0]), int(loud[-1])
 
 
-def synthesize(tts_dir: Path, texts: list[str]) -> dict[str, Utterance]:
-    synth = Synthesizer(tts_dir, TtsConfig(noise_scale=0, noise_w_scale=0))
-    out = {}
-    for text in texts:
-        audio = synth.synthesize(text, RATE)
+def utterance(text: str, audio: np.ndarray, bounds_s: tuple[float, float] | None) -> Utterance:
+    """``audio`` at ``RATE``; its speech from ``bounds_s`` (seconds) if given, else measured."""
+    if bounds_s is None:
         onset, end = speech_bounds(audio)
-        out[text] = Utterance(text, float32_to_pcm16(audio), onset, end)
-    return out
+    else:
+        onset, end = (min(round(t * RATE), len(audio) - 1) for t in bounds_s)
+    return Utterance(text, float32_to_pcm16(audio), onset, end)
+
+
+def piper_script(tts_dir: Path) -> Script:
+    synth = Synthesizer(tts_dir, TtsConfig(noise_scale=0, noise_w_scale=0))
+
+    def say(text: str) -> Utterance:
+        return utterance(text, synth.synthesize(text, RATE), None)
+
+    return Script([say(q) for q in QUESTIONS], say(STORY), say(INTERJECTION))
+
+
+def recorded_script(tts_dir: Path, cache_dir: Path) -> Script:
+    """People's recordings as the questions and the interjection; Piper still asks for the
+    story (a recording that asks for a long reply is not to be had)."""
+    spoken = {
+        r.name: utterance(r.text, resample(r.audio, 16_000, RATE), r.speech)
+        for r in recordings(cache_dir)
+    }
+    interjection = spoken.pop(RECORDED_INTERJECTION)
+    return Script(list(spoken.values()), piper_script(tts_dir).story, interjection)
 
 
 # -- the client -----------------------------------------------------------------------------
@@ -355,9 +397,7 @@ class Caller:
         )
 
 
-async def run_caller(
-    url: str, speech: dict[str, Utterance], turns: int, offset: int, delay: float
-) -> Results:
+async def run_caller(url: str, speech: Script, turns: int, offset: int, delay: float) -> Results:
     """One session: ``turns`` turns, questions rotated by ``offset``, starting after ``delay``."""
     await asyncio.sleep(delay)
     async with aiohttp.ClientSession() as http, http.ws_connect(url + "/v1/realtime") as ws:
@@ -374,20 +414,18 @@ async def run_caller(
     return caller.results
 
 
-async def play_turn(caller: Caller, speech: dict[str, Utterance], turn: int, offset: int) -> None:
+async def play_turn(caller: Caller, speech: Script, turn: int, offset: int) -> None:
     try:
         if turn % BARGE_EVERY == BARGE_FIRST:
-            await caller.barge_in(speech[STORY], speech[INTERJECTION])
+            await caller.barge_in(speech.story, speech.interjection)
         else:
-            await caller.question(speech[QUESTIONS[(turn + offset) % len(QUESTIONS)]])
+            await caller.question(speech.questions[(turn + offset) % len(speech.questions)])
     except TimeoutError:
         caller.results.failed_turns += 1
         await asyncio.sleep(GAP_S)
 
 
-async def run_sessions(
-    url: str, speech: dict[str, Utterance], sessions: int, turns: int
-) -> Results:
+async def run_sessions(url: str, speech: Script, sessions: int, turns: int) -> Results:
     runs = [run_caller(url, speech, turns, k, k * STAGGER_S) for k in range(sessions)]
     total = Results()
     for results in await asyncio.gather(*runs):
@@ -503,9 +541,7 @@ def print_targets(rows: list[tuple[str, float, float | None, str]]) -> None:
 
 
 # -- entry point ----------------------------------------------------------------------------
-async def scenario(
-    url: str, speech: dict[str, Utterance], counts: list[int], turns: int
-) -> dict[int, Results]:
+async def scenario(url: str, speech: Script, counts: list[int], turns: int) -> dict[int, Results]:
     by_sessions = {}
     for n in counts:
         load = os.getloadavg()[0]
@@ -526,7 +562,7 @@ def bench_config(args: argparse.Namespace, hold_s: float | None = None) -> Parle
     return config
 
 
-def in_process(args: argparse.Namespace, speech: dict[str, Utterance]) -> None:
+def in_process(args: argparse.Namespace, speech: Script) -> None:
     config = bench_config(args)
     dirs = model_dirs(config)
     with serve_in_thread(config, dirs) as (url, _):
@@ -560,6 +596,12 @@ def parse_args() -> argparse.Namespace:
         choices=["confirm", "onset"],
         help="in-process turns.barge_in (default: the profile's)",
     )
+    p.add_argument(
+        "--speech",
+        choices=["piper", "recorded"],
+        default="piper",
+        help="who talks: Piper (default) or people's recordings",
+    )
     args = p.parse_args()
     if args.quick:
         args.sessions, args.turns = "1,4", 3
@@ -570,8 +612,10 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     config = load_config()
-    tts_dir = assets.ensure(assets.load_registry()[config.models.tts], assets.default_cache_dir())
-    speech = synthesize(tts_dir, [*QUESTIONS, STORY, INTERJECTION])
+    cache = assets.default_cache_dir()
+    tts_dir = assets.ensure(assets.load_registry()[config.models.tts], cache)
+    recorded = args.speech == "recorded"
+    speech = recorded_script(tts_dir, cache) if recorded else piper_script(tts_dir)
     print(f"load average: {os.getloadavg()[0]:.2f} (above ~0.5 is not a quiet machine)")
     if args.url:
         by_sessions = asyncio.run(scenario(args.url.rstrip("/"), speech, args.sessions, args.turns))
