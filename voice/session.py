@@ -616,6 +616,10 @@ class Session:
                 continue
             if utt.final_task is not None:
                 continue  # the caller went quiet and the final is under way: it covers this
+            if not utt.overlap and utt.quiet_s >= FRAME_S - 1e-9:
+                # the voice stopped: silence adds no words, and the final follows at
+                # final_after_silence_s, on a core this partial would still hold
+                continue
             # over the assistant, partials come faster: they decide barge-in vs backchannel
             interval = OVERLAP_PARTIAL_S if utt.overlap else None
             if not self._recognizer.partial_due(interval):
