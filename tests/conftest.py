@@ -64,6 +64,14 @@ def speech(model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def recorded(cache_dir):
+    """People's recordings by name (``tests.corpus.recordings``), fetched once into the cache."""
+    from tests.corpus import recordings
+
+    return {r.name: r for r in recordings(cache_dir)}
+
+
+@pytest.fixture(scope="session")
 def smol_gguf(registry) -> Path:
     spec = registry["smollm2-135m-instruct"]
     return assets.locate(spec.files[0].parts[0], spec)

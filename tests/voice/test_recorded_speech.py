@@ -14,16 +14,11 @@ import pytest
 
 from audio.pcm import pcm16_to_float32
 from audio.resample import resample
-from tests.corpus import Recording, normalize, recordings, word_errors
+from tests.corpus import normalize, word_errors
 from tests.voice.rt_client import RATE, RealtimeClient, pcm24k
 
 LEAD_S, TAIL_S = 0.5, 1.2  # silence sent before and after a recording
 STORY = "Please tell me a long story about a brave knight and a dragon."
-
-
-@pytest.fixture(scope="module")
-def recorded(cache_dir) -> dict[str, Recording]:
-    return {r.name: r for r in recordings(cache_dir)}
 
 
 @contextlib.asynccontextmanager

@@ -41,6 +41,8 @@ T = TypeVar("T")
         ({"holdback_words": -1}, "holdback_words"),
         ({"max_buffer_s": 29.0}, "max_buffer_s"),
         ({"seal_search_s": 20.0}, "seal_search_s"),
+        ({"seal_after_s": 1.0}, "seal_after_s"),
+        ({"max_buffer_s": 6.0, "seal_search_s": 2.0, "seal_after_s": 6.0}, "seal_after_s"),
     ],
 )
 def test_config_rejects_bad_values(kwargs: dict[str, float], match: str) -> None:
@@ -343,6 +345,36 @@ async def test_long_utterances_are_sealed_and_the_buffer_stays_bounded(
     assert errors <= 3, final.text
     for before, after in itertools.pairwise(stables):
         assert after.startswith(before)
+
+
+async def test_partials_seal_a_long_turn_early_so_the_final_hears_only_the_rest(
+    worker: AsrWorker, recorded
+) -> None:
+    """A 7 s recorded sentence: by its end the partials have sealed its head, and the final
+    (the head's text, then the rest's) still reads it right (measured: one word lost, the
+    leading "And", which the whole sentence's transcription keeps)."""
+    r = recorded["librivox-0870"]
+    rec = StreamingRecognizer(worker)
+    assert rec.config.seal_after_s is not None
+    stables = [p.stable for p in await feed(rec, r.audio, 32)]
+    assert rec.audio_s == pytest.approx(len(r.audio) / SAMPLE_RATE)
+    assert rec.buffered_s <= rec.config.seal_after_s + rec.config.partial_interval_s
+    assert rec.buffered_s < rec.audio_s - 2  # the final's audio: the rest only
+    final = await rec.final()
+    assert word_errors(r.text, final.text)[0] <= 2, final.text
+    # stable text still only grows (where the sealed head reads a stable word otherwise, it
+    # holds: the final is the authority)
+    for before, after in itertools.pairwise(stables):
+        assert after.startswith(before), stables
+
+
+async def test_a_final_never_seals_early(worker: AsrWorker, recorded) -> None:
+    r = recorded["librivox-0870"]
+    rec = StreamingRecognizer(worker)
+    rec.add(r.audio)  # no partial ran: the head is not sealed
+    final = await rec.final()
+    assert rec.buffered_s == rec.audio_s  # one call over all of it
+    assert word_errors(r.text, final.text)[0] <= 2, final.text
 
 
 async def test_a_closed_worker_refuses_and_fails_queued_requests(
