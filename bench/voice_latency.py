@@ -79,7 +79,7 @@ from voice.tts import Synthesizer, TtsConfig
 RATE = 24_000  # the Realtime API's default input: PCM16 mono at 24 kHz
 CHUNK = RATE // 50  # 20 ms appends
 SPEECH_LEVEL = 0.005  # |sample| above this may be speech (about -46 dBFS; Piper's pauses are ~0)
-NOISE_MARGIN = 10.0  # ... and so may one 20 dB above the recording's noise floor
+NOISE_MARGIN = 10.0  # ... in a block 20 dB above the recording's noise floor
 QUESTIONS = (
     "What is the capital of France?",
     "How many days are in a week?",
@@ -120,15 +120,20 @@ class Script:
 
 
 def speech_bounds(audio: np.ndarray) -> tuple[int, int]:
-    """The first and last sample louder than both ``SPEECH_LEVEL`` and ``NOISE_MARGIN`` times
-    the noise floor (the 10th percentile RMS of 10 ms blocks: ~0 for Piper, -41 to -63 dBFS
-    for the recordings)."""
+    """The first and last speech sample: louder than ``SPEECH_LEVEL`` and ``NOISE_MARGIN``
+    times the noise floor (the 10th percentile RMS of 10 ms blocks: ~0 for Piper, -41 to -63
+    dBFS for the recordings); the first also in a block that loud, so a click or a breath
+    before the words is not their onset. On the labelled recordings the end lies 20-60 ms
+    before the label's (one soft ending 200 ms), so unlabelled ones read a little slow."""
     block = RATE // 100
-    blocks = audio[: len(audio) // block * block].reshape(-1, block)
-    floor = float(np.percentile(np.sqrt(np.mean(np.square(blocks), axis=1)), 10))
-    loud = np.flatnonzero(np.abs(audio) > max(SPEECH_LEVEL, NOISE_MARGIN * floor))
-    assert len(loud), "the audio holds no speech"
-    return int(loud[0]), int(loud[-1])
+    n = len(audio) // block
+    audio = audio[: n * block]
+    rms = np.sqrt(np.mean(np.square(audio.reshape(n, block)), axis=1))
+    level = max(SPEECH_LEVEL, NOISE_MARGIN * float(np.percentile(rms, 10)))
+    loud = np.abs(audio) > level
+    voiced = loud & np.repeat(rms > level, block)
+    assert voiced.any(), "the audio holds no speech"
+    return int(np.argmax(voiced)), int(np.flatnonzero(loud)[-1])
 
 
 def utterance(text: str, audio: np.ndarray, bounds_s: tuple[float, float] | None) -> Utterance:
