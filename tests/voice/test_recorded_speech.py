@@ -1,6 +1,6 @@
-"""People, not synthesizers: recordings of read English by four speakers, with the noise of
-their recordings (``tests.corpus.recordings``), through the ASR and through the real server over
-a real socket."""
+"""People, not synthesizers: recordings of read English by more than one speaker, with the
+noise of their recordings (``tests.corpus.recordings``), through the ASR and through the real
+server over a real socket."""
 
 from __future__ import annotations
 
