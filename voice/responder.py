@@ -78,6 +78,8 @@ class TtsWorker:
     later tokens are needed only a chunk later; a live turn's first token is never held.
     """
 
+    THREADS = 2  # a later chunk on one, a first chunk beside it
+
     def __init__(
         self,
         synthesizer: Synthesizer,
@@ -87,7 +89,7 @@ class TtsWorker:
         self._synth = synthesizer
         self._first = first
         self._pause = pause
-        self._pool = ThreadPoolExecutor(2, thread_name_prefix="parley-tts")
+        self._pool = ThreadPoolExecutor(self.THREADS, thread_name_prefix="parley-tts")
         self._jobs: list[_TtsJob] = []  # a heap
         self._arrivals = itertools.count()
         self._running: list[_TtsJob] = []
@@ -106,7 +108,7 @@ class TtsWorker:
         return await done
 
     def _start_next(self) -> None:
-        while len(self._running) < 2 and self._jobs:
+        while len(self._running) < self.THREADS and self._jobs:
             job = self._jobs[0]  # first chunks sort first: a later one on top means none queued
             if job.done.done():
                 heapq.heappop(self._jobs)  # its awaiter was cancelled

@@ -257,12 +257,8 @@ class AsrWorker:
 
     @property
     def queued(self) -> int:
-        """Jobs waiting for the thread (not counting the one running)."""
+        """Jobs waiting for a thread (not counting those running)."""
         return len(self._queue)
-
-    @property
-    def busy(self) -> bool:
-        return bool(self._running)
 
     @property
     def running(self) -> int:
@@ -513,8 +509,8 @@ class StreamingRecognizer:
     def _sealed_text(self) -> str:
         return " ".join(t for t in self._sealed if t)
 
-    def _seal_due(self) -> bool:
-        return len(self._buffer) > self.config.max_buffer_s * SAMPLE_RATE
+    def _seal_due(self, early: bool = False) -> bool:
+        return len(self._buffer) > self._limit_s(early) * SAMPLE_RATE
 
     def _limit_s(self, early: bool) -> float:
         """The unsealed audio beyond which a seal is due."""
@@ -523,8 +519,8 @@ class StreamingRecognizer:
 
     async def _seal_while_due(self, early: bool = False) -> None:
         async with self._seal_lock:
-            while len(self._buffer) > (limit := self._limit_s(early)) * SAMPLE_RATE:
-                await self._seal_once(limit)
+            while self._seal_due(early):
+                await self._seal_once(self._limit_s(early))
 
     async def _seal_once(self, limit_s: float) -> None:
         epoch, audio = self._epoch, self._buffer.audio()

@@ -260,7 +260,7 @@ async def test_a_superseded_partial_gets_the_newer_result(
     rec.add(clips[0][:SAMPLE_RATE])
     older = asyncio.create_task(rec.partial())
     await asyncio.sleep(0)  # one loop turn: the tasks have queued their jobs
-    assert worker.busy and worker.queued == 1
+    assert worker.running == 1 and worker.queued == 1
     rec.add(clips[0][SAMPLE_RATE:])
     newer = asyncio.create_task(rec.partial())
     await asyncio.sleep(0)
