@@ -145,12 +145,14 @@ def utterance(text: str, audio: np.ndarray, bounds_s: tuple[float, float] | None
     return Utterance(text, float32_to_pcm16(audio), onset, end)
 
 
-def piper_script(tts_dir: Path) -> Script:
+def piper_voice(tts_dir: Path) -> Callable[[str], Utterance]:
+    """Piper without its noise: every run hears the same audio."""
     synth = Synthesizer(tts_dir, TtsConfig(noise_scale=0, noise_w_scale=0))
+    return lambda text: utterance(text, synth.synthesize(text, RATE), None)
 
-    def say(text: str) -> Utterance:
-        return utterance(text, synth.synthesize(text, RATE), None)
 
+def piper_script(tts_dir: Path) -> Script:
+    say = piper_voice(tts_dir)
     return Script([say(q) for q in QUESTIONS], say(STORY), say(INTERJECTION))
 
 
@@ -162,7 +164,7 @@ def recorded_script(tts_dir: Path, cache_dir: Path) -> Script:
         for r in recordings(cache_dir)
     }
     interjection = spoken.pop(RECORDED_INTERJECTION)
-    return Script(list(spoken.values()), piper_script(tts_dir).story, interjection)
+    return Script(list(spoken.values()), piper_voice(tts_dir)(STORY), interjection)
 
 
 # -- the client -----------------------------------------------------------------------------

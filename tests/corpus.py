@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from audio.wav import read_wav, read_wav_at
+from audio.pcm import pcm16_to_float32
+from audio.wav import read_wav_at
 
 SENTENCES = [
     "Hello there.",
@@ -139,19 +140,14 @@ def recordings(cache_dir: Path) -> list[Recording]:
             )
         )
     for name, text in _SPOKEN.items():
-        path = root / name
-        if path.suffix == ".raw":  # 16 kHz 16-bit mono, no header
-            audio = np.fromfile(path, dtype="<i2").astype(np.float32) / 32768.0
-        else:
-            audio = _read_16k(path)
-        out.append(Recording(Path(name).stem, text, audio, None))
+        out.append(Recording(Path(name).stem, text, _read_16k(root / name), None))
     return out
 
 
 def _read_16k(path: Path) -> np.ndarray:
-    audio, rate = read_wav(path)
-    assert rate == 16_000, f"{path}: {rate} Hz"
-    return audio
+    if path.suffix == ".raw":  # 16 kHz 16-bit mono, no header
+        return pcm16_to_float32(path.read_bytes())
+    return read_wav_at(path, 16_000)
 
 
 def _unpacked(home: Path) -> Path:

@@ -7,6 +7,7 @@ import base64
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -22,6 +23,18 @@ CHUNK_S = 0.04
 def pcm24k(audio_16k: np.ndarray) -> bytes:
     """16 kHz float32 test speech -> the API's default input: PCM16 at 24 kHz."""
     return float32_to_pcm16(resample(audio_16k, 16_000, RATE))
+
+
+@contextlib.asynccontextmanager
+async def connect(url: str) -> AsyncIterator[RealtimeClient]:
+    """A RealtimeClient on ``url``'s ``/v1/realtime``, once the session is created."""
+    async with aiohttp.ClientSession() as http:
+        rt = RealtimeClient(await http.ws_connect(url + "/v1/realtime"))
+        await rt.wait_for("session.created")
+        try:
+            yield rt
+        finally:
+            await rt.close()
 
 
 class RealtimeClient:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 import numpy as np
 import pytest
 
 from audio.pcm import pcm16_to_float32
 from audio.resample import resample
 from tests.corpus import normalize
-from tests.voice.rt_client import RATE, RealtimeClient, pcm24k, user_text
+from tests.voice.rt_client import RATE, RealtimeClient, connect, pcm24k, user_text
 
 QUESTION = "What is the capital of France?"
 STORY = "Please tell me a long story about a brave knight and a dragon."
@@ -32,14 +31,8 @@ def say(synthesizer):
 
 @pytest.fixture
 async def client(voice_server):
-    async with aiohttp.ClientSession() as http:
-        ws = await http.ws_connect(voice_server + "/v1/realtime")
-        rt = RealtimeClient(ws)
-        await rt.wait_for("session.created")
-        try:
-            yield rt
-        finally:
-            await rt.close()
+    async with connect(voice_server) as rt:
+        yield rt
 
 
 def session_of(voice_app, rt: RealtimeClient):

@@ -5,31 +5,17 @@ server over a real socket."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
-import aiohttp
 import numpy as np
 import pytest
 
 from audio.pcm import pcm16_to_float32
 from audio.resample import resample
 from tests.corpus import normalize, word_errors
-from tests.voice.rt_client import RATE, RealtimeClient, pcm24k
+from tests.voice.rt_client import RATE, connect, pcm24k
 
 LEAD_S, TAIL_S = 0.5, 1.2  # silence sent before and after a recording
 STORY = "Please tell me a long story about a brave knight and a dragon."
-
-
-@contextlib.asynccontextmanager
-async def connect(url: str) -> AsyncIterator[RealtimeClient]:
-    async with aiohttp.ClientSession() as http:
-        rt = RealtimeClient(await http.ws_connect(url + "/v1/realtime"))
-        await rt.wait_for("session.created")
-        try:
-            yield rt
-        finally:
-            await rt.close()
 
 
 @pytest.fixture
