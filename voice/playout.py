@@ -11,7 +11,9 @@ wall time ``now`` it has played everything sent except what is still buffered:
 
 That is exact for a client that paces playback by what arrives (a browser, a phone gateway)
 up to its network delay; a Realtime client that knows better says so with
-``conversation.item.truncate``, which gives the played time directly.
+``conversation.item.truncate``, which gives the played time directly. A client that pauses its
+player when told to (``pause(now)`` / ``resume(now)``) plays nothing in between: its buffer
+keeps what it held at the pause.
 
 ``heard_chars(played_s)`` maps a playout time back to the raw reply text: chunks played to
 their end count whole; in the chunk being played, words count in proportion to the audio
@@ -42,12 +44,13 @@ class Playout:
     """Playout bookkeeping of one reply. Times in seconds; ``now`` is monotonic and never
     earlier than the last ``sent``."""
 
-    __slots__ = ("_buffer_end", "_pieces", "_sent_s")
+    __slots__ = ("_buffer_end", "_paused_at", "_pieces", "_sent_s")
 
     def __init__(self) -> None:
         self._pieces: list[_Piece] = []
         self._sent_s = 0.0
         self._buffer_end: float | None = None
+        self._paused_at: float | None = None
 
     @property
     def sent_s(self) -> float:
@@ -57,6 +60,27 @@ class Playout:
     @property
     def started(self) -> bool:
         return self._buffer_end is not None
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_at is not None
+
+    def pause(self, now: float) -> None:
+        """The client's player stops at ``now``, keeping what it has buffered."""
+        if self._paused_at is None:
+            self._paused_at = now
+
+    def resume(self, now: float) -> None:
+        """The client's player goes on at ``now`` from where it paused."""
+        if self._paused_at is None:
+            return
+        if self._buffer_end is not None and self._buffer_end > self._paused_at:
+            self._buffer_end += max(0.0, now - self._paused_at)
+        self._paused_at = None
+
+    def _clock(self, now: float) -> float:
+        """``now`` on the player's clock, which stands still while it is paused."""
+        return now if self._paused_at is None else min(now, self._paused_at)
 
     def begin_chunk(self, source_start: int, source_end: int) -> None:
         """The audio sent next speaks the raw reply text ``[source_start, source_end)``."""
@@ -72,6 +96,7 @@ class Playout:
             raise ValueError("duration_s must be >= 0")
         self._pieces[-1].duration_s += duration_s
         self._sent_s += duration_s
+        now = self._clock(now)
         start = now if self._buffer_end is None else max(self._buffer_end, now)
         self._buffer_end = start + duration_s
 
@@ -79,14 +104,14 @@ class Playout:
         """Seconds of sent audio the client has not played yet."""
         if self._buffer_end is None:
             return 0.0
-        return max(0.0, self._buffer_end - now)
+        return max(0.0, self._buffer_end - self._clock(now))
 
     def played_s(self, now: float) -> float:
         return self._sent_s - self.buffered_s(now)
 
-    def drained_at(self) -> float | None:
-        """Wall time at which the client plays its last sent sample (None: nothing sent)."""
-        return self._buffer_end
+    def drained(self, now: float) -> bool:
+        """Whether the client has played everything sent (true when nothing was)."""
+        return self.buffered_s(now) <= 0.0
 
     def heard_chars(self, text: str, played_s: float) -> int:
         """Characters of the raw reply ``text`` heard after ``played_s`` seconds of playout."""

@@ -11,6 +11,8 @@ Generation and speech overlap: the model keeps generating while earlier chunks a
 
 Nothing is sent before ``opener()`` returns: the session uses it to hold a preemptive reply
 until the caller's turn is confirmed, and to announce the response (``response.created`` ...).
+``hold()`` stops the audio going out (generation and synthesis go on) until ``release()``: the
+session holds it while speech over the reply is not yet known to be a barge-in.
 Cancelling ``run()`` stops everything at once; the caller then reads ``text``, ``playout`` and
 ``times`` to truncate the reply to what was heard.
 """
@@ -181,6 +183,8 @@ class Reply:
         self._emit = emit
         self._opener = opener
         self._opened = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     @property
     def audio(self) -> bool:
@@ -190,6 +194,17 @@ class Reply:
     def opened(self) -> bool:
         """Whether anything of this reply has been sent."""
         return self._opened
+
+    @property
+    def held(self) -> bool:
+        return not self._flowing.is_set()
+
+    def hold(self) -> None:
+        """Send no more audio (nor its transcript) until ``release()``."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
 
     async def run(self) -> None:
         if self._tts is None:
@@ -247,6 +262,7 @@ class Reply:
             if not len(audio):
                 continue
             await self._open()
+            await self._paced()
             self.playout.begin_chunk(chunk.source_start, chunk.source_end)
             text = chunk.text if not self.spoken else " " + chunk.text
             self.spoken += text
@@ -257,9 +273,7 @@ class Reply:
         step = max(1, int(_DELTA_S * rate))
         for start in range(0, len(audio), step):
             piece = audio[start : start + step]
-            wait = self.playout.buffered_s(time.monotonic()) - self._lead_s
-            if wait > 0:
-                await asyncio.sleep(wait)
+            await self._paced()
             now = time.monotonic()
             if self.times.first_audio is None:
                 self.times.first_audio = now
@@ -269,3 +283,12 @@ class Reply:
                 )
             )
             self.playout.sent(len(piece) / rate, now)
+
+    async def _paced(self) -> None:
+        """Wait until the next audio may go: not held, and the client holds under ``lead_s``."""
+        while True:
+            await self._flowing.wait()
+            wait = self.playout.buffered_s(time.monotonic()) - self._lead_s
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)

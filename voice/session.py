@@ -11,9 +11,12 @@ changed by that task. Long work runs in tasks it owns, which post their results 
   model generates and the first chunk is synthesized, but nothing is sent until the turn is
   confirmed (``EndOfTurn``) or ``hold_first_audio_s`` has passed since the pause. If the caller
   resumes first, the reply is cancelled and the conversation rolled back: nothing was sent;
-- ``BargeIn`` while the reply plays: the reply task is cancelled, audio still queued for the
-  client is dropped, and the assistant message (and the engine's tokens) is truncated to the
-  words the caller heard (``Playout``). A backchannel ("uh-huh") does not interrupt.
+- speech over the reply (``OverlapStarted``): its audio stops going out (``Reply.hold``) while
+  the turn-taker tells a barge-in from a backchannel; a client that pauses playback
+  (``session.parley.pause_playback``) is told to pause. ``BargeIn``: the reply task is
+  cancelled, audio still queued for the client is dropped, and the assistant message (and the
+  engine's tokens) is truncated to the words the caller heard (``Playout``). ``Backchannel``
+  ("uh-huh"): the reply goes on from where it stopped.
 
 Errors in one client event become an ``error`` event; the session keeps going. Errors of a
 reply end that reply with ``response.done`` status ``failed``.
@@ -78,6 +81,10 @@ class VoiceConfig:
     final_after_silence_s: silence after which the final transcript is started, ahead of the
                          pause decision (None: at the pause); speech after it discards it.
     output_lead_s:       reply audio sent ahead of the client's playout (its buffer).
+    hold_on_overlap:     send no reply audio while speech over it may be a barge-in (so it
+                         stops going out at the speech's onset, not at the decision); a
+                         backchannel resumes it. The client plays what it has buffered
+                         meanwhile, unless it pauses playback (``session.parley``).
     max_reply_tokens:    a reply's token budget.
     max_input_ahead_s:   input audio may run this far ahead of real time (a burst); beyond it
                          appends are refused with an error (the server would fall behind).
@@ -94,6 +101,7 @@ class VoiceConfig:
     hold_first_audio_s: float = 0.25
     final_after_silence_s: float | None = 0.05
     output_lead_s: float = 0.5
+    hold_on_overlap: bool = True
     max_reply_tokens: int = 200
     temperature: float = 0.0
     max_input_ahead_s: float = 10.0
@@ -221,6 +229,7 @@ class _ActiveReply:
     reply_mark: Any = None  # after the user's turn went in, before the reply
     cancel_reason: ev.CancelReason | None = None
     onset_wall: float | None = None
+    held_at: float | None = None  # when speech over it stopped its audio (None: flowing)
 
 
 class Session:
@@ -445,6 +454,7 @@ class Session:
                     self._open_utterance(d.audio_start, overlap=False)
             case tt.OverlapStarted():
                 self._open_utterance(d.audio_start, overlap=True)
+                self._hold_output(now)
             case tt.Resumed():
                 await self._on_resumed(d, now)
             case tt.Pause():
@@ -459,6 +469,7 @@ class Session:
                 await self._interrupt("turn_detected", self._wall_at(d.audio_start))
             case tt.Backchannel():
                 self._close_utterance()
+                self._release_output(now)
             case tt.NoInput():
                 pass
 
@@ -466,6 +477,7 @@ class Session:
         if self._utt is not None and self._utt.overlap and not overlap:
             self._overlap_becomes_turn(self._utt)  # the assistant stopped first
             self._announce(self._utt)
+            self._release_output(time.monotonic())
             return
         self._close_utterance()
         utt = _Utterance(new_id("item"), audio_start, overlap)
@@ -480,6 +492,40 @@ class Session:
         if not overlap:
             self._announce(utt)
         self._partials = self._spawn(self._partial_loop(utt))
+
+    def _audible(self) -> _ActiveReply | None:
+        """The reply the caller may be hearing: the running one, or the last while it drains."""
+        active = self._active
+        if active is not None:
+            return active if active.reply.audio and active.reply.opened else None
+        if self._drain_pending and self._last is not None and self._last_is_tail:
+            return self._last
+        return None
+
+    def _hold_output(self, now: float) -> None:
+        """Speech over the reply: send no more of its audio until the turn-taker decides."""
+        target = self._audible()
+        if target is None or not self._svc.voice.hold_on_overlap or target.held_at is not None:
+            return
+        target.held_at = now
+        reply = target.reply
+        reply.hold()
+        if self.config.pause_playback:
+            reply.playout.pause(now)
+            played = round(reply.playout.played_s(now) * 1000)
+            self._emit(ev.OutputAudioPaused(reply.response_id, reply.item_id, played))
+
+    def _release_output(self, now: float) -> None:
+        """Not a barge-in after all: the held reply goes on."""
+        for target in (self._active, self._last):
+            if target is None or target.held_at is None:
+                continue
+            target.held_at = None
+            reply = target.reply
+            reply.release()
+            if reply.playout.paused:
+                reply.playout.resume(now)
+                self._emit(ev.OutputAudioResumed(reply.response_id, reply.item_id))
 
     def _overlap_becomes_turn(self, utt: _Utterance) -> None:
         utt.overlap = False
@@ -859,26 +905,27 @@ class Session:
         def ms(t: float | None) -> float | None:
             return None if t is None or base is None else round((t - base) * 1000, 1)
 
-        barge = None
+        stop = decision = None
         if stopped is not None and active.onset_wall is not None:
-            barge = round((stopped - active.onset_wall) * 1000, 1)
+            decision = round((stopped - active.onset_wall) * 1000, 1)
+            out = stopped if active.held_at is None else min(active.held_at, stopped)
+            stop = round((out - active.onset_wall) * 1000, 1)
         return ev.TurnMetrics(
             end_of_turn_ms=ms(utt.end_of_turn_wall) if utt is not None else None,
             asr_final_ms=ms(utt.asr_final_wall) if utt is not None else None,
             first_token_ms=ms(times.first_token),
             first_chunk_ms=ms(times.first_chunk),
             first_audio_ms=ms(times.first_audio),
-            barge_in_stop_ms=barge,
+            barge_in_stop_ms=stop,
+            barge_in_decision_ms=decision,
         )
 
     async def _on_tick(self, now: float) -> None:
         await self._feed(tt.Tick(), now)
         last = self._last
-        if self._drain_pending and last is not None:
-            drained = last.reply.playout.drained_at()
-            if drained is None or drained <= now:
-                self._drain_pending = False
-                await self._feed(tt.Playout(False), now)
+        if self._drain_pending and last is not None and last.reply.playout.drained(now):
+            self._drain_pending = False
+            await self._feed(tt.Playout(False), now)
 
     # -- client events ----------------------------------------------------------------------
     async def _on_session_update(self, m: ev.SessionUpdate) -> None:

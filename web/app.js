@@ -6,6 +6,9 @@
 // while the assistant is audible, the page drops its playback buffer at once, ignores any audio
 // of that response still in flight, and tells the server exactly how much of the item was heard
 // (conversation.item.truncate), so the assistant's memory holds only the words the caller heard.
+// Before that decision, the moment the caller's voice starts over the reply, Parley pauses it
+// (parley.output_audio.paused, which this page asks for in its session.update): playback stops
+// with the buffer kept, and goes on at parley.output_audio.resumed if it was only "uh-huh".
 //
 // window.parleyStats exposes counters and transcripts for tests and for the curious (console).
 
@@ -31,6 +34,7 @@ const METRICS = [
   'first_chunk_ms',
   'first_audio_ms',
   'barge_in_stop_ms',
+  'barge_in_decision_ms',
 ];
 
 const stats = {
@@ -42,6 +46,8 @@ const stats = {
   audioSamplesPlayed: 0, // 24 kHz samples of reply audio actually played out
   flushes: 0, // local playback flushes that dropped queued audio (barge-in)
   truncatesSent: 0,
+  pauses: 0, // parley.output_audio.paused received
+  resumes: 0,
   userTranscripts: [], // final caller transcripts, in order
   assistantTranscripts: [], // final assistant transcripts, in order
   lastMetrics: null, // response.parley.metrics of the latest response.done
@@ -175,6 +181,7 @@ function sendSessionUpdate(ws) {
       },
       output: { format: pcm },
     },
+    parley: { pause_playback: true }, // Parley's extension: see parley.output_audio.paused
   };
   const instructions = ui.instructions.value.trim();
   if (instructions) update.instructions = instructions; // else the server's default
@@ -247,6 +254,16 @@ function onServerEvent(s, event) {
       s.transcribed.add(event.response_id);
       break;
     }
+    case 'parley.output_audio.paused':
+      // The caller started talking over the reply: silence it now, keeping its audio, until
+      // the server knows whether that was an interruption (speech_started) or not (resumed).
+      stats.pauses += 1;
+      s.player.pause();
+      break;
+    case 'parley.output_audio.resumed':
+      stats.resumes += 1;
+      s.player.resume();
+      break;
     case 'conversation.item.truncated':
       assistantBubble(event.item_id).el.classList.add('interrupted');
       break;

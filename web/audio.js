@@ -127,6 +127,16 @@ export class Player {
     });
   }
 
+  /** Stop playing, keeping what is queued (the caller may only be saying "uh-huh"). */
+  pause() {
+    this.node.port.postMessage({ type: 'pause' });
+  }
+
+  /** Play on from where pause() stopped. */
+  resume() {
+    this.node.port.postMessage({ type: 'resume' });
+  }
+
   close() {
     this.node.port.onmessage = null;
     this.node.disconnect();

@@ -4,7 +4,8 @@
 //
 // Messages from the page:
 //   { type: 'push', itemId, samples: Float32Array }   queue audio of conversation item itemId
-//   { type: 'flush' }                                 drop everything queued, now
+//   { type: 'flush' }                                 drop everything queued, now (and play on)
+//   { type: 'pause' } / { type: 'resume' }           stop playing, keeping the queue / go on
 // Messages to the page:
 //   { type: 'progress', consumed, played, itemId, itemPlayed }   about every 50 ms while playing
 //   { type: 'flushed', consumed, played, itemId, itemPlayed, dropped }
@@ -25,13 +26,17 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.itemId = null;
     this.itemPlayed = 0;
     this.sinceReport = 0;
+    this.paused = false;
     this.port.onmessage = (e) => this.onMessage(e.data);
   }
 
   onMessage(msg) {
     if (msg.type === 'push') {
       this.queue.push({ itemId: msg.itemId, samples: msg.samples });
+    } else if (msg.type === 'pause' || msg.type === 'resume') {
+      this.paused = msg.type === 'pause';
     } else if (msg.type === 'flush') {
+      this.paused = false; // the next reply plays
       const head = this.queue[0];
       if (head && head.itemId !== this.itemId) {
         // Flushed before a new item's first frame: the caller heard none of it.
@@ -51,7 +56,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
   process(_inputs, outputs) {
     const out = outputs[0][0];
     let written = 0;
-    while (written < out.length && this.queue.length > 0) {
+    while (!this.paused && written < out.length && this.queue.length > 0) {
       const head = this.queue[0];
       if (head.itemId !== this.itemId) {
         this.itemId = head.itemId;

@@ -70,7 +70,17 @@ async def test_spoken_question_gets_a_spoken_answer(client, say, transcriber):
     assert metrics["first_audio_ms"] >= metrics["first_chunk_ms"]
 
 
-async def test_barge_in_keeps_only_the_heard_words(client, say, voice_app):
+async def pause_playback(client: RealtimeClient) -> None:
+    """Tell the server this client pauses its player on ``parley.output_audio.paused``."""
+    await client.send({"type": "session.update", "session": {"parley": {"pause_playback": True}}})
+    updated = await client.wait_for("session.updated")
+    assert updated["session"]["parley"] == {"pause_playback": True}
+
+
+@pytest.mark.parametrize("pauses", [False, True], ids=["plays-its-buffer", "pauses"])
+async def test_barge_in_keeps_only_the_heard_words(client, say, voice_app, pauses):
+    if pauses:
+        await pause_playback(client)
     client.start_mic()
     await client.say(say(STORY))
     first = await client.wait_for("response.output_audio.delta", timeout=60)
@@ -99,7 +109,20 @@ async def test_barge_in_keeps_only_the_heard_words(client, say, voice_app):
     assert len(sent) > 0 and kept.strip()
     audio_s = len(client.audio(created)) / 2 / RATE
     assert truncated["audio_end_ms"] < audio_s * 1000
-    assert response["parley"]["metrics"]["barge_in_stop_ms"] is not None
+    metrics = response["parley"]["metrics"]
+    # the story's audio stopped going out at the interjection's onset, before the decision
+    assert 0 < metrics["barge_in_stop_ms"] < metrics["barge_in_decision_ms"], metrics
+    paused = [e for e in client.of("parley.output_audio.paused") if e["response_id"] == created]
+    if pauses:
+        assert len(paused) >= 1 and paused[-1]["item_id"] == first["item_id"]
+        # nothing of the story was sent after the pause; what was heard ends where it paused
+        since = client.events[client.events.index(paused[-1]) :]
+        late = [e for e in since if e["type"] == "response.output_audio.delta"]
+        assert not [e for e in late if e["response_id"] == created]
+        assert abs(truncated["audio_end_ms"] - paused[-1]["audio_end_ms"]) <= 1
+        assert client.events.index(paused[-1]) < client.events.index(done)
+    else:
+        assert not paused  # a client that did not ask gets no Parley events
     # the conversation the model sees holds the heard words, and its tokens say the same
     session = session_of(voice_app, client)
     dialogue = session._dialogue
@@ -127,6 +150,7 @@ async def test_barge_in_keeps_only_the_heard_words(client, say, voice_app):
 
 @pytest.mark.parametrize("ack", ["Yeah.", "Uh huh."])
 async def test_backchannel_does_not_interrupt(client, say, ack):
+    await pause_playback(client)
     client.start_mic()
     await client.say(say(STORY))
     await client.wait_for("response.output_audio.delta", timeout=60)
@@ -142,6 +166,23 @@ async def test_backchannel_does_not_interrupt(client, say, ack):
     )
     assert not client.of("conversation.item.truncated")
     assert len(client.of("input_audio_buffer.speech_started")) == 1
+    # the reply paused while the acknowledgement was undecided, then went on to its end
+    paused, resumed = (
+        client.of("parley.output_audio.paused"),
+        client.of("parley.output_audio.resumed"),
+    )
+    assert len(paused) == len(resumed) >= 1, (paused, resumed)
+    assert all(
+        client.events.index(p) < client.events.index(r)
+        for p, r in zip(paused, resumed, strict=True)
+    )
+    response = done["response"]
+    sent = "".join(
+        e["delta"]
+        for e in client.of("response.output_audio_transcript.delta")
+        if e["response_id"] == response["id"]
+    )
+    assert sent == response["output"][0]["content"][0]["transcript"]
 
 
 async def test_text_turn_in_text_mode(client):

@@ -255,6 +255,8 @@ async def test_barge_in_stops_playback_and_tells_the_server_what_was_heard(
         played = last["audioSamplesPlayed"] - cut["audioSamplesPlayed"]
         assert played < 24_000 // 10, f"{played} samples played after the cut"
         assert cut["truncatesSent"] >= 1, cut
+        # the voice's onset paused playback before the decision (the page asked for it)
+        assert cut["pauses"] >= 1, cut
         assert cut["lastMetrics"]["barge_in_stop_ms"] is not None, cut["lastMetrics"]
         classes = await page.evaluate(
             "[...document.querySelector('#transcript .turn.assistant').classList]"

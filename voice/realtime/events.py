@@ -43,6 +43,8 @@ __all__ = [
     "ItemTruncated",
     "MessageItem",
     "Modality",
+    "OutputAudioPaused",
+    "OutputAudioResumed",
     "OutputItemAdded",
     "OutputItemDone",
     "Response",
@@ -158,6 +160,9 @@ class SessionConfig:
     """The effective session, sent in ``session.created`` / ``session.updated``.
 
     ``output_modalities`` is ``("audio",)`` (audio with its transcript) or ``("text",)``.
+    ``pause_playback`` (Parley's ``session.parley.pause_playback``): the client pauses its
+    player on ``OutputAudioPaused`` and goes on at ``OutputAudioResumed``; only such a client
+    is sent them.
     """
 
     id: str
@@ -169,6 +174,7 @@ class SessionConfig:
     turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
     transcription: TranscriptionConfig | None = None
     output_modalities: tuple[Modality, ...] = ("audio",)
+    pause_playback: bool = False
 
 
 # -- conversation items -----------------------------------------------------------------------
@@ -218,6 +224,7 @@ class SessionUpdate:
     turn_detection: TurnDetection | Unset | None = UNSET
     transcription: TranscriptionConfig | Unset | None = UNSET
     output_modalities: tuple[Modality, ...] | Unset = UNSET
+    pause_playback: bool | Unset = UNSET
     event_id: str | None = None
 
     def apply(self, config: SessionConfig) -> SessionConfig:
@@ -232,6 +239,7 @@ class SessionUpdate:
                 "turn_detection",
                 "transcription",
                 "output_modalities",
+                "pause_playback",
             )
             if not isinstance(value := getattr(self, name), Unset)
         }
@@ -320,8 +328,10 @@ class TurnMetrics:
 
     Sent as ``response.parley.metrics`` in ``response.done`` (an extension field: SDKs keep it
     as an extra attribute). ``None`` where a stage did not happen (a text turn has no end of
-    speech; only an interrupted reply has ``barge_in_stop_ms``, measured from the caller's
-    onset to the moment audio stopped going out).
+    speech). An interrupted reply has, from the caller's onset (as the VAD found it):
+    ``barge_in_stop_ms``, to the moment its audio stopped going out (held while the speech
+    might be a backchannel, or cancelled); ``barge_in_decision_ms``, to the barge-in decision
+    (the reply cancelled, the client told to drop what it buffered).
     """
 
     end_of_turn_ms: float | None = None
@@ -330,6 +340,7 @@ class TurnMetrics:
     first_chunk_ms: float | None = None
     first_audio_ms: float | None = None
     barge_in_stop_ms: float | None = None
+    barge_in_decision_ms: float | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -523,6 +534,27 @@ class TextDone:
 
 
 @dataclass(slots=True, frozen=True)
+class OutputAudioPaused:
+    """Parley's ``parley.output_audio.paused``: the caller is talking over the reply and it is
+    not yet known whether that is an interruption; the server sends no more of its audio, and
+    the client pauses playback, keeping its buffer. ``OutputAudioResumed`` (it was an
+    acknowledgement) or ``input_audio_buffer.speech_started`` (a barge-in: drop the buffer)
+    follows. ``audio_end_ms``: the item's audio the server estimates was played by then."""
+
+    response_id: str
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(slots=True, frozen=True)
+class OutputAudioResumed:
+    """Parley's ``parley.output_audio.resumed``: play on from where the pause stopped."""
+
+    response_id: str
+    item_id: str
+
+
+@dataclass(slots=True, frozen=True)
 class ErrorEvent:
     """``error``; ``event_id`` is the offending client event's id, if it had one.
 
@@ -559,5 +591,7 @@ ServerEvent: TypeAlias = (
     | TranscriptDone
     | TextDelta
     | TextDone
+    | OutputAudioPaused
+    | OutputAudioResumed
     | ErrorEvent
 )

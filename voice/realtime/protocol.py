@@ -368,6 +368,7 @@ def _session_update(obj: _Obj) -> ev.SessionUpdate:
     audio = s.obj("audio")
     inp = (audio.obj("input") if audio else None) or _Obj({}, "", obj.event_id)
     out = (audio.obj("output") if audio else None) or _Obj({}, "", obj.event_id)
+    parley = s.obj("parley")  # Parley's own session fields
     return ev.SessionUpdate(
         instructions=_unset(s.str_("instructions")),
         voice=_unset(_voice(out) if out.has("voice") else _voice(s)),
@@ -388,6 +389,7 @@ def _session_update(obj: _Obj) -> ev.SessionUpdate:
             else _transcription(s, "input_audio_transcription")
         ),
         output_modalities=_unset(_modalities(s)),
+        pause_playback=_unset(parley.bool_("pause_playback") if parley else None),
         event_id=obj.event_id,
     )
 
@@ -537,6 +539,8 @@ _NAMES: Mapping[type, tuple[str, str]] = {  # event class -> (GA name, beta name
     ),
     ev.TextDelta: ("response.output_text.delta", "response.text.delta"),
     ev.TextDone: ("response.output_text.done", "response.text.done"),
+    ev.OutputAudioPaused: ("parley.output_audio.paused",) * 2,
+    ev.OutputAudioResumed: ("parley.output_audio.resumed",) * 2,
     ev.ErrorEvent: ("error", "error"),
 }
 
@@ -653,7 +657,7 @@ def _transcription_json(tc: ev.TranscriptionConfig | None) -> _Json | None:
 def _session_json(s: ev.SessionConfig, dialect: Dialect) -> _Json:
     head: _Json = {"id": s.id, "object": "realtime.session"}
     if dialect == "beta":  # beta's session.model is a closed list of OpenAI names: omit it
-        return {
+        body: _Json = {
             **head,
             "modalities": _modalities_json(s.output_modalities, dialect),
             "instructions": s.instructions,
@@ -663,21 +667,25 @@ def _session_json(s: ev.SessionConfig, dialect: Dialect) -> _Json:
             "input_audio_transcription": _transcription_json(s.transcription),
             "turn_detection": _turn_detection_json(s.turn_detection),
         }
-    return {
-        **head,
-        "type": "realtime",
-        "model": s.model,
-        "output_modalities": _modalities_json(s.output_modalities, dialect),
-        "instructions": s.instructions,
-        "audio": {
-            "input": {
-                "format": _format_json(s.input_format, dialect),
-                "transcription": _transcription_json(s.transcription),
-                "turn_detection": _turn_detection_json(s.turn_detection),
+    else:
+        body = {
+            **head,
+            "type": "realtime",
+            "model": s.model,
+            "output_modalities": _modalities_json(s.output_modalities, dialect),
+            "instructions": s.instructions,
+            "audio": {
+                "input": {
+                    "format": _format_json(s.input_format, dialect),
+                    "transcription": _transcription_json(s.transcription),
+                    "turn_detection": _turn_detection_json(s.turn_detection),
+                },
+                "output": {"format": _format_json(s.output_format, dialect), "voice": s.voice},
             },
-            "output": {"format": _format_json(s.output_format, dialect), "voice": s.voice},
-        },
-    }
+        }
+    if s.pause_playback:  # only for a client that asked: the session looks like OpenAI's
+        body["parley"] = {"pause_playback": True}
+    return body
 
 
 def _item_part_json(part: ev.ContentPart, role: ev.Role, dialect: Dialect) -> _Json:
