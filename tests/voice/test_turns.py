@@ -30,7 +30,12 @@ from voice.turns import (
 FRAME = 0.01  # 10 ms VAD frames, so the scripts' thresholds fall on frame edges: min speech 0.2,
 # resume 0.2, pause 0.25, end of turn 0.8, early end 0.4, barge-in min speech 0.15,
 # backchannel max 0.8
-SCRIPTED = {"pause_s": 0.25, "resume_min_speech_s": 0.2, "complete_end_of_turn_s": 0.4}
+SCRIPTED = {
+    "pause_s": 0.25,
+    "resume_min_speech_s": 0.2,
+    "complete_end_of_turn_s": 0.4,
+    "barge_in_min_speech_s": 0.15,
+}
 # the scripts were written for these; the other thresholds are the defaults
 
 
