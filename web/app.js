@@ -289,6 +289,7 @@ function onAudioDelta(s, event) {
 
 function onResponseDone(s, response) {
   if (s.responseId === response.id) s.responseId = null;
+  s.player.resume(); // a response that ends while paused (failed, cancelled) leaves none
   if (response.status === 'cancelled') {
     // Cancelled server-side (e.g. the caller barged in): whatever is still queued goes.
     if (s.player.busy && !s.dropped.has(response.id)) bargeIn(s, response.id);
