@@ -539,7 +539,8 @@ class OutputAudioPaused:
     not yet known whether that is an interruption; the server sends no more of its audio, and
     the client pauses playback, keeping its buffer. ``OutputAudioResumed`` (it was an
     acknowledgement), ``input_audio_buffer.speech_started`` (a barge-in: drop the buffer) or
-    the response's ``response.done`` (cancelled or failed meanwhile) follows. ``audio_end_ms``: the item's audio the server estimates was played by then."""
+    the response's ``response.done`` (cancelled or failed meanwhile) follows.
+    ``audio_end_ms``: the item's audio the server estimates was played by then."""
 
     response_id: str
     item_id: str
