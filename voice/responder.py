@@ -12,7 +12,9 @@ Generation and speech overlap: the model keeps generating while earlier chunks a
 Nothing is sent before ``opener()`` returns: the session uses it to hold a preemptive reply
 until the caller's turn is confirmed, and to announce the response (``response.created`` ...).
 ``hold()`` stops the audio going out (generation and synthesis go on) until ``release()``: the
-session holds it while speech over the reply is not yet known to be a barge-in.
+session holds it while speech over the reply is not yet known to be a barge-in. A client that
+pauses its player is told so (``parley.output_audio.paused`` / ``resumed``), and ``playout``
+stops its clock meanwhile.
 Cancelling ``run()`` stops everything at once; the caller then reads ``text``, ``playout`` and
 ``times`` to truncate the reply to what was heard.
 """
@@ -183,8 +185,9 @@ class Reply:
         self._emit = emit
         self._opener = opener
         self._opened = False
-        self._flowing = asyncio.Event()
+        self._flowing = asyncio.Event()  # cleared while held
         self._flowing.set()
+        self._held_at: float | None = None
 
     @property
     def audio(self) -> bool:
@@ -196,15 +199,31 @@ class Reply:
         return self._opened
 
     @property
-    def held(self) -> bool:
-        return not self._flowing.is_set()
+    def held_at(self) -> float | None:
+        """When ``hold()`` stopped the audio (None: it flows)."""
+        return self._held_at
 
-    def hold(self) -> None:
-        """Send no more audio (nor its transcript) until ``release()``."""
+    def hold(self, now: float, pause_player: bool) -> None:
+        """Send no more audio (nor its transcript) until ``release()``. ``pause_player``: the
+        client pauses playback when told to, so it is told."""
+        if self._held_at is not None:
+            return
+        self._held_at = now
         self._flowing.clear()
+        if pause_player:
+            self.playout.pause(now)
+            played = round(self.playout.played_s(now) * 1000)
+            self._emit(ev.OutputAudioPaused(self.response_id, self.item_id, played))
 
-    def release(self) -> None:
+    def release(self, now: float) -> None:
+        """Not a barge-in after all: the audio goes on from where it stopped."""
+        if self._held_at is None:
+            return
+        self._held_at = None
         self._flowing.set()
+        if self.playout.paused:
+            self.playout.resume(now)
+            self._emit(ev.OutputAudioResumed(self.response_id, self.item_id))
 
     async def run(self) -> None:
         if self._tts is None:

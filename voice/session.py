@@ -229,7 +229,6 @@ class _ActiveReply:
     reply_mark: Any = None  # after the user's turn went in, before the reply
     cancel_reason: ev.CancelReason | None = None
     onset_wall: float | None = None
-    held_at: float | None = None  # when speech over it stopped its audio (None: flowing)
 
 
 class Session:
@@ -505,27 +504,14 @@ class Session:
     def _hold_output(self, now: float) -> None:
         """Speech over the reply: send no more of its audio until the turn-taker decides."""
         target = self._audible()
-        if target is None or not self._svc.voice.hold_on_overlap or target.held_at is not None:
-            return
-        target.held_at = now
-        reply = target.reply
-        reply.hold()
-        if self.config.pause_playback:
-            reply.playout.pause(now)
-            played = round(reply.playout.played_s(now) * 1000)
-            self._emit(ev.OutputAudioPaused(reply.response_id, reply.item_id, played))
+        if target is not None and self._svc.voice.hold_on_overlap:
+            target.reply.hold(now, pause_player=self.config.pause_playback)
 
     def _release_output(self, now: float) -> None:
         """Not a barge-in after all: the held reply goes on."""
         for target in (self._active, self._last):
-            if target is None or target.held_at is None:
-                continue
-            target.held_at = None
-            reply = target.reply
-            reply.release()
-            if reply.playout.paused:
-                reply.playout.resume(now)
-                self._emit(ev.OutputAudioResumed(reply.response_id, reply.item_id))
+            if target is not None:
+                target.reply.release(now)
 
     def _overlap_becomes_turn(self, utt: _Utterance) -> None:
         utt.overlap = False
@@ -908,7 +894,8 @@ class Session:
         stop = decision = None
         if stopped is not None and active.onset_wall is not None:
             decision = round((stopped - active.onset_wall) * 1000, 1)
-            out = stopped if active.held_at is None else min(active.held_at, stopped)
+            held = active.reply.held_at
+            out = stopped if held is None else min(held, stopped)
             stop = round((out - active.onset_wall) * 1000, 1)
         return ev.TurnMetrics(
             end_of_turn_ms=ms(utt.end_of_turn_wall) if utt is not None else None,
