@@ -11,6 +11,7 @@ index of context slots ``[B * S]``; every layer scatters its new K/V into the po
 ``S`` context rows of each sequence with one ``index_select`` and runs SDPA with a mask.
 Decode steps on CPU in float32 skip the gather, the padding to the longest context and the
 mask: a C kernel (:mod:`llm_engine.cpu_kernel`) walks each sequence's block table in the pool.
+So do prefill chunks where the model prefills in bfloat16 on a CPU with AVX512-BF16.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class AttnMeta:
 
     A decode (``T == 1``) with ``kernel`` set skips the gather: :func:`cpu_kernel.paged_decode`
     reads the pool through ``tables`` (``[B, nb]`` int64 block tables, zero-padded) and
-    ``lens`` (``[B]`` int64 context lengths, the new token included).
+    ``lens`` (``[B]`` int64 context lengths, the new token included). A prefill chunk of one
+    sequence with ``prefill`` set skips it too: :func:`cpu_kernel.prefill_attention` (bf16
+    products) reads its ``ctx_len`` positions through ``tables`` (``[1, nb]``).
     """
 
     slots: Tensor
@@ -47,6 +50,7 @@ class AttnMeta:
     kernel: Any = None
     tables: Tensor | None = None
     lens: Tensor | None = None
+    prefill: Any = None
 
 
 class KVCache:
@@ -88,6 +92,10 @@ def paged_attention(q: Tensor, kv: Tensor, pool: Tensor, meta: AttnMeta) -> Tens
     if meta.kernel is not None and T == 1:
         assert meta.tables is not None and meta.lens is not None
         return cpu_kernel.paged_decode(meta.kernel, q, pool, meta.tables, meta.lens, pool.shape[1])
+    if meta.prefill is not None:
+        assert meta.tables is not None and B == 1
+        start, table = meta.ctx_len - T, meta.tables[0]
+        return cpu_kernel.prefill_attention(meta.prefill, q, pool, table, start, pool.shape[1])
     if meta.ctx_slots is None:  # a fresh prefill sees only itself
         keys, values, causal = kv[:, :, 0], kv[:, :, 1], T > 1  # [B, T, Hkv, D] each
     else:

@@ -99,6 +99,15 @@ class Transformer:
         self.kernel = cpu_kernel.load() if fp32_cpu else None
         self._decode_one: cpu_kernel.DecodeOne | None = None
 
+    @property
+    def prefill_dtype(self) -> torch.dtype:
+        """The dtype of prefill's projections: bfloat16 where int8 quantization kept bf16
+        weights for many rows (CPUs with native bf16), else the model's."""
+        w = self.w.layers[0].qkv
+        if isinstance(w, Int8Weight) and w.full is not None:
+            return torch.bfloat16 if w.full.is_mkldnn else w.full.dtype
+        return self.w.embed.dtype
+
     def quantize_int8(self, keep_full: bool) -> None:
         """Switch every projection and the head to int8 weights (see :mod:`llm_engine.quant`)."""
         for lw in self.w.layers:

@@ -43,6 +43,10 @@ class ModelRunner:
         on_cpu_fp32 = self.device.type == "cpu" and kv.kv.dtype == torch.float32
         fits = on_cpu_fp32 and cpu_kernel.decode_fits(kv.kv.shape[-1])
         self._attn_kernel = cpu_kernel.load() if fits else None
+        # prefill attention in bf16 only where the projections already prefill in bf16
+        bf16 = on_cpu_fp32 and model.prefill_dtype == torch.bfloat16
+        bf16 = bf16 and cpu_kernel.prefill_fits(kv.kv.shape[-1])
+        self._prefill_kernel = cpu_kernel.load_bf16() if bf16 else None
         if compile:
             self._forward = _compiled_or_eager(model.forward)
 
@@ -112,6 +116,12 @@ class ModelRunner:
         """
         table = seq.block_table
         positions = list(range(start, start + n))
+        slots = self._tensor([self._slot(table, p) for p in positions])
+        ids = self._tensor([seq.tokens[start : start + n]])
+        if self._prefill_kernel is not None:  # reads the pool through the block table
+            tables, lens = self._tables([table], start + n), self._tensor([start + n])
+            meta = AttnMeta(slots, None, None, start + n, None, tables, lens, self._prefill_kernel)
+            return self._forward(ids, self._tensor([positions]), self.kv, meta)[0]
         ctx_slots, mask = None, None
         if start > 0:
             ctx_len = start + n
@@ -119,13 +129,7 @@ class ModelRunner:
             q_pos = torch.arange(start, ctx_len, device=self.device)
             k_pos = torch.arange(ctx_len, device=self.device)
             mask = (k_pos[None, :] <= q_pos[:, None]).view(1, 1, n, ctx_len)
-        meta = AttnMeta(
-            slots=self._tensor([self._slot(table, p) for p in positions]),
-            ctx_slots=ctx_slots,
-            mask=mask,
-            ctx_len=start + n,
-        )
-        ids = self._tensor([seq.tokens[start : start + n]])
+        meta = AttnMeta(slots=slots, ctx_slots=ctx_slots, mask=mask, ctx_len=start + n)
         h = self._forward(ids, self._tensor([positions]), self.kv, meta)
         return h[0]
 

@@ -106,3 +106,58 @@ def test_rope_matches_torch(lib: ctypes.CDLL) -> None:
     apply_rope_(want[:, :4], cos, sin)
     cpu_kernel.rope_(lib, x, 4, table, pos)
     torch.testing.assert_close(x, want)
+
+
+@pytest.fixture(scope="module")
+def bf16_lib() -> ctypes.CDLL:
+    built = cpu_kernel.load_bf16()
+    if built is None:
+        pytest.skip("no AVX512-BF16 (or gcc) here: prefill attention stays with torch's SDPA")
+    return built
+
+
+def _round_bf16(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.bfloat16).float()
+
+
+@pytest.mark.parametrize(
+    ("start", "T", "H", "Hkv", "D", "bs", "threads"),
+    [
+        (0, 37, 9, 3, 64, 16, 2),  # a fresh prefill: causal within the chunk
+        (900, 41, 9, 3, 64, 16, 2),  # a turn appended to a long history
+        (5, 1, 6, 2, 32, 4, 1),  # one token, small blocks
+        (100, 130, 8, 1, 128, 16, 2),  # GQA 8:1, wide heads, more rows than one task
+        (17, 33, 14, 2, 64, 8, 1),  # contexts that end mid-block
+    ],
+)
+def test_prefill_attention_matches_sdpa(
+    bf16_lib: ctypes.CDLL, start: int, T: int, H: int, Hkv: int, D: int, bs: int, threads: int
+) -> None:
+    """Causal attention of a chunk over its paged context (scattered blocks) equals SDPA on the
+    same inputs rounded to bf16, up to the bf16 rounding of the probabilities."""
+    torch.manual_seed(0)
+    S = start + T
+    nb = -(-S // bs)
+    pool = torch.randn(nb + 5, bs, 2, Hkv, D)
+    table = torch.randperm(nb + 5)[:nb].contiguous()  # scattered, not in order
+    q = torch.randn(1, T, H + 2 * Hkv, D)[:, :, :H] * 2  # strided rows, as the model passes it
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = cpu_kernel.prefill_attention(bf16_lib, q, pool, table, start, bs)
+    finally:
+        torch.set_num_threads(before)
+    ctx = pool[table].reshape(-1, 2, Hkv, D)[:S]  # [S, 2, Hkv, D]
+    mask = torch.arange(S)[None, :] <= torch.arange(start, S)[:, None]  # [T, S]
+    want = F.scaled_dot_product_attention(
+        _round_bf16(q[0] * D**-0.5).transpose(0, 1), _round_bf16(ctx[:, 0]).transpose(0, 1),
+        _round_bf16(ctx[:, 1]).transpose(0, 1), attn_mask=mask, scale=1.0, enable_gqa=True,
+    )  # fmt: skip
+    want = want.transpose(0, 1).reshape(1, T, H * D)
+    assert got.shape == want.shape
+    assert (got - want).abs().max() < 3e-3 * want.abs().max()
+    exact = F.scaled_dot_product_attention(
+        q[0].transpose(0, 1), ctx[:, 0].transpose(0, 1), ctx[:, 1].transpose(0, 1),
+        attn_mask=mask, enable_gqa=True,
+    ).transpose(0, 1).reshape(1, T, H * D)  # fmt: skip
+    assert (got - exact).abs().max() < 2e-2 * exact.abs().max()  # bf16's rounding, no more

@@ -197,3 +197,32 @@ def test_one_call_decode_of_two_sequences_matches_each_alone(smol_dir: Path) -> 
         assert both[i] == alone[0]
         scale = alone_logits.abs().max()
         assert (both_logits[i] - alone_logits[0]).abs().max() < 1e-4 * scale
+
+
+def test_bf16_prefill_attention_keeps_the_logits(smol_dir: Path) -> None:
+    """Where the projections prefill in bf16 (CPUs with AVX512-BF16), prefill chunks attend
+    through cpu_kernel.prefill_attention, reading the pool by block table; a chunk appended
+    to earlier context gives the logits and next tokens of torch's SDPA over the gathered
+    context."""
+    from tokenizers import Tokenizer
+
+    from llm_engine import cpu_kernel
+    from llm_engine.scheduler import Sequence
+
+    fast = _runner(smol_dir, quant=True)
+    if fast._prefill_kernel is None:
+        pytest.skip("no AVX512-BF16 here: prefill attention stays with torch's SDPA")
+    assert fast._prefill_kernel is cpu_kernel.load_bf16()
+    plain = _runner(smol_dir, quant=True)
+    plain._prefill_kernel = None
+    text = " ".join(["The quick brown fox jumps over the lazy dog."] * 6)
+    ids = Tokenizer.from_file(str(smol_dir / "tokenizer.json")).encode(text).ids
+    blocks = list(range(31, 31 - (len(ids) + 15) // 16, -1))  # out of order
+    logits = []
+    for runner in (fast, plain):
+        seq = Sequence(1, tokens=ids, block_table=blocks)
+        runner.forward_tokens(seq, 0, 37)  # earlier context, then a chunk on top of it
+        logits.append(runner.all_logits(seq, 37, len(ids) - 37))
+    got, want = logits
+    assert (got - want).abs().max() < 0.03 * want.abs().max()  # bf16 rounding (1.6 % seen)
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
