@@ -97,8 +97,9 @@ class EngineConfig:
     int8 weight-only for decode on CPU, none elsewhere. It keeps a float copy of each weight for
     prefill (bfloat16 where the CPU multiplies it natively, else float32) and an fp16 copy for
     the big weights and small batches (see :mod:`llm_engine.quant`); the decode of one or
-    two sequences runs in :mod:`llm_engine.cpu_kernel` where gcc builds it. ``"none"`` gives
-    bit-for-bit HF-comparable float math.
+    two sequences runs in :mod:`llm_engine.cpu_kernel` where gcc builds it, and so does
+    prefill's attention, in bfloat16 too, where the CPU has AVX512-BF16. ``"none"`` gives
+    HF-comparable float32 math throughout.
     ``compile`` wraps the forward in ``torch.compile`` and falls back to eager if that fails
     (off by default: on the 2-core CPU it compiled for minutes and ran slower).
     """
