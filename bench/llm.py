@@ -6,7 +6,8 @@ DynamicCache reused across turns) and with llama.cpp on the packaged Q4_1 GGUF w
   1. short reply (64 tokens): time to first token and decode tokens/s;
   2. long reply (1,024 tokens): decode tokens/s;
   3. 50 summaries of ~300-token texts all at once: total tokens/s (and Parley batch-50 vs batch-1);
-  4. a 10-round conversation of ~40-token user turns: time to first token per round.
+  4. a 10-round conversation of ~40-token user turns: time to first token per round (the median
+     of 3 conversations with different turns, since one round is one noisy sample).
 Also the memory-bandwidth ceiling of each backend's weights, the bound the batch's prompts
 alone put on scenario 3 at this CPU's measured GEMM rate, and an abort check. No asserts:
 these are figures to read. Each backend runs in its own process (torch's OpenMP teams must not
@@ -56,12 +57,13 @@ class Sizes:
     summary: int = 64  # tokens per summary
     doc: int = 300  # tokens per text to summarise
     rounds: int = 10  # conversation rounds
+    conversations: int = 3  # each round's figure is the median over this many conversations
     turn: int = 40  # tokens per user turn
     reply: int = 48  # tokens per assistant reply (10 rounds grow the history to ~950 tokens)
     probe: int = 16  # decode tokens of HF's dtype probe
 
 
-QUICK = Sizes(short=16, long=128, batch=8, summary=16, rounds=3, reply=16, probe=8)
+QUICK = Sizes(short=16, long=128, batch=8, summary=16, rounds=3, conversations=1, reply=16, probe=8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +78,11 @@ class Workload:
     gguf: str
     pad_id: int
     docs: list[str]  # user messages asking for a summary
-    turns: list[str]  # user messages of the conversation
+    turns: list[list[str]]  # user messages of each conversation
     short_ids: list[int]  # system + short prompt + assistant header
     doc_ids: list[list[int]]  # system + summary request + assistant header
-    turn_ids: list[list[int]]  # turn 0 with the system prompt; later turns close the reply first
+    # per conversation: turn 0 with the system prompt; later turns close the reply first
+    turn_ids: list[list[list[int]]]
 
 
 def chatml(role: str, content: str) -> str:
@@ -106,14 +109,22 @@ def make_workload(sizes: Sizes, threads: int) -> Workload:
 
     docs = [f"Summarize this text in two sentences:\n\n{text(sizes.doc)}" for _ in range(50)]
     docs = docs[: sizes.batch]
-    turns = [text(sizes.turn) for _ in range(sizes.rounds)]
+    # different turns in each conversation: Parley would reuse a repeated one's cached prefix
+    turns = [[text(sizes.turn) for _ in range(sizes.rounds)] for _ in range(sizes.conversations)]
     system, pad = chatml("system", SYSTEM), tok.token_to_id("<|im_end|>") or 0
-    turn_ids = [ids(system if i == 0 else "<|im_end|>\n", t) for i, t in enumerate(turns)]
+    turn_ids = [
+        [ids(system if i == 0 else "<|im_end|>\n", t) for i, t in enumerate(conv)] for conv in turns
+    ]
     doc_ids = [ids(system, d) for d in docs]
     short_ids = ids(system, SHORT_PROMPT)
     return Workload(
         sizes, threads, str(model_dir), str(gguf), pad, docs, turns, short_ids, doc_ids, turn_ids
     )
+
+
+def per_round(runs: list[list[float]]) -> list[float]:
+    """Each round's median over conversations (one list of per-round figures each)."""
+    return [statistics.median(values) for values in zip(*runs, strict=True)]
 
 
 def progress(r: Result, *keys: str) -> None:
@@ -282,7 +293,8 @@ async def parley_main(w: Workload) -> Result:
         progress(r, "short_ttft", "short_tps", "long_tps")
         r["batch1_tps"] = await parley_summaries(engine, w.docs[:1], s.summary)
         r["batch_tps"] = await parley_summaries(engine, w.docs, s.summary)
-        r["rounds"], r["history"] = await parley_rounds(engine, w.turns, s.reply)
+        runs = [await parley_rounds(engine, turns, s.reply) for turns in w.turns]
+        r["rounds"], r["history"] = per_round([ttfts for ttfts, _ in runs]), runs[0][1]
         progress(r, "batch_tps", "batch1_tps", "rounds")
         r["abort_s"], r["abort_extra"] = await parley_abort(engine)
         r["blocks"] = (base, engine.free_blocks())
@@ -371,8 +383,8 @@ def run_hf(w: Workload) -> Result:
     r["long_tps"] = hf_greedy(model, DynamicCache(), w.short_ids, s.long)[1]
     progress(r, "short_ttft", "short_tps", "long_tps")
     r["batch_tps"] = hf_batch(models[pre], w.doc_ids, s.summary, w.pad_id)
-    r["rounds"] = hf_rounds(models[pre], w.turn_ids, s.reply, reuse=True)
-    r["rounds_resend"] = hf_rounds(models[pre], w.turn_ids, s.reply, reuse=False)
+    r["rounds"] = per_round([hf_rounds(models[pre], t, s.reply, True) for t in w.turn_ids])
+    r["rounds_resend"] = per_round([hf_rounds(models[pre], t, s.reply, False) for t in w.turn_ids])
     progress(r, "batch_tps", "rounds", "rounds_resend")
     return r
 
@@ -406,12 +418,15 @@ def run_llama(w: Workload) -> Result:
     for ids in w.doc_ids:  # one sequence at a time
         llama_greedy(llm, ids, s.summary)
     r["batch_tps"] = len(w.doc_ids) * s.summary / (perf_counter() - t0)
-    history: list[int] = []
-    r["rounds"] = []
-    for turn in w.turn_ids:  # re-send the history; the prompt-prefix cache does the rest
-        ttft, _, out = llama_greedy(llm, history + turn, s.reply)
-        history += turn + out
-        r["rounds"].append(ttft)
+    runs = []
+    for turns in w.turn_ids:
+        history: list[int] = []
+        runs.append([])
+        for turn in turns:  # re-send the history; the prompt-prefix cache does the rest
+            ttft, _, out = llama_greedy(llm, history + turn, s.reply)
+            history += turn + out
+            runs[-1].append(ttft)
+    r["rounds"] = per_round(runs)
     progress(r, "batch_tps", "rounds")
     return r
 
@@ -441,11 +456,11 @@ def figures(results: list[Result], key: str) -> dict[str, Any]:
     return {r["label"]: r[key] for r in results if key in r}
 
 
-def report_rounds(results: list[Result]) -> None:
+def report_rounds(results: list[Result], n: int) -> None:
     cols = figures(results, "rounds")
     cols.update((HF_RESEND, r["rounds_resend"]) for r in results if "rounds_resend" in r)
     history = results[0]["history"]  # Parley's tokens before each round
-    print("\n## 4. Conversation: time to first token per round, ms")
+    print(f"\n## 4. Conversation: time to first token per round, ms (median of {n} conversations)")
     print("  (target: p50 <= 60 ms, last/1st <= 1.2)")
     print("  round  history" + "".join(f"{name:>20}" for name in cols))
     for i, hist in enumerate(history):
@@ -483,7 +498,7 @@ def report(w: Workload, results: list[Result], bandwidth: float) -> None:
         batch1 = f"its own batch-1 ({ours['batch1_tps']:.1f} tok/s)"
         print(f"  Parley vs {batch1}: {gain:.2f}x (target >= 5x)")
         prefill_bound(w, ours)
-    report_rounds(results)
+    report_rounds(results, w.sizes.conversations)
     print(f"\n## Memory-bandwidth ceiling (read bandwidth {bandwidth / 1e9:.1f} GB/s)")
     for r in results:
         ceiling = bandwidth / r["bytes_per_token"]
