@@ -393,6 +393,8 @@ _BF16_SOURCE = r"""
 #include <string.h>
 
 #define R 8  /* query rows per task: 16 accumulators with two 16-wide column tiles */
+
+/* e^x for x <= 0, 16 lanes: exp8's polynomial (in the AVX2 library) at AVX-512 width. */
 static inline __m512 exp16(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
