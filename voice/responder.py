@@ -212,7 +212,7 @@ class Reply:
         self._flowing.clear()
         if pause_player:
             self.playout.pause(now)
-            played = round(self.playout.played_s(now) * 1000)
+            played = int(self.playout.played_s(now) * 1000)  # as the truncation reports it
             self._emit(ev.OutputAudioPaused(self.response_id, self.item_id, played))
 
     def release(self, now: float) -> None:

@@ -11,12 +11,13 @@ changed by that task. Long work runs in tasks it owns, which post their results 
   model generates and the first chunk is synthesized, but nothing is sent until the turn is
   confirmed (``EndOfTurn``) or ``hold_first_audio_s`` has passed since the pause. If the caller
   resumes first, the reply is cancelled and the conversation rolled back: nothing was sent;
-- speech over the reply (``OverlapStarted``): its audio stops going out (``Reply.hold``) while
-  the turn-taker tells a barge-in from a backchannel; a client that pauses playback
-  (``session.parley.pause_playback``) is told to pause. ``BargeIn``: the reply task is
-  cancelled, audio still queued for the client is dropped, and the assistant message (and the
-  engine's tokens) is truncated to the words the caller heard (``Playout``). ``Backchannel``
-  ("uh-huh"): the reply goes on from where it stopped.
+- speech over the reply (``OverlapSuspected``, at its first VAD frame): its audio stops going
+  out (``Reply.hold``) while the turn-taker confirms it (``OverlapStarted``; else
+  ``OverlapDismissed`` sends it again) and tells a barge-in from a backchannel; a client that
+  pauses playback (``session.parley.pause_playback``) is told to pause. ``BargeIn``: the reply
+  task is cancelled, audio still queued for the client is dropped, and the assistant message
+  (and the engine's tokens) is truncated to the words the caller heard (``Playout``).
+  ``Backchannel`` ("uh-huh"): the reply goes on from where it stopped.
 
 Errors in one client event become an ``error`` event; the session keeps going. Errors of a
 reply end that reply with ``response.done`` status ``failed``.
@@ -451,6 +452,10 @@ class Session:
             case tt.SpeechStarted():
                 if self._utt is None or self._utt.audio_start != d.audio_start:
                     self._open_utterance(d.audio_start, overlap=False)
+            case tt.OverlapSuspected():
+                self._hold_output(now)
+            case tt.OverlapDismissed():
+                self._release_output(now)
             case tt.OverlapStarted():
                 self._open_utterance(d.audio_start, overlap=True)
                 self._hold_output(now)
@@ -840,7 +845,8 @@ class Session:
                 kept = await self._dialogue.keep_reply(heard)
         reply.spoken = kept
         if reply.audio:
-            self._emit(ev.ItemTruncated(reply.item_id, 0, round(played * 1000)))
+            # whole ms, rounded down: never past the audio sent (the client heard it all)
+            self._emit(ev.ItemTruncated(reply.item_id, 0, int(played * 1000)))
         return kept
 
     def _finish(

@@ -26,9 +26,13 @@ An utterance's life:
   ``AsrFinal`` text looks complete (ends in ``.``, ``?`` or ``!``, see ``_looks_complete``). A
   ``Pause`` always precedes ``EndOfTurn``. Silence counts from where the voice stopped: the
   last speech frame's end less its ``quiet_tail_s``.
-- The assistant playing: ``barge_in_min_speech_s`` of speech (only frames with probability at
-  least ``playback_min_probability`` count, to resist echo) is an overlap: ``OverlapStarted``
-  (transcribe it, do not announce it yet). It resolves once, as either
+- The assistant playing: a frame with a speech probability of ``hold_probability`` or more
+  may start an overlap: ``OverlapSuspected`` (stop sending the assistant's audio). A frame
+  under it before the overlap is confirmed, or ``overlap_pause_s`` without confirmation:
+  ``OverlapDismissed`` (send it again). ``barge_in_min_speech_s`` of speech (only frames with
+  probability at least ``playback_min_probability`` count, to resist echo) is an overlap:
+  ``OverlapStarted`` (transcribe it, do not announce it yet), from the suspected start. It
+  resolves once, as either
   ``BargeIn`` then ``SpeechStarted`` (stop the assistant; the speech is now a normal turn), or
   ``Backchannel(text)`` (an acknowledgement, or a sound with no words: not a turn; keep talking).
   With ``barge_in="confirm"`` it is a barge-in as soon as the transcript holds words that are not
@@ -65,7 +69,9 @@ __all__ = [
     "BargeIn",
     "EndOfTurn",
     "NoInput",
+    "OverlapDismissed",
     "OverlapStarted",
+    "OverlapSuspected",
     "Pause",
     "Playout",
     "Resumed",
@@ -107,7 +113,10 @@ class TurnConfig:
                             complete (two different words or more, terminal punctuation, no
                             dangling article or conjunction); None disables the early end.
     barge_in:               "confirm" (hold until it is clearly not a backchannel) or "onset".
-    barge_in_min_speech_s:  unbroken speech over the assistant before it counts at all.
+    hold_probability:       a frame over the assistant this likely to be speech holds its audio
+                            until the speech is confirmed and decided, or dismissed; None: the
+                            audio is held once the overlap is confirmed.
+    barge_in_min_speech_s:  unbroken speech over the assistant before it counts as an overlap.
     backchannel_max_s:      the longest an acknowledgement may last (onset to last speech).
     backchannels:           phrases that do not interrupt, alone or repeated ("yeah yeah").
     playback_min_probability: while the assistant plays, a speech frame also needs at least
@@ -123,9 +132,15 @@ class TurnConfig:
     end_of_turn_s: float = 0.8
     complete_end_of_turn_s: float | None = 0.3
     barge_in: Literal["confirm", "onset"] = "confirm"
-    # three Silero frames: speech over the assistant pauses it this soon (the Session holds
-    # its audio), then the transcript decides. A/B, 12 interjections each: onset -> paused
-    # p50 142 vs 202 ms (0.15), p95 222 vs 281; backchannels alike (1 of 10 cut in both)
+    # one Silero frame, under its speech threshold (0.5): the first frames of a word lag its
+    # onset (a soft one, or a fricative as in "stop": 0.11, 0.18, 0.49, 0.90). Over 30 onsets
+    # (Piper and recordings, 8 frame alignments each) the first frame at 0.3 ends 43 ms after
+    # the onset at p50, 146 p95; at 0.5 51 and 174; three frames at 0.5, 115 and 238. Silero
+    # gave no frame of 4 minutes of synthetic noise (white, pink, hum, clicks, typing) 0.3.
+    hold_probability: float | None = 0.3
+    # three Silero frames: an overlap is this much speech, then the transcript decides. A/B,
+    # 12 interjections each: onset -> paused p50 142 vs 202 ms (0.15), p95 222 vs 281 (when
+    # this also held the audio); backchannels alike (1 of 10 cut in both)
     barge_in_min_speech_s: float = 0.096
     backchannel_max_s: float = 0.8
     backchannels: tuple[str, ...] = DEFAULT_BACKCHANNELS
@@ -147,6 +162,8 @@ class TurnConfig:
             raise ValueError("turns.complete_end_of_turn_s must lie in [pause_s, end_of_turn_s]")
         if self.barge_in not in ("confirm", "onset"):
             raise ValueError(f"turns.barge_in must be 'confirm' or 'onset', not {self.barge_in!r}")
+        if self.hold_probability is not None and not 0.0 < self.hold_probability <= 1.0:
+            raise ValueError("turns.hold_probability must be in (0, 1] (or None)")
         if self.barge_in_min_speech_s > self.backchannel_max_s:
             raise ValueError("turns.barge_in_min_speech_s must not exceed backchannel_max_s")
         if not all(_words(phrase) for phrase in self.backchannels):
@@ -225,6 +242,22 @@ class SpeechStarted:
 
 
 @dataclass(slots=True, frozen=True)
+class OverlapSuspected:
+    """Speech over the assistant may be starting: hold its audio. ``OverlapStarted`` (or a
+    ``BargeIn``) or ``OverlapDismissed`` follows."""
+
+    at: float
+    audio_start: float
+
+
+@dataclass(slots=True, frozen=True)
+class OverlapDismissed:
+    """The suspected overlap was too short to count: the assistant's audio goes on."""
+
+    at: float
+
+
+@dataclass(slots=True, frozen=True)
 class OverlapStarted:
     """The caller speaks over the assistant; BargeIn or Backchannel will follow."""
 
@@ -285,7 +318,16 @@ class NoInput:
 
 
 TurnEvent = (
-    SpeechStarted | OverlapStarted | Pause | Resumed | EndOfTurn | BargeIn | Backchannel | NoInput
+    SpeechStarted
+    | OverlapSuspected
+    | OverlapDismissed
+    | OverlapStarted
+    | Pause
+    | Resumed
+    | EndOfTurn
+    | BargeIn
+    | Backchannel
+    | NoInput
 )
 TurnState = Literal["idle", "speaking", "paused", "overlap"]
 _Match = Literal["empty", "prefix", "complete", "other"]
@@ -304,6 +346,7 @@ class TurnTaker:
 
     __slots__ = (
         "_config",
+        "_cue_start",
         "_final",
         "_idle_since",
         "_last_frame_at",
@@ -313,6 +356,7 @@ class TurnTaker:
         "_playing",
         "_pos",
         "_run_start",
+        "_suspect_start",
         "_text",
         "_utt",
     )
@@ -325,6 +369,8 @@ class TurnTaker:
         self._last_frame_at: float | None = None
         self._playing = False
         self._run_start: float | None = None  # audio start of the current unbroken speech run
+        self._cue_start: float | None = None  # audio start of the frames at hold_probability
+        self._suspect_start: float | None = None  # of an OverlapSuspected not yet resolved
         self._text = ""  # the latest transcript of the current utterance (or candidate run)
         self._final = False
         self._utt: _Utterance | None = None
@@ -379,12 +425,14 @@ class TurnTaker:
 
     def _on_frame(self, frame: VadFrame, now: float, out: list[TurnEvent]) -> None:
         c = self._config
-        speech = frame.is_speech and (
-            not self._playing or frame.probability >= c.playback_min_probability
-        )
+        heard = not self._playing or frame.probability >= c.playback_min_probability
+        speech = frame.is_speech and heard
+        hold = c.hold_probability
+        cue = hold is not None and heard and (speech or frame.probability >= hold)
         frame_start = self._pos
         self._pos += frame.duration_s
         self._last_frame_at = now
+        self._track_suspicion(cue, frame_start, now, out)
         if not speech:
             self._run_start = None
             return
@@ -419,6 +467,7 @@ class TurnTaker:
         self._playing = playing
         if playing:
             return
+        self._dismiss(now, out)
         if self._utt is None:
             self._idle_since, self._no_input_sent = now, False
         elif self._utt.overlap:  # the assistant finished first: the caller has the floor
@@ -427,12 +476,45 @@ class TurnTaker:
 
     # ---- transitions ----------------------------------------------------------------------
 
+    def _track_suspicion(
+        self, cue: bool, frame_start: float, now: float, out: list[TurnEvent]
+    ) -> None:
+        """Hold the assistant at the first frame of a run of cues (frames at
+        ``hold_probability``) over it; dismiss at the run's end, or once it has gone
+        ``overlap_pause_s`` unconfirmed (then not again in the same run). The frame that
+        confirms the overlap (or barges in) resolves it instead."""
+        if not cue:
+            self._cue_start = None
+            self._dismiss(now, out)
+            return
+        fresh = self._cue_start is None
+        if fresh:
+            self._cue_start = frame_start
+        start, utt = self._suspect_start, self._utt
+        if start is not None:
+            if _reached(self._pos - start, self._config.overlap_pause_s):
+                self._dismiss(now, out)  # a long murmur that Silero never calls speech
+        elif fresh and self._playing and (utt is None or utt.paused):
+            self._suspect_start = frame_start
+            out.append(OverlapSuspected(now, frame_start))
+
+    def _dismiss(self, now: float, out: list[TurnEvent]) -> None:
+        if self._suspect_start is not None:
+            self._suspect_start = None
+            out.append(OverlapDismissed(now))
+
+    def _onset(self) -> float:
+        """Where the speech run began, or the suspected overlap it confirms."""
+        assert self._run_start is not None
+        start, self._suspect_start = self._suspect_start, None
+        return self._run_start if start is None else min(start, self._run_start)
+
     def _maybe_open(self, now: float, out: list[TurnEvent]) -> None:
         c = self._config
         need = c.barge_in_min_speech_s if self._playing else c.min_speech_s
         if self._run_start is None or not self._run_reached(need):
             return
-        utt = _Utterance(self._run_start, self._pos, overlap=self._playing)
+        utt = _Utterance(self._onset(), self._pos, overlap=self._playing)
         self._utt = utt
         if not self._playing:
             out.append(SpeechStarted(now, utt.start))
@@ -449,10 +531,11 @@ class TurnTaker:
         if self._run_start is None or not self._run_reached(need):
             return
         utt.paused, utt.speech_end, self._final = False, self._pos, False
+        onset = self._onset()
         if self._playing:  # a preemptive reply is audible: stop it
             self._playing = False
-            out.append(BargeIn(now, self._run_start))
-        out.append(Resumed(now, self._run_start))
+            out.append(BargeIn(now, onset))
+        out.append(Resumed(now, onset))
 
     def _barge_in(self, utt: _Utterance, now: float, out: list[TurnEvent]) -> None:
         utt.overlap, self._playing = False, False
@@ -465,6 +548,9 @@ class TurnTaker:
     # ---- timers ---------------------------------------------------------------------------
 
     def _check_timers(self, now: float, out: list[TurnEvent]) -> None:
+        gap = 0.0 if self._last_frame_at is None else now - self._last_frame_at
+        if self._suspect_start is not None and _reached(gap, self._config.overlap_pause_s):
+            self._dismiss(now, out)  # the audio stopped coming: do not hold the assistant on
         utt = self._utt
         if utt is None:
             self._check_no_input(now, out)

@@ -104,14 +104,16 @@ async def test_barge_in_keeps_only_the_heard_words(client, say, voice_app, pause
         for e in client.of("response.output_audio_transcript.delta")
         if e["response_id"] == created
     )
-    # what was kept is a prefix of what was sent, and less than the whole story
+    # what was kept is a prefix of what was sent (all of it where a client that does not pause
+    # played out its buffer before the decision: the audio stopped going out at the onset)
     assert normalize(sent).startswith(normalize(kept))
     assert len(sent) > 0 and kept.strip()
     audio_s = len(client.audio(created)) / 2 / RATE
-    assert truncated["audio_end_ms"] < audio_s * 1000
+    assert truncated["audio_end_ms"] <= audio_s * 1000
     metrics = response["parley"]["metrics"]
-    # the story's audio stopped going out at the interjection's onset, before the decision
-    assert 0 < metrics["barge_in_stop_ms"] < metrics["barge_in_decision_ms"], metrics
+    # the story's audio stopped going out at the interjection's onset (its first speech frame:
+    # 0 when the append that brought it was the one that held the reply), before the decision
+    assert 0 <= metrics["barge_in_stop_ms"] < metrics["barge_in_decision_ms"], metrics
     paused = [e for e in client.of("parley.output_audio.paused") if e["response_id"] == created]
     if pauses:
         assert len(paused) >= 1 and paused[-1]["item_id"] == first["item_id"]

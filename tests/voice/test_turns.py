@@ -14,7 +14,9 @@ from voice.turns import (
     BargeIn,
     EndOfTurn,
     NoInput,
+    OverlapDismissed,
     OverlapStarted,
+    OverlapSuspected,
     Pause,
     Playout,
     Resumed,
@@ -28,14 +30,16 @@ from voice.turns import (
 )
 
 FRAME = 0.01  # 10 ms VAD frames, so the scripts' thresholds fall on frame edges: min speech 0.2,
-# resume 0.2, pause 0.25, end of turn 0.8, early end 0.4, barge-in min speech 0.15,
-# backchannel max 0.8
+# resume 0.2, pause 0.25, end of turn 0.8, early end 0.4, barge-in min speech 0.15 (and the
+# hold then: no OverlapSuspected), backchannel max 0.8
 SCRIPTED = {
     "pause_s": 0.25,
     "resume_min_speech_s": 0.2,
     "complete_end_of_turn_s": 0.4,
     "barge_in_min_speech_s": 0.15,
+    "hold_probability": None,
 }
+EARLY_HOLD = {"hold_probability": 0.3}
 # the scripts were written for these; the other thresholds are the defaults
 
 
@@ -78,8 +82,9 @@ class Script:
     def speech(self, seconds: float, probability: float | None = None, tail: float = 0.0) -> Script:
         return self.frames(seconds, True, probability, tail)
 
-    def silence(self, seconds: float) -> Script:
-        return self.frames(seconds, False)
+    def silence(self, seconds: float, probability: float | None = None) -> Script:
+        """Frames the VAD calls non-speech; ``probability`` may still reach hold_probability."""
+        return self.frames(seconds, False, probability)
 
     def tick_at(self, now: float) -> Script:
         self.now = now
@@ -351,6 +356,83 @@ def test_echo_guard_ignores_low_probability_speech_only_during_playback():
     assert s.take() == [SpeechStarted(1.2, 1.0)]
 
 
+def test_speech_over_the_assistant_holds_it_before_the_overlap_is_confirmed():
+    s = Script(script_config(**EARLY_HOLD)).feed(Playout(True)).silence(0.5).speech(0.3)
+    assert s.take() == [OverlapSuspected(0.51, 0.5), OverlapStarted(0.65, 0.5)]
+    assert s.turns.state == "overlap"
+    s.feed(AsrPartial("Stop"))
+    assert s.take() == [BargeIn(0.8, 0.5), SpeechStarted(0.8, 0.5)]
+
+
+def test_a_frame_under_the_speech_threshold_holds_and_the_overlap_starts_there():
+    s = Script(script_config(**EARLY_HOLD)).feed(Playout(True)).silence(0.5)
+    s.silence(0.02, probability=0.2).silence(0.03, probability=0.4)  # "s..."
+    assert s.take() == [OverlapSuspected(0.53, 0.52)]
+    s.speech(0.15)  # "...top": the overlap, from the first frame that held the assistant
+    assert s.take() == [OverlapStarted(0.7, 0.52)]
+
+
+@pytest.mark.parametrize("burst", [0.01, 0.1, 0.14])
+def test_a_burst_too_short_to_be_an_overlap_is_dismissed_at_its_end(burst):
+    s = Script(script_config(**EARLY_HOLD)).feed(Playout(True)).silence(0.5)
+    s.speech(burst).silence(0.02)
+    end = round(0.5 + burst + 0.01, 6)
+    assert s.take() == [OverlapSuspected(0.51, 0.5), OverlapDismissed(end)]
+    assert s.turns.state == "idle" and s.turns.assistant_playing
+    s.silence(0.5).speech(0.3)  # a later interjection is suspected and confirmed afresh
+    start = round(end + 0.01 + 0.5, 6)
+    assert s.take() == [
+        OverlapSuspected(round(start + 0.01, 6), start),
+        OverlapStarted(round(start + 0.15, 6), start),
+    ]
+
+
+def test_a_murmur_that_never_becomes_speech_is_dismissed_once():
+    s = Script(script_config(**EARLY_HOLD)).feed(Playout(True)).silence(0.5)
+    s.silence(1.0, probability=0.4)
+    assert s.take() == [OverlapSuspected(0.51, 0.5), OverlapDismissed(0.75)]  # overlap_pause_s
+    s.speech(0.2)  # speech in the same run: an overlap, held from its confirmation
+    assert s.take() == [OverlapStarted(1.65, 1.5)]
+
+
+def test_a_suspected_overlap_is_dismissed_when_playout_stops_or_frames_stop():
+    s = Script(script_config(**EARLY_HOLD)).feed(Playout(True)).silence(0.5).speech(0.05)
+    s.feed(Playout(False))
+    assert s.take() == [OverlapSuspected(0.51, 0.5), OverlapDismissed(0.55)]
+    s.speech(0.2)  # the same speech goes on as the caller's own turn
+    assert s.take() == [SpeechStarted(0.7, 0.5)]
+
+    s = Script(script_config(**EARLY_HOLD)).feed(Playout(True)).silence(0.5).speech(0.05)
+    s.tick_at(0.7)  # the client stopped sending audio mid-burst
+    assert s.take() == [OverlapSuspected(0.51, 0.5)]
+    s.tick_at(0.8)  # overlap_pause_s without a frame
+    assert s.take() == [OverlapDismissed(0.8)]
+
+
+def test_no_hold_while_the_assistant_is_silent_or_the_caller_has_the_floor():
+    s = Script(script_config(**EARLY_HOLD)).speech(0.5).feed(Playout(True)).speech(0.1)
+    assert s.take() == [SpeechStarted(0.2, 0.0), BargeIn(0.51, 0.0)]  # as without the hold
+    s = Script(script_config(**EARLY_HOLD)).speech(0.1).silence(0.5, probability=0.4)
+    assert s.take() == []
+
+
+def test_echo_guard_applies_to_the_hold():
+    s = Script(script_config(playback_min_probability=0.6, **EARLY_HOLD)).feed(Playout(True))
+    s.speech(0.5, probability=0.5).silence(0.5, probability=0.55)
+    assert s.take() == []
+
+
+def test_resuming_over_a_preemptive_reply_holds_it_at_once():
+    s = Script(script_config(**EARLY_HOLD)).speech(0.5).silence(0.3).feed(Playout(True))
+    s.speech(0.05).silence(0.05)  # a click: the reply plays on
+    assert s.take() == [
+        SpeechStarted(0.2, 0.0), Pause(0.75, 0.5), OverlapSuspected(0.81, 0.8),
+        OverlapDismissed(0.86),
+    ]  # fmt: skip
+    s.silence(0.02, probability=0.4).speech(0.2)
+    assert s.take() == [OverlapSuspected(0.91, 0.9), BargeIn(1.07, 0.9), Resumed(1.07, 0.9)]
+
+
 def test_playout_ending_during_an_overlap_hands_the_caller_the_turn():
     s = playing().speech(0.3)
     assert s.take() == [OverlapStarted(0.65, 0.5)]
@@ -478,6 +560,8 @@ def test_redundant_playout_events_change_nothing():
         {"barge_in": "never"},
         {"barge_in_min_speech_s": 0.0},
         {"barge_in_min_speech_s": 1.0, "backchannel_max_s": 0.5},
+        {"hold_probability": 0.0},
+        {"hold_probability": 1.5},
         {"backchannels": ("yeah", "")},
         {"backchannels": ("...",)},
         {"playback_min_probability": 1.5},
