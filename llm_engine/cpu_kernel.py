@@ -245,8 +245,8 @@ static void weighted_sum(const float *p, const float *v, const long *tab, long t
    GQA group: each K and V row comes from memory once, then from cache for the group's other
    query heads. Few sequences split their context into chunks so that every thread has work;
    each chunk leaves its max score, its sum of exponentials and its unnormalised output, and a
-   second pass merges the chunks. */
-void paged_decode(const float *q, long q_stride, const float *pool, const long *tables,
+   second pass merges the chunks. Returns 0, or -1 when its buffers could not be allocated. */
+int paged_decode(const float *q, long q_stride, const float *pool, const long *tables,
                   const long *lens, float *out, long B, long H, long Hkv, long D, long nb,
                   long bs, float scale, int nthreads) {
     long G = H / Hkv, row = 2 * Hkv * D, longest = 0, P = D + 2;
@@ -257,11 +257,18 @@ void paged_decode(const float *q, long q_stride, const float *pool, const long *
     C = C < 1 ? 1 : C;
     long per = (longest + C - 1) / C;
     float *part = malloc((size_t)(B * H * C * P) * sizeof(float));
+    if (part == NULL) return -1;
+    int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
         float *s = malloc((size_t)per * sizeof(float));
+        if (s == NULL) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         #pragma omp for schedule(dynamic, 1)
         for (long task = 0; task < B * Hkv * C; task++) {
+            if (s == NULL) continue;
             long b = task / (Hkv * C), kh = task / C % Hkv, c = task % C;
             long t0 = c * per, t1 = t0 + per < lens[b] ? t0 + per : lens[b];
             const long *tab = tables + b * nb;
@@ -297,6 +304,7 @@ void paged_decode(const float *q, long q_stride, const float *pool, const long *
         }
     }
     free(part);
+    return failed ? -1 : 0;
 }
 
 /* x: [rows, dim]; x += r first when r is given; out = w * (x / sqrt(mean(x^2) + eps)). */
@@ -351,8 +359,8 @@ typedef struct {
    0's K/V pool, layer_stride floats apart; per sequence pos: the token's position, slot: where
    its K/V go, lens: pos + 1, tables: [B, nb] block tables. scratch: B ((2 H + 2 Hkv) D +
    3 inter + hidden) floats. The same math as Transformer.forward (q, k, v heads in one
-   matmul, K then V in the pool). */
-void decode_one(const Layer *layers, long L, float *x, float *h, long B, long hidden,
+   matmul, K then V in the pool). Returns 0, or -1 when attention ran out of memory. */
+int decode_one(const Layer *layers, long L, float *x, float *h, long B, long hidden,
                 long inter, long H, long Hkv, long D, const float *rope_table, long max_len,
                 const long *pos, float *pool, long layer_stride, const long *slot,
                 const long *lens, const long *tables, long nb, long bs, float eps,
@@ -367,7 +375,8 @@ void decode_one(const Layer *layers, long L, float *x, float *h, long B, long hi
         rope(qkv, B, nq, H + Hkv, D, rope_table, max_len, pos);
         for (long b = 0; b < B; b++)
             memcpy(p + slot[b] * row, qkv + b * nq + H * D, (size_t)row * sizeof(float));
-        paged_decode(qkv, nq, p, tables, lens, attn, B, H, Hkv, D, nb, bs, scale, nthreads);
+        if (paged_decode(qkv, nq, p, tables, lens, attn, B, H, Hkv, D, nb, bs, scale, nthreads))
+            return -1;
         q8_linear(attn, w->o, w->o_scale, NULL, tmp, B, hidden, H * D, nthreads);
         rms_norm(x, tmp, w->mlp_norm, h, B, hidden, eps);
         q8_linear(h, w->gate_up, w->gate_up_scale, NULL, gu, B, 2 * inter, hidden, nthreads);
@@ -379,6 +388,7 @@ void decode_one(const Layer *layers, long L, float *x, float *h, long B, long hi
         q8_linear(act, w->down, w->down_scale, NULL, tmp, B, hidden, inter, nthreads);
         rms_norm(x, tmp, w->next_norm, h, B, hidden, eps);
     }
+    return 0;
 }
 """
 
@@ -466,8 +476,9 @@ static void pack_v(const float *v, const long *table, long bs, long row, long D,
 /* Causal attention of the T newest tokens of one sequence over its S = start + T context in
    the paged pool (their K/V already stored), bf16 products with float32 sums.
    q: token t's heads at q + t * q_stride, [H, D]; pool: [slots, 2, Hkv, D] float32;
-   table: block ids; out: [T, H, D]. D a multiple of 32, at most 256. */
-void prefill_attention(const float *q, long q_stride, const float *pool, const long *table,
+   table: block ids; out: [T, H, D]. D a multiple of 32, at most 256. Returns 0, or -1 when
+   its buffers could not be allocated. */
+int prefill_attention(const float *q, long q_stride, const float *pool, const long *table,
                        long start, long T, float *out, long H, long Hkv, long D, long bs,
                        float scale, int nthreads) {
     long S = start + T, Sp = (S + 31) / 32 * 32, G = H / Hkv, P = D / 2, row = 2 * Hkv * D;
@@ -475,6 +486,13 @@ void prefill_attention(const float *q, long q_stride, const float *pool, const l
     uint32_t *kp = aligned_alloc(64, (size_t)(Hkv * Sp * P) * 4);
     uint32_t *vp = aligned_alloc(64, (size_t)(Hkv * Sp * P) * 4);
     uint32_t *qp = aligned_alloc(64, (size_t)(Hkv * Rp * P) * 4);
+    int failed = kp == NULL || vp == NULL || qp == NULL;
+    if (failed) {
+        free(kp);
+        free(vp);
+        free(qp);
+        return -1;
+    }
     #pragma omp parallel num_threads(nthreads)
     {
         #pragma omp for schedule(static)
@@ -501,9 +519,14 @@ void prefill_attention(const float *q, long q_stride, const float *pool, const l
         }
         float *s = aligned_alloc(64, (size_t)(R * Sp) * 4);
         uint16_t *pb = aligned_alloc(64, (size_t)(R * Sp) * 2);
+        if (s == NULL || pb == NULL) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         float inv[R];
         #pragma omp for schedule(dynamic, 1)
         for (long task = 0; task < tasks; task++) {
+            if (s == NULL || pb == NULL) continue;
             long kh = task / (Rp / R), r0 = task % (Rp / R) * R;
             long last = r0 + R - 1 < rows - 1 ? r0 + R - 1 : rows - 1;
             long lim = start + last / G + 1;  /* keys the tile's last row sees */
@@ -573,6 +596,7 @@ void prefill_attention(const float *q, long q_stride, const float *pool, const l
     free(kp);
     free(vp);
     free(qp);
+    return failed ? -1 : 0;
 }
 """
 
@@ -606,15 +630,16 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.rms_norm.argtypes = [p, p, p, p, n, n, f]
     lib.rope.argtypes = [p, n, n, n, n, p, n, p]
     lib.decode_one.argtypes = [p, n, p, p, n, n, n, n, n, n, p, n, p, p, n, p, p, p, n, n, f, p, i]
-    for fn in (lib.q8_linear, lib.paged_decode, lib.rms_norm, lib.rope, lib.decode_one):
+    for fn in (lib.q8_linear, lib.rms_norm, lib.rope):
         fn.restype = None
+    lib.paged_decode.restype = lib.decode_one.restype = ctypes.c_int
     return lib
 
 
 def _bind_bf16(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, n, f, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
     lib.prefill_attention.argtypes = [p, n, p, p, n, n, p, n, n, n, n, f, i]
-    lib.prefill_attention.restype = None
+    lib.prefill_attention.restype = ctypes.c_int
     return lib
 
 
@@ -664,6 +689,12 @@ def q8_linear(lib: ctypes.CDLL, x: Tensor, q: Tensor, scale: Tensor, bias: Tenso
     return y
 
 
+def _check(status: int, name: str) -> None:
+    """A kernel's status: its scratch buffers come from malloc, which may fail."""
+    if status != 0:
+        raise MemoryError(f"cpu_kernel.{name}: out of memory for its scratch buffers")
+
+
 def paged_decode(
     lib: ctypes.CDLL, q: Tensor, pool: Tensor, tables: Tensor, lens: Tensor, block_size: int
 ) -> Tensor:
@@ -677,11 +708,11 @@ def paged_decode(
     Hkv = pool.shape[3]
     assert decode_fits(D) and q.stride(3) == 1 and q.stride(2) == D and pool.is_contiguous()
     out = torch.empty(B, 1, H * D, dtype=torch.float32)
-    lib.paged_decode(
+    _check(lib.paged_decode(
         q.data_ptr(), q.stride(0), pool.data_ptr(), tables.data_ptr(), lens.data_ptr(),
         out.data_ptr(), B, H, Hkv, D, tables.shape[1], block_size, D**-0.5,
         torch.get_num_threads(),
-    )  # fmt: skip
+    ), "paged_decode")  # fmt: skip
     return out
 
 
@@ -705,10 +736,10 @@ def prefill_attention(
     assert table.dtype == torch.int64 and table.is_contiguous()
     assert table.numel() * block_size >= start + T
     out = torch.empty(1, T, H * D, dtype=torch.float32)
-    lib.prefill_attention(
+    _check(lib.prefill_attention(
         q.data_ptr(), q.stride(1), pool.data_ptr(), table.data_ptr(), start, T, out.data_ptr(),
         H, pool.shape[3], D, block_size, D**-0.5, torch.get_num_threads(),
-    )  # fmt: skip
+    ), "prefill_attention")  # fmt: skip
     return out
 
 
@@ -782,13 +813,13 @@ class DecodeOne:
         B = x.shape[0]
         assert self.max_batch >= B
         assert pool.is_contiguous() and tables.is_contiguous() and pos.is_contiguous()
-        self._lib.decode_one(
+        _check(self._lib.decode_one(
             self._layers, len(self._layers), x.data_ptr(), h.data_ptr(), B, self._hidden,
             self._inter, self._H, self._Hkv, self._D, self._rope.data_ptr(), self._rope.shape[1],
             pos.data_ptr(), pool.data_ptr(), pool.stride(0), slots.data_ptr(), lens.data_ptr(),
             tables.data_ptr(), tables.shape[-1], pool.shape[2], self._eps,
             self._scratch.data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
+        ), "decode_one")  # fmt: skip
 
 
 def rms_norm(lib: ctypes.CDLL, x: Tensor, r: Tensor | None, w: Tensor, eps: float) -> Tensor:

@@ -85,6 +85,16 @@ def test_paged_decode_matches_sdpa(lib: ctypes.CDLL, lens: list[int], D: int, th
         torch.testing.assert_close(got[b, 0], ref.transpose(0, 1).reshape(-1))
 
 
+def test_paged_decode_out_of_memory_is_an_error_not_a_crash(lib: ctypes.CDLL) -> None:
+    """A context too long for its scratch buffer (2^60 positions: malloc fails; no position
+    is read before it does) raises MemoryError, and the kernel still works afterwards."""
+    pool, tables = torch.randn(2, 4, 2, 1, 8), torch.zeros(1, 1, dtype=torch.int64)
+    q = torch.randn(1, 1, 2, 8)
+    with pytest.raises(MemoryError, match="paged_decode"):
+        cpu_kernel.paged_decode(lib, q, pool, tables, torch.tensor([1 << 60]), 4)
+    assert cpu_kernel.paged_decode(lib, q, pool, tables, torch.tensor([3]), 4).isfinite().all()
+
+
 def test_rms_norm_adds_the_residual_in_place(lib: ctypes.CDLL) -> None:
     torch.manual_seed(0)
     x, r, w = torch.randn(2, 3, 64), torch.randn(2, 3, 64), torch.randn(64)
@@ -161,3 +171,14 @@ def test_prefill_attention_matches_sdpa(
         attn_mask=mask, enable_gqa=True,
     ).transpose(0, 1).reshape(1, T, H * D)  # fmt: skip
     assert (got - exact).abs().max() < 2e-2 * exact.abs().max()  # bf16's rounding, no more
+
+
+def test_prefill_attention_out_of_memory_returns_an_error(bf16_lib: ctypes.CDLL) -> None:
+    """Packing 2^50 positions cannot be allocated: the kernel says so before reading any."""
+    pool, table = torch.randn(2, 4, 2, 1, 32), torch.zeros(1, dtype=torch.int64)
+    q, out = torch.randn(1, 1, 1, 32), torch.empty(1, 1, 32)
+    status = bf16_lib.prefill_attention(
+        q.data_ptr(), 32, pool.data_ptr(), table.data_ptr(), 1 << 50, 1, out.data_ptr(),
+        1, 1, 32, 4, 32**-0.5, 1,
+    )  # fmt: skip
+    assert status == -1
