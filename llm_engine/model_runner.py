@@ -120,7 +120,9 @@ class ModelRunner:
         ids = self._tensor([seq.tokens[start : start + n]])
         if self._prefill_kernel is not None:  # reads the pool through the block table
             tables, lens = self._tables([table], start + n), self._tensor([start + n])
-            meta = AttnMeta(slots, None, None, start + n, None, tables, lens, self._prefill_kernel)
+            meta = AttnMeta(
+                slots, None, None, start + n, tables=tables, lens=lens, prefill=self._prefill_kernel
+            )
             return self._forward(ids, self._tensor([positions]), self.kv, meta)[0]
         ctx_slots, mask = None, None
         if start > 0:

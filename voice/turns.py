@@ -548,8 +548,8 @@ class TurnTaker:
     # ---- timers ---------------------------------------------------------------------------
 
     def _check_timers(self, now: float, out: list[TurnEvent]) -> None:
-        gap = 0.0 if self._last_frame_at is None else now - self._last_frame_at
-        if self._suspect_start is not None and _reached(gap, self._config.overlap_pause_s):
+        stalled = _reached(self._frame_gap(now), self._config.overlap_pause_s)
+        if self._suspect_start is not None and stalled:
             self._dismiss(now, out)  # the audio stopped coming: do not hold the assistant on
         utt = self._utt
         if utt is None:
@@ -605,8 +605,11 @@ class TurnTaker:
         since the last frame. An unconfirmed speech run (maybe a click) holds the count at
         the run's start; if the run is rejected, the count includes it."""
         heard = self._pos if self._run_start is None else self._run_start
-        gap = 0.0 if self._last_frame_at is None else max(0.0, now - self._last_frame_at)
-        return max(0.0, heard - utt.speech_end) + gap
+        return max(0.0, heard - utt.speech_end) + self._frame_gap(now)
+
+    def _frame_gap(self, now: float) -> float:
+        """Wall-clock seconds since the last frame arrived (0 before the first)."""
+        return 0.0 if self._last_frame_at is None else max(0.0, now - self._last_frame_at)
 
     def _run_reached(self, seconds: float) -> bool:
         return self._run_start is not None and _reached(self._pos - self._run_start, seconds)
