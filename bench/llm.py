@@ -285,7 +285,10 @@ async def parley_main(w: Workload) -> Result:
         r: Result = {"label": PARLEY, "bytes_per_token": parley_weight_bytes(engine)}
         r["layer_shapes"] = layer_shapes(mc)
         r["prefill_flop"] = 2 * mc.num_layers * weights(r["layer_shapes"])  # per token
-        r["setup"] = f"dtype {cfg.resolved_dtype()}, quant {cfg.resolved_quant()}"
+        r["setup"] = (
+            f"dtype {cfg.resolved_dtype()}, quant {cfg.resolved_quant()}, "
+            f"KV {cfg.resolved_kv_dtype()}"
+        )
         base = engine.free_blocks()
         await parley_reply(engine, SHORT_PROMPT, 4)  # warm-up
         r["short_ttft"], r["short_tps"] = await parley_reply(engine, SHORT_PROMPT, s.short)

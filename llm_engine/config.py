@@ -100,6 +100,11 @@ class EngineConfig:
     two sequences runs in :mod:`llm_engine.cpu_kernel` where gcc builds it, and so does
     prefill's attention, in bfloat16 too, where the CPU has AVX512-BF16. ``"none"`` gives
     HF-comparable float32 math throughout.
+    ``kv_dtype="auto"``: bfloat16 where quantization is int8 on CPU, else the model's dtype.
+    A bf16 pool holds twice the tokens in the same memory and halves what attention reads
+    (decode at batch 50 was bound by reading a float32 pool); prefill's bf16 attention
+    multiplies it as stored, decode widens it to float32. ``"float32"`` keeps exact float32
+    K/V (``quant="none"`` does by default).
     ``compile`` wraps the forward in ``torch.compile`` and falls back to eager if that fails
     (off by default: on the 2-core CPU it compiled for minutes and ran slower).
     """
@@ -114,6 +119,7 @@ class EngineConfig:
     max_model_len: int | None = None
     num_threads: int | None = None
     quant: str = "auto"
+    kv_dtype: str = "auto"
     compile: bool = False
     extra_stop_tokens: tuple[int, ...] = field(default=())
 
@@ -123,6 +129,8 @@ class EngineConfig:
             raise InvalidRequest(f"quant must be one of {QUANTS}, got {self.quant!r}")
         if self.dtype not in DTYPES:
             raise InvalidRequest(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.kv_dtype not in DTYPES:
+            raise InvalidRequest(f"kv_dtype must be one of {DTYPES}, got {self.kv_dtype!r}")
         if self.num_blocks < 2 or self.block_size < 1:
             raise InvalidRequest("num_blocks must be >= 2 and block_size >= 1")
         if self.max_batch < 1 or self.max_step_tokens < 1:
@@ -139,6 +147,12 @@ class EngineConfig:
         if self.quant != "auto":
             return self.quant
         return "int8" if self.device.startswith("cpu") else "none"
+
+    def resolved_kv_dtype(self) -> str:
+        if self.kv_dtype != "auto":
+            return self.kv_dtype
+        int8_cpu = self.device.startswith("cpu") and self.resolved_quant() == "int8"
+        return "bfloat16" if int8_cpu else self.resolved_dtype()
 
 
 @dataclass(slots=True)

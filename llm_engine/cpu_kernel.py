@@ -152,39 +152,62 @@ static inline __m256 exp8(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-static inline float dot(const float *a, const float *b, long D) {  /* D a multiple of 8 */
+/* The K/V pool holds float32, or bfloat16 (bf = 1: a float32's top 16 bits), indexed by
+   element: 8 values from element i as float32. */
+static inline __m256 kv8(const void *kv, long i, int bf) {
+    if (!bf) return _mm256_loadu_ps((const float *)kv + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)kv + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+/* n floats into the pool from element i, rounded to nearest even where it holds bf16. */
+static void kv_store(void *kv, long i, const float *x, long n, int bf) {
+    if (!bf) {
+        memcpy((float *)kv + i, x, (size_t)n * sizeof(float));
+        return;
+    }
+    uint16_t *o = (uint16_t *)kv + i;
+    for (long j = 0; j < n; j++) {
+        uint32_t u;
+        memcpy(&u, x + j, 4);
+        o[j] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+}
+
+/* q . k, k the pool's elements [i, i + D); D a multiple of 8. */
+static inline float dot(const float *q, const void *kv, long i, long D, int bf) {
     __m256 acc = _mm256_setzero_ps();
     for (long d = 0; d < D; d += 8)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc);
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), kv8(kv, i + d, bf), acc);
     return hsum(acc);
 }
 
-/* Four dot products q . k_j, rows k + j * stride: one reduction for all four. */
-static inline __m128 dot4(const float *q, const float *k, long stride, long D) {
+/* Four dot products q . k_j, k_j at pool element i + j * stride: one reduction for all four. */
+static inline __m128 dot4(const float *q, const void *kv, long i, long stride, long D, int bf) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (long d = 0; d < D; d += 8) {
         __m256 qv = _mm256_loadu_ps(q + d);
-        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + d), a0);
-        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + stride + d), a1);
-        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 2 * stride + d), a2);
-        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 3 * stride + d), a3);
+        a0 = _mm256_fmadd_ps(qv, kv8(kv, i + d, bf), a0);
+        a1 = _mm256_fmadd_ps(qv, kv8(kv, i + stride + d, bf), a1);
+        a2 = _mm256_fmadd_ps(qv, kv8(kv, i + 2 * stride + d, bf), a2);
+        a3 = _mm256_fmadd_ps(qv, kv8(kv, i + 3 * stride + d, bf), a3);
     }
     __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
     return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
-/* s[t - t0] = scale * q . k_t for positions [t0, t1) of a block table; k: the pool at the
-   KV head's K columns. */
-static void scores(const float *q, const float *k, const long *tab, long t0, long t1, long bs,
-                   long row, long D, float scale, float *s) {
+/* s[t - t0] = scale * q . k_t for positions [t0, t1) of a block table; the KV head's K
+   columns start at pool element k. */
+static void scores(const float *q, const void *kv, long k, const long *tab, long t0, long t1,
+                   long bs, long row, long D, float scale, int bf, float *s) {
     for (long t = t0; t < t1;) {
-        const float *kb = k + (tab[t / bs] * bs + t % bs) * row;
+        long kb = k + (tab[t / bs] * bs + t % bs) * row;
         long n = bs - t % bs, i = 0;
         n = n < t1 - t ? n : t1 - t;
         for (; i + 4 <= n; i += 4)
             _mm_storeu_ps(s + t - t0 + i,
-                          _mm_mul_ps(dot4(q, kb + i * row, row, D), _mm_set1_ps(scale)));
-        for (; i < n; i++) s[t - t0 + i] = dot(q, kb + i * row, D) * scale;
+                          _mm_mul_ps(dot4(q, kv, kb + i * row, row, D, bf), _mm_set1_ps(scale)));
+        for (; i < n; i++) s[t - t0 + i] = dot(q, kv, kb + i * row, D, bf) * scale;
         t += n;
     }
 }
@@ -209,26 +232,26 @@ static float softmax_terms(float *s, long n, float *mx) {
     return sum;
 }
 
-/* o = sum_t p[t - t0] * v_t over positions [t0, t1) of a block table; v: the pool at the KV
-   head's V columns. 64 columns at a time, their running sums in registers. */
-static void weighted_sum(const float *p, const float *v, const long *tab, long t0, long t1,
-                         long bs, long row, long D, float *o) {
+/* o = sum_t p[t - t0] * v_t over positions [t0, t1) of a block table; the KV head's V
+   columns start at pool element v. 64 columns at a time, their running sums in registers. */
+static void weighted_sum(const float *p, const void *kv, long v, const long *tab, long t0,
+                         long t1, long bs, long row, long D, int bf, float *o) {
     for (long d0 = 0; d0 < D; d0 += 64) {
         long w = D - d0 < 64 ? (D - d0) / 8 : 8;
         __m256 acc[8];
         for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
         for (long t = t0; t < t1;) {
-            const float *vr = v + (tab[t / bs] * bs + t % bs) * row + d0;
+            long vr = v + (tab[t / bs] * bs + t % bs) * row + d0;
             long n = bs - t % bs;
             n = n < t1 - t ? n : t1 - t;
             for (long i = 0; i < n; i++, vr += row) {
                 __m256 pv = _mm256_set1_ps(p[t - t0 + i]);
                 if (w == 8) {
                     for (int j = 0; j < 8; j++)
-                        acc[j] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr + 8 * j), acc[j]);
+                        acc[j] = _mm256_fmadd_ps(pv, kv8(kv, vr + 8 * j, bf), acc[j]);
                 } else {
                     for (long j = 0; j < w; j++)
-                        acc[j] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr + 8 * j), acc[j]);
+                        acc[j] = _mm256_fmadd_ps(pv, kv8(kv, vr + 8 * j, bf), acc[j]);
                 }
             }
             t += n;
@@ -239,16 +262,16 @@ static void weighted_sum(const float *p, const float *v, const long *tab, long t
 
 /* One query token per sequence against its context in the paged pool (split like
    flash-decoding). q: row b at q + b * q_stride, heads [H, D]; pool: [slots, 2, Hkv, D] (K then
-   V); tables: [B, nb] block ids; lens: [B] context lengths (the new token included, stored);
-   out: [B, H, D]; D a multiple of 8.
+   V), float32 or (bf) bfloat16; tables: [B, nb] block ids; lens: [B] context lengths (the new
+   token included, stored); out: [B, H, D]; D a multiple of 8.
    A task is one KV head of one sequence over one chunk of its context, for the head's whole
    GQA group: each K and V row comes from memory once, then from cache for the group's other
    query heads. Few sequences split their context into chunks so that every thread has work;
    each chunk leaves its max score, its sum of exponentials and its unnormalised output, and a
    second pass merges the chunks. Returns 0, or -1 when its buffers could not be allocated. */
-int paged_decode(const float *q, long q_stride, const float *pool, const long *tables,
+int paged_decode(const float *q, long q_stride, const void *pool, const long *tables,
                   const long *lens, float *out, long B, long H, long Hkv, long D, long nb,
-                  long bs, float scale, int nthreads) {
+                  long bs, float scale, int bf, int nthreads) {
     long G = H / Hkv, row = 2 * Hkv * D, longest = 0, P = D + 2;
     for (long b = 0; b < B; b++) longest = lens[b] > longest ? lens[b] : longest;
     long C = (4 * nthreads + B * Hkv - 1) / (B * Hkv);  /* chunks per sequence and KV head */
@@ -280,9 +303,10 @@ int paged_decode(const float *q, long q_stride, const float *pool, const long *t
                     pm[D + 1] = 0.f;
                     continue;
                 }
-                scores(q + b * q_stride + h * D, pool + kh * D, tab, t0, t1, bs, row, D, scale, s);
+                scores(q + b * q_stride + h * D, pool, kh * D, tab, t0, t1, bs, row, D, scale, bf,
+                       s);
                 pm[D + 1] = softmax_terms(s, t1 - t0, pm + D);
-                weighted_sum(s, pool + (Hkv + kh) * D, tab, t0, t1, bs, row, D, pm);
+                weighted_sum(s, pool, (Hkv + kh) * D, tab, t0, t1, bs, row, D, bf, pm);
             }
         }
         free(s);
@@ -356,26 +380,27 @@ typedef struct {
    trip back to Python between them (each op's call overhead, ~60 us a layer, was a fifth of a
    step). x: [B, hidden] the residual stream (in: the embeddings, out: the last residual);
    h: [B, hidden] in: RMSNorm(x) with layer 0's norm, out: the final norm's output. pool: layer
-   0's K/V pool, layer_stride floats apart; per sequence pos: the token's position, slot: where
-   its K/V go, lens: pos + 1, tables: [B, nb] block tables. scratch: B ((2 H + 2 Hkv) D +
-   3 inter + hidden) floats. The same math as Transformer.forward (q, k, v heads in one
-   matmul, K then V in the pool). Returns 0, or -1 when attention ran out of memory. */
+   0's K/V pool (float32, or bf16 with bf), layers layer_stride elements apart; per sequence
+   pos: the token's position, slot: where its K/V go, lens: pos + 1, tables: [B, nb] block
+   tables. scratch: B ((2 H + 2 Hkv) D + 3 inter + hidden) floats. The same math as
+   Transformer.forward (q, k, v heads in one matmul, K then V in the pool). Returns 0, or -1
+   when attention ran out of memory. */
 int decode_one(const Layer *layers, long L, float *x, float *h, long B, long hidden,
                 long inter, long H, long Hkv, long D, const float *rope_table, long max_len,
-                const long *pos, float *pool, long layer_stride, const long *slot,
-                const long *lens, const long *tables, long nb, long bs, float eps,
+                const long *pos, void *pool, long layer_stride, const long *slot,
+                const long *lens, const long *tables, long nb, long bs, float eps, int bf,
                 float *scratch, int nthreads) {
     long nq = (H + 2 * Hkv) * D, row = 2 * Hkv * D;
     float *qkv = scratch, *attn = qkv + B * nq, *gu = attn + B * H * D, *act = gu + B * 2 * inter;
     float *tmp = act + B * inter, scale = 1.f / sqrtf((float)D);
     for (long l = 0; l < L; l++) {
         const Layer *w = layers + l;
-        float *p = pool + l * layer_stride;
+        void *p = (char *)pool + l * layer_stride * (bf ? 2 : 4);
         q8_linear(h, w->qkv, w->qkv_scale, w->qkv_bias, qkv, B, nq, hidden, nthreads);
         rope(qkv, B, nq, H + Hkv, D, rope_table, max_len, pos);
-        for (long b = 0; b < B; b++)
-            memcpy(p + slot[b] * row, qkv + b * nq + H * D, (size_t)row * sizeof(float));
-        if (paged_decode(qkv, nq, p, tables, lens, attn, B, H, Hkv, D, nb, bs, scale, nthreads))
+        for (long b = 0; b < B; b++) kv_store(p, slot[b] * row, qkv + b * nq + H * D, row, bf);
+        if (paged_decode(qkv, nq, p, tables, lens, attn, B, H, Hkv, D, nb, bs, scale, bf,
+                         nthreads))
             return -1;
         q8_linear(attn, w->o, w->o_scale, NULL, tmp, B, hidden, H * D, nthreads);
         rms_norm(x, tmp, w->mlp_norm, h, B, hidden, eps);
@@ -430,10 +455,16 @@ static inline __m512i bf16x32(const float *x) {
     return (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
 }
 
-/* K of one KV head, keys [16 t, 16 t + 16) of the context (zero past S): for every pair of
-   dimensions p, the 16 keys' (k[2p], k[2p+1]) as one vector: dst [D/2][16] uint32. */
-static void pack_k(const float *k, const long *table, long bs, long row, long D, long t,
-                   long S, uint32_t *dst) {
+/* The pool holds float32 or (bf = 1) bfloat16, indexed by element. */
+static inline long slot_of(const long *table, long bs, long pos) {
+    return table[pos / bs] * bs + pos % bs;
+}
+
+/* K of one KV head (its columns from pool element k), keys [16 t, 16 t + 16) of the context
+   (zero past S): for every pair of dimensions p, the 16 keys' (k[2p], k[2p+1]) as one
+   vector: dst [D/2][16] uint32. */
+static void pack_k(const void *kv, long k, const long *table, long bs, long row, long D,
+                   long t, long S, int bf, uint32_t *dst) {
     uint32_t tmp[16 * 128];
     long P = D / 2;
     for (long j = 0; j < 16; j++) {
@@ -443,7 +474,12 @@ static void pack_k(const float *k, const long *table, long bs, long row, long D,
             memset(tr, 0, (size_t)P * 4);
             continue;
         }
-        const float *kr = k + (table[pos / bs] * bs + pos % bs) * row;
+        long i = k + slot_of(table, bs, pos) * row;
+        if (bf) {  /* already bf16 pairs in order */
+            memcpy(tr, (const uint16_t *)kv + i, (size_t)D * 2);
+            continue;
+        }
+        const float *kr = (const float *)kv + i;
         for (long d = 0; d < D; d += 32) _mm512_storeu_si512(tr + d / 2, bf16x32(kr + d));
     }
     __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
@@ -452,22 +488,28 @@ static void pack_k(const float *k, const long *table, long bs, long row, long D,
         _mm512_storeu_si512(dst + 16 * p, _mm512_i32gather_epi32(idx, tmp + p, 4));
 }
 
-/* V of one KV head, keys [16 t, 16 t + 16): for each pair of keys and 16 dimensions, the
-   pairs (v_2i[d], v_2i+1[d]) as one vector: dst [8][D/16][16] uint32. */
-static void pack_v(const float *v, const long *table, long bs, long row, long D, long t,
-                   long S, uint32_t *dst) {
+/* 16 values of a V row from pool element i as bf16 (zero for no row, i < 0). */
+static inline __m256i v16(const void *kv, long i, int bf) {
+    if (i < 0) return _mm256_setzero_si256();
+    if (bf) return _mm256_loadu_si256((const __m256i *)((const uint16_t *)kv + i));
+    return (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps((const float *)kv + i));
+}
+
+/* V of one KV head (its columns from pool element v), keys [16 t, 16 t + 16): for each pair
+   of keys and 16 dimensions, the pairs (v_2i[d], v_2i+1[d]) as one vector:
+   dst [8][D/16][16] uint32. */
+static void pack_v(const void *kv, long v, const long *table, long bs, long row, long D,
+                   long t, long S, int bf, uint32_t *dst) {
     const __m512i il = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
                                         24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
                                         16, 0);
     for (long i = 0; i < 8; i++) {
         long pos = 16 * t + 2 * i;
-        const float *v0 = pos < S ? v + (table[pos / bs] * bs + pos % bs) * row : NULL;
-        const float *v1 = NULL;
-        if (pos + 1 < S) v1 = v + (table[(pos + 1) / bs] * bs + (pos + 1) % bs) * row;
+        long v0 = pos < S ? v + slot_of(table, bs, pos) * row : -1;
+        long v1 = pos + 1 < S ? v + slot_of(table, bs, pos + 1) * row : -1;
         for (long d = 0; d < D; d += 16) {
-            __m512 a = v0 ? _mm512_loadu_ps(v0 + d) : _mm512_setzero_ps();
-            __m512 b = v1 ? _mm512_loadu_ps(v1 + d) : _mm512_setzero_ps();
-            __m512i c = (__m512i)_mm512_cvtne2ps_pbh(b, a);  /* a[0..15], b[0..15] */
+            __m256i a = v16(kv, v0 < 0 ? -1 : v0 + d, bf), b = v16(kv, v1 < 0 ? -1 : v1 + d, bf);
+            __m512i c = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);  /* a, then b */
             _mm512_storeu_si512(dst + (i * D + d), _mm512_permutexvar_epi16(il, c));
         }
     }
@@ -475,12 +517,12 @@ static void pack_v(const float *v, const long *table, long bs, long row, long D,
 
 /* Causal attention of the T newest tokens of one sequence over its S = start + T context in
    the paged pool (their K/V already stored), bf16 products with float32 sums.
-   q: token t's heads at q + t * q_stride, [H, D]; pool: [slots, 2, Hkv, D] float32;
-   table: block ids; out: [T, H, D]. D a multiple of 32, at most 256. Returns 0, or -1 when
-   its buffers could not be allocated. */
-int prefill_attention(const float *q, long q_stride, const float *pool, const long *table,
+   q: token t's heads at q + t * q_stride, [H, D]; pool: [slots, 2, Hkv, D] float32 or (bf)
+   bfloat16; table: block ids; out: [T, H, D]. D a multiple of 32, at most 256. Returns 0, or
+   -1 when its buffers could not be allocated. */
+int prefill_attention(const float *q, long q_stride, const void *pool, const long *table,
                        long start, long T, float *out, long H, long Hkv, long D, long bs,
-                       float scale, int nthreads) {
+                       float scale, int bf, int nthreads) {
     long S = start + T, Sp = (S + 31) / 32 * 32, G = H / Hkv, P = D / 2, row = 2 * Hkv * D;
     long rows = G * T, Rp = (rows + R - 1) / R * R, nt = Sp / 16, tasks = Hkv * (Rp / R);
     uint32_t *kp = aligned_alloc(64, (size_t)(Hkv * Sp * P) * 4);
@@ -498,8 +540,9 @@ int prefill_attention(const float *q, long q_stride, const float *pool, const lo
         #pragma omp for schedule(static)
         for (long i = 0; i < Hkv * nt; i++) {
             long kh = i / nt, t = i % nt;
-            pack_k(pool + kh * D, table, bs, row, D, t, S, kp + kh * Sp * P + t * 16 * P);
-            pack_v(pool + (Hkv + kh) * D, table, bs, row, D, t, S, vp + kh * Sp * P + t * 16 * P);
+            long at = kh * Sp * P + t * 16 * P;
+            pack_k(pool, kh * D, table, bs, row, D, t, S, bf, kp + at);
+            pack_v(pool, (Hkv + kh) * D, table, bs, row, D, t, S, bf, vp + at);
         }
         #pragma omp for schedule(static)
         /* row r of KV head kh: token r / G, query head kh G + r % G, scaled */
@@ -626,10 +669,13 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Declare the C signatures (ctypes converts ints and pointers by them)."""
     p, n, f, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
     lib.q8_linear.argtypes = [p, p, p, p, p, n, n, n, i]
-    lib.paged_decode.argtypes = [p, n, p, p, p, p, n, n, n, n, n, n, f, i]
+    lib.paged_decode.argtypes = [p, n, p, p, p, p, n, n, n, n, n, n, f, i, i]
     lib.rms_norm.argtypes = [p, p, p, p, n, n, f]
     lib.rope.argtypes = [p, n, n, n, n, p, n, p]
-    lib.decode_one.argtypes = [p, n, p, p, n, n, n, n, n, n, p, n, p, p, n, p, p, p, n, n, f, p, i]
+    lib.decode_one.argtypes = [
+        p, n, p, p, n, n, n, n, n, n, p, n,  # layers .. max_len
+        p, p, n, p, p, p, n, n, f, i, p, i,  # pos .. nthreads
+    ]  # fmt: skip
     for fn in (lib.q8_linear, lib.rms_norm, lib.rope):
         fn.restype = None
     lib.paged_decode.restype = lib.decode_one.restype = ctypes.c_int
@@ -638,7 +684,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 def _bind_bf16(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, n, f, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
-    lib.prefill_attention.argtypes = [p, n, p, p, n, n, p, n, n, n, n, f, i]
+    lib.prefill_attention.argtypes = [p, n, p, p, n, n, p, n, n, n, n, f, i, i]
     lib.prefill_attention.restype = ctypes.c_int
     return lib
 
@@ -689,6 +735,17 @@ def q8_linear(lib: ctypes.CDLL, x: Tensor, q: Tensor, scale: Tensor, bias: Tenso
     return y
 
 
+# What the kernels read the K/V pool as: float32, or bfloat16 (half the bytes per token;
+# decode converts it back to float32 with a shift, prefill multiplies it as it is).
+KV_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _bf16(pool: Tensor) -> int:
+    """The kernels' ``bf`` flag for ``pool``."""
+    assert pool.dtype in KV_DTYPES, pool.dtype
+    return int(pool.dtype == torch.bfloat16)
+
+
 def _check(status: int, name: str) -> None:
     """A kernel's status: its scratch buffers come from malloc, which may fail."""
     if status != 0:
@@ -698,11 +755,12 @@ def _check(status: int, name: str) -> None:
 def paged_decode(
     lib: ctypes.CDLL, q: Tensor, pool: Tensor, tables: Tensor, lens: Tensor, block_size: int
 ) -> Tensor:
-    """One query token per sequence over the paged pool (float32; see ``_SOURCE``).
+    """One query token per sequence over the paged pool (see ``_SOURCE``).
 
-    q: [B, 1, H, D] (rows may be strided, heads contiguous); pool: [num_blocks, block_size, 2,
-    Hkv, D] contiguous; tables: [B, nb] int64; lens: [B] int64 -> [B, 1, H * D]. D must be a
-    multiple of 8 (:func:`decode_fits`).
+    q: [B, 1, H, D] float32 (rows may be strided, heads contiguous); pool: [num_blocks,
+    block_size, 2, Hkv, D] float32 or bfloat16 (:data:`KV_DTYPES`), contiguous; tables: [B, nb]
+    int64; lens: [B] int64 -> [B, 1, H * D] float32. D must be a multiple of 8
+    (:func:`decode_fits`).
     """
     B, _, H, D = q.shape
     Hkv = pool.shape[3]
@@ -710,7 +768,7 @@ def paged_decode(
     out = torch.empty(B, 1, H * D, dtype=torch.float32)
     _check(lib.paged_decode(
         q.data_ptr(), q.stride(0), pool.data_ptr(), tables.data_ptr(), lens.data_ptr(),
-        out.data_ptr(), B, H, Hkv, D, tables.shape[1], block_size, D**-0.5,
+        out.data_ptr(), B, H, Hkv, D, tables.shape[1], block_size, D**-0.5, _bf16(pool),
         torch.get_num_threads(),
     ), "paged_decode")  # fmt: skip
     return out
@@ -728,8 +786,9 @@ def prefill_attention(
     in the paged pool (their K/V already stored), with bfloat16 products and float32 sums.
 
     q: [1, T, H, D] float32 (rows may be strided, heads contiguous); pool: [num_blocks,
-    block_size, 2, Hkv, D] float32 contiguous; table: [nb] int64, the blocks holding the
-    context -> [1, T, H * D]. D must be a multiple of 32 up to 256 (:func:`prefill_fits`).
+    block_size, 2, Hkv, D] float32 or bfloat16, contiguous; table: [nb] int64, the blocks
+    holding the context -> [1, T, H * D]. D must be a multiple of 32 up to 256
+    (:func:`prefill_fits`).
     """
     _, T, H, D = q.shape
     assert prefill_fits(D) and q.stride(3) == 1 and q.stride(2) == D and pool.is_contiguous()
@@ -738,7 +797,7 @@ def prefill_attention(
     out = torch.empty(1, T, H * D, dtype=torch.float32)
     _check(lib.prefill_attention(
         q.data_ptr(), q.stride(1), pool.data_ptr(), table.data_ptr(), start, T, out.data_ptr(),
-        H, pool.shape[3], D, block_size, D**-0.5, torch.get_num_threads(),
+        H, pool.shape[3], D, block_size, D**-0.5, _bf16(pool), torch.get_num_threads(),
     ), "prefill_attention")  # fmt: skip
     return out
 
@@ -808,8 +867,9 @@ class DecodeOne:
         lens: Tensor,
     ) -> None:  # fmt: skip
         """In place: x [B, 1, hidden] the residual stream, h [B, 1, hidden] RMSNorm(x) for
-        layer 0 -> the final norm's output. pool: [L, num_blocks, block_size, 2, Hkv, D];
-        pos: [B, 1], slots, lens: [B] int64; tables: [B, nb] int64 block tables."""
+        layer 0 -> the final norm's output. pool: [L, num_blocks, block_size, 2, Hkv, D]
+        float32 or bfloat16; pos: [B, 1], slots, lens: [B] int64; tables: [B, nb] int64 block
+        tables."""
         B = x.shape[0]
         assert self.max_batch >= B
         assert pool.is_contiguous() and tables.is_contiguous() and pos.is_contiguous()
@@ -817,7 +877,7 @@ class DecodeOne:
             self._layers, len(self._layers), x.data_ptr(), h.data_ptr(), B, self._hidden,
             self._inter, self._H, self._Hkv, self._D, self._rope.data_ptr(), self._rope.shape[1],
             pos.data_ptr(), pool.data_ptr(), pool.stride(0), slots.data_ptr(), lens.data_ptr(),
-            tables.data_ptr(), tables.shape[-1], pool.shape[2], self._eps,
+            tables.data_ptr(), tables.shape[-1], pool.shape[2], self._eps, _bf16(pool),
             self._scratch.data_ptr(), torch.get_num_threads(),
         ), "decode_one")  # fmt: skip
 

@@ -159,7 +159,7 @@ class Engine:
             config.block_size,
             mc.num_kv_heads,
             mc.head_dim,
-            dtype,
+            _DTYPES[config.resolved_kv_dtype()],
             config.device,
         )
         self.runner = ModelRunner(model, kv, config.device, compile=config.compile)

@@ -12,6 +12,10 @@ index of context slots ``[B * S]``; every layer scatters its new K/V into the po
 Decode steps on CPU in float32 skip the gather, the padding to the longest context and the
 mask: a C kernel (:mod:`llm_engine.cpu_kernel`) walks each sequence's block table in the pool.
 So do prefill chunks where the model prefills in bfloat16 on a CPU with AVX512-BF16.
+
+The pool's dtype may be narrower than the activations' (a bfloat16 pool under float32
+activations, the CPU default with int8 weights): new K/V are rounded as they are stored, and
+every path attends to them as stored.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ def paged_attention(q: Tensor, kv: Tensor, pool: Tensor, meta: AttnMeta) -> Tens
     B, T, H, D = q.shape
     Hkv = kv.shape[3]
     flat = pool.view(-1, 2 * Hkv * D)  # [num_slots, 2 Hkv D]
-    flat.index_copy_(0, meta.slots, kv.reshape(B * T, 2 * Hkv * D))
+    flat.index_copy_(0, meta.slots, kv.reshape(B * T, 2 * Hkv * D).to(pool.dtype))
     if meta.kernel is not None and T == 1:
         assert meta.tables is not None and meta.lens is not None
         return cpu_kernel.paged_decode(meta.kernel, q, pool, meta.tables, meta.lens, pool.shape[1])
@@ -96,11 +100,12 @@ def paged_attention(q: Tensor, kv: Tensor, pool: Tensor, meta: AttnMeta) -> Tens
         assert meta.tables is not None and B == 1
         start, table = meta.ctx_len - T, meta.tables[0]
         return cpu_kernel.prefill_attention(meta.prefill, q, pool, table, start, pool.shape[1])
-    if meta.ctx_slots is None:  # a fresh prefill sees only itself
+    if meta.ctx_slots is None:  # a fresh prefill sees only itself, as stored
+        kv = kv.to(pool.dtype).to(q.dtype)
         keys, values, causal = kv[:, :, 0], kv[:, :, 1], T > 1  # [B, T, Hkv, D] each
     else:
         S = meta.ctx_len
-        ctx = flat.index_select(0, meta.ctx_slots).view(B, S, 2, Hkv, D)
+        ctx = flat.index_select(0, meta.ctx_slots).view(B, S, 2, Hkv, D).to(q.dtype)
         keys, values, causal = ctx[:, :, 0], ctx[:, :, 1], False  # [B, S, Hkv, D] each
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2),  # [B, H, T, D]

@@ -40,7 +40,9 @@ class ModelRunner:
         self.block_size = kv.block_size
         self._offsets = torch.arange(kv.block_size, device=self.device)
         self._forward: Callable[..., Tensor] = model.forward
-        on_cpu_fp32 = self.device.type == "cpu" and kv.kv.dtype == torch.float32
+        # the kernels take float32 activations over a float32 or bfloat16 pool
+        on_cpu_fp32 = self.device.type == "cpu" and model.w.embed.dtype == torch.float32
+        on_cpu_fp32 = on_cpu_fp32 and kv.kv.dtype in cpu_kernel.KV_DTYPES
         fits = on_cpu_fp32 and cpu_kernel.decode_fits(kv.kv.shape[-1])
         self._attn_kernel = cpu_kernel.load() if fits else None
         # prefill attention in bf16 only where the projections already prefill in bf16

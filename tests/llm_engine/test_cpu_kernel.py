@@ -57,12 +57,16 @@ def test_one_row_linear_uses_the_kernel(lib: ctypes.CDLL) -> None:
         ([257, 1, 130], 64, 1),
     ],
 )
-def test_paged_decode_matches_sdpa(lib: ctypes.CDLL, lens: list[int], D: int, threads: int) -> None:
-    """Sequences of different lengths, scattered blocks, GQA 6:2."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_paged_decode_matches_sdpa(
+    lib: ctypes.CDLL, lens: list[int], D: int, threads: int, dtype: torch.dtype
+) -> None:
+    """Sequences of different lengths, scattered blocks, GQA 6:2; a float32 or bf16 pool (read
+    as the float32 values it holds)."""
     torch.manual_seed(0)
     H, Hkv, bs = 6, 2, 4
     need = [-(-n // bs) for n in lens]
-    pool = torch.randn(sum(need) + 3, bs, 2, Hkv, D)
+    pool = torch.randn(sum(need) + 3, bs, 2, Hkv, D).to(dtype)
     order = torch.randperm(len(pool)).tolist()  # scattered blocks
     tables = torch.zeros(len(lens), max(need), dtype=torch.int64)
     for b, n in enumerate(need):
@@ -77,7 +81,7 @@ def test_paged_decode_matches_sdpa(lib: ctypes.CDLL, lens: list[int], D: int, th
         torch.set_num_threads(before)
     for b in range(B):
         S = lens[b]
-        ctx = pool[tables[b]].reshape(-1, 2, Hkv, D)[:S]  # [S, 2, Hkv, D]
+        ctx = pool[tables[b]].reshape(-1, 2, Hkv, D)[:S].float()  # [S, 2, Hkv, D]
         ref = F.scaled_dot_product_attention(
             q[b].transpose(0, 1), ctx[:, 0].transpose(0, 1), ctx[:, 1].transpose(0, 1),
             enable_gqa=True,
@@ -171,6 +175,9 @@ def test_prefill_attention_matches_sdpa(
         attn_mask=mask, enable_gqa=True,
     ).transpose(0, 1).reshape(1, T, H * D)  # fmt: skip
     assert (got - exact).abs().max() < 2e-2 * exact.abs().max()  # bf16's rounding, no more
+    # a bf16 pool holds what the kernel packs from float32: the same result, bit for bit
+    bf16_pool = cpu_kernel.prefill_attention(bf16_lib, q, pool.bfloat16(), table, start, bs)
+    assert torch.equal(bf16_pool, got)
 
 
 def test_prefill_attention_out_of_memory_returns_an_error(bf16_lib: ctypes.CDLL) -> None:
@@ -179,6 +186,6 @@ def test_prefill_attention_out_of_memory_returns_an_error(bf16_lib: ctypes.CDLL)
     q, out = torch.randn(1, 1, 1, 32), torch.empty(1, 1, 32)
     status = bf16_lib.prefill_attention(
         q.data_ptr(), 32, pool.data_ptr(), table.data_ptr(), 1 << 50, 1, out.data_ptr(),
-        1, 1, 32, 4, 32**-0.5, 1,
+        1, 1, 32, 4, 32**-0.5, 0, 1,
     )  # fmt: skip
     assert status == -1

@@ -79,8 +79,19 @@ def test_unknown_model_path(tmp_path: Path) -> None:
 def test_bad_engine_config(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest, match="dtype"):
         EngineConfig(model_dir=tmp_path, dtype="int3")
+    with pytest.raises(InvalidRequest, match="kv_dtype"):
+        EngineConfig(model_dir=tmp_path, kv_dtype="int8")
     with pytest.raises(InvalidRequest):
         EngineConfig(model_dir=tmp_path, num_blocks=0)
+
+
+def test_kv_dtype_follows_the_quantization(tmp_path: Path) -> None:
+    """bf16 K/V with the CPU's int8 weights; exact float32 K/V when nothing is quantized."""
+    assert EngineConfig(model_dir=tmp_path).resolved_kv_dtype() == "bfloat16"
+    assert EngineConfig(model_dir=tmp_path, quant="none").resolved_kv_dtype() == "float32"
+    cfg = EngineConfig(model_dir=tmp_path, kv_dtype="float32")
+    assert cfg.resolved_kv_dtype() == "float32"
+    assert EngineConfig(model_dir=tmp_path, device="cuda").resolved_kv_dtype() == "bfloat16"
 
 
 async def test_not_started_and_closed_engine(qwen_dir: Path) -> None:

@@ -110,7 +110,7 @@ def test_fbgemm_path_close_to_float() -> None:
         assert (got - ref).abs().max() / ref.abs().max() < 2e-3  # fp16 weights, fp32 math
 
 
-def _runner(model_dir: Path, quant: bool) -> Any:
+def _runner(model_dir: Path, quant: bool, kv_dtype: torch.dtype = torch.float32) -> Any:
     from llm_engine.kv_cache import KVCache
     from llm_engine.model import Transformer
     from llm_engine.model_runner import ModelRunner
@@ -121,7 +121,7 @@ def _runner(model_dir: Path, quant: bool) -> Any:
     if quant:
         model.quantize_int8(keep_full=True)
     mc = loaded.config
-    kv = KVCache(mc.num_layers, 32, 16, mc.num_kv_heads, mc.head_dim, torch.float32, "cpu")
+    kv = KVCache(mc.num_layers, 32, 16, mc.num_kv_heads, mc.head_dim, kv_dtype, "cpu")
     return ModelRunner(model, kv, "cpu")
 
 
@@ -146,31 +146,39 @@ def _greedy_decode(runner: Any, prompts: list[list[int]], n: int) -> tuple[list[
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_int8_decode_close_to_float(smol_dir: Path, batch: int) -> None:
-    """int8 decode (both CPU kernels, head included) keeps SmolLM2's logits and greedy tokens."""
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16])
+def test_int8_decode_close_to_float(smol_dir: Path, batch: int, kv_dtype: torch.dtype) -> None:
+    """int8 decode (both CPU kernels, head included), over a float32 or (the CPU default) a
+    bf16 KV pool, keeps SmolLM2's logits and greedy tokens."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(smol_dir / "tokenizer.json"))
     texts = ["The capital of France is", "One, two, three, four,", "def add(a, b):\n    return"]
     prompts = [tok.encode(t).ids for t in texts[:batch]]
     want, ref = _greedy_decode(_runner(smol_dir, quant=False), prompts, 8)
-    got, logits = _greedy_decode(_runner(smol_dir, quant=True), prompts, 8)
+    got, logits = _greedy_decode(_runner(smol_dir, quant=True, kv_dtype=kv_dtype), prompts, 8)
     assert (logits - ref).abs().max() < 0.05 * ref.abs().max()
     assert torch.equal(logits.argmax(-1), ref.argmax(-1))
     assert got == want
 
 
-@pytest.mark.parametrize("model", ["smol", "qwen"])
-def test_one_call_decode_matches_layer_by_layer(smol_dir: Path, qwen_dir: Path, model: str) -> None:
+@pytest.mark.parametrize(
+    ("model", "kv_dtype"),
+    [("smol", torch.float32), ("qwen", torch.float32), ("smol", torch.bfloat16)],
+)
+def test_one_call_decode_matches_layer_by_layer(
+    smol_dir: Path, qwen_dir: Path, model: str, kv_dtype: torch.dtype
+) -> None:
     """A single sequence's decode runs every layer in one C call (``decode_one``); it must
-    give the logits of the op-by-op forward (Qwen: q/k/v bias, untied head, GQA 4:2)."""
+    give the logits of the op-by-op forward (Qwen: q/k/v bias, untied head, GQA 4:2). Over a
+    bf16 pool, the C call rounds the K/V it stores as torch does."""
     from tokenizers import Tokenizer
 
     model_dir = smol_dir if model == "smol" else qwen_dir
     prompt = Tokenizer.from_file(str(smol_dir / "tokenizer.json")).encode("Once upon a time").ids
-    fused = _runner(model_dir, quant=True)
+    fused = _runner(model_dir, quant=True, kv_dtype=kv_dtype)
     assert fused.model._decode_one is not None
-    layered = _runner(model_dir, quant=True)
+    layered = _runner(model_dir, quant=True, kv_dtype=kv_dtype)
     layered.model._decode_one = None
     got, got_logits = _greedy_decode(fused, [prompt], 24)
     want, want_logits = _greedy_decode(layered, [prompt], 24)
@@ -199,21 +207,22 @@ def test_one_call_decode_of_two_sequences_matches_each_alone(smol_dir: Path) -> 
         assert (both_logits[i] - alone_logits[0]).abs().max() < 1e-4 * scale
 
 
-def test_bf16_prefill_attention_keeps_the_logits(smol_dir: Path) -> None:
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16])
+def test_bf16_prefill_attention_keeps_the_logits(smol_dir: Path, kv_dtype: torch.dtype) -> None:
     """Where the projections prefill in bf16 (CPUs with AVX512-BF16), prefill chunks attend
     through cpu_kernel.prefill_attention, reading the pool by block table; a chunk appended
     to earlier context gives the logits and next tokens of torch's SDPA over the gathered
-    context."""
+    context (widened to float32 from a bf16 pool)."""
     from tokenizers import Tokenizer
 
     from llm_engine import cpu_kernel
     from llm_engine.scheduler import Sequence
 
-    fast = _runner(smol_dir, quant=True)
+    fast = _runner(smol_dir, quant=True, kv_dtype=kv_dtype)
     if fast._prefill_kernel is None:
         pytest.skip("no AVX512-BF16 here: prefill attention stays with torch's SDPA")
     assert fast._prefill_kernel is cpu_kernel.load_bf16()
-    plain = _runner(smol_dir, quant=True)
+    plain = _runner(smol_dir, quant=True, kv_dtype=kv_dtype)
     plain._prefill_kernel = None
     text = " ".join(["The quick brown fox jumps over the lazy dog."] * 6)
     ids = Tokenizer.from_file(str(smol_dir / "tokenizer.json")).encode(text).ids
