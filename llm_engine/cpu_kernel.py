@@ -67,49 +67,31 @@ static inline float tail(const float *x, const int8_t *w, long k, long K) {
 }
 
 /* One output n for rows m..m+R-1 of x (R = 1, 2 or 4): the weight row is converted once
-   per 8 elements and used by every row. */
-static void rows4(const float *x, const int8_t *w, long K, float *out) {
-    const float *x1 = x + K, *x2 = x1 + K, *x3 = x2 + K;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+   per 8 elements and used by every row. R * C = 8 running sums (C vectors of 8 weights a
+   step): an FMA's result is needed 4 cycles later and two issue a cycle, so fewer sums in
+   flight leave the FMA units idle (4 sums ran at half the speed). */
+static inline __attribute__((always_inline)) void dot_rows(const float *x, const int8_t *w,
+                                                           long K, float *out, int R, int C) {
+    __m256 a[8];
+    for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
     long k = 0;
-    for (; k + 8 <= K; k += 8) {
-        __m256 wv = w8(w + k);
-        a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + k), a0);
-        a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x1 + k), a1);
-        a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x2 + k), a2);
-        a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x3 + k), a3);
+    for (; k + 8 * C <= K; k += 8 * C)
+        for (int c = 0; c < C; c++) {
+            __m256 v = w8(w + k + 8 * c);
+            for (int r = 0; r < R; r++)
+                a[r * C + c] = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + r * K + k + 8 * c),
+                                               a[r * C + c]);
+        }
+    for (; k + 8 <= K; k += 8) {  /* whole vectors left over */
+        __m256 v = w8(w + k);
+        for (int r = 0; r < R; r++)
+            a[r * C] = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + r * K + k), a[r * C]);
     }
-    out[0] = hsum(a0) + tail(x, w, k, K);
-    out[1] = hsum(a1) + tail(x1, w, k, K);
-    out[2] = hsum(a2) + tail(x2, w, k, K);
-    out[3] = hsum(a3) + tail(x3, w, k, K);
-}
-
-static void rows2(const float *x, const int8_t *w, long K, float *out) {
-    const float *x1 = x + K;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
-    long k = 0;
-    for (; k + 16 <= K; k += 16) {
-        __m256 v0 = w8(w + k), v1 = w8(w + k + 8);
-        a0 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(x + k), a0);
-        b0 = _mm256_fmadd_ps(v1, _mm256_loadu_ps(x + k + 8), b0);
-        a1 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(x1 + k), a1);
-        b1 = _mm256_fmadd_ps(v1, _mm256_loadu_ps(x1 + k + 8), b1);
+    for (int r = 0; r < R; r++) {
+        __m256 sum = a[r * C];
+        for (int c = 1; c < C; c++) sum = _mm256_add_ps(sum, a[r * C + c]);
+        out[r] = hsum(sum) + tail(x + r * K, w, k, K);
     }
-    out[0] = hsum(_mm256_add_ps(a0, b0)) + tail(x, w, k, K);
-    out[1] = hsum(_mm256_add_ps(a1, b1)) + tail(x1, w, k, K);
-}
-
-static float row1(const float *x, const int8_t *w, long K) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    long k = 0;
-    for (; k + 32 <= K; k += 32) {
-        a0 = _mm256_fmadd_ps(w8(w + k), _mm256_loadu_ps(x + k), a0);
-        a1 = _mm256_fmadd_ps(w8(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
-        a2 = _mm256_fmadd_ps(w8(w + k + 16), _mm256_loadu_ps(x + k + 16), a2);
-        a3 = _mm256_fmadd_ps(w8(w + k + 24), _mm256_loadu_ps(x + k + 24), a3);
-    }
-    return hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) + tail(x, w, k, K);
 }
 
 void q8_linear(const float *x, const int8_t *w, const float *scale, const float *bias,
@@ -118,18 +100,14 @@ void q8_linear(const float *x, const int8_t *w, const float *scale, const float 
     for (long n = 0; n < N; n++) {
         const int8_t *wr = w + n * K;
         float s = scale[n], b = bias ? bias[n] : 0.f, r[4];
-        long m = 0;
-        for (; m + 4 <= M; m += 4) {
-            rows4(x + m * K, wr, K, r);
-            for (int i = 0; i < 4; i++) y[(m + i) * N + n] = r[i] * s + b;
+        for (long m = 0; m < M;) {
+            int R = M - m >= 4 ? 4 : M - m >= 2 ? 2 : 1;
+            if (R == 4) dot_rows(x + m * K, wr, K, r, 4, 2);
+            else if (R == 2) dot_rows(x + m * K, wr, K, r, 2, 4);
+            else dot_rows(x + m * K, wr, K, r, 1, 4);
+            for (int i = 0; i < R; i++) y[(m + i) * N + n] = r[i] * s + b;
+            m += R;
         }
-        if (m + 2 <= M) {
-            rows2(x + m * K, wr, K, r);
-            y[m * N + n] = r[0] * s + b;
-            y[(m + 1) * N + n] = r[1] * s + b;
-            m += 2;
-        }
-        if (m < M) y[m * N + n] = row1(x + m * K, wr, K) * s + b;
     }
 }
 
@@ -807,11 +785,12 @@ def prefill_fits(head_dim: int) -> bool:
     return head_dim % 32 == 0 and head_dim <= 256
 
 
-# Sequences decoded together through ``decode_one`` (more go through torch's ops): its int8
-# kernel is compute-bound per row; fbgemm's fp16 GEMM, which reads each weight once for all
-# rows, was as fast at 4 rows (2 threads) and 1.5x faster at 8. At 2 rows the int8 kernel ran
-# 30 layers' projections in 4.9 ms vs 8.3 (2 threads), 8.9 vs 9.9 (1 thread), on the Zen 4 box.
-DECODE_MAX_BATCH = 2
+# Sequences decoded together through ``decode_one`` (more go through torch's ops). Its int8
+# kernel is compute-bound from 2 rows on; torch's path (fbgemm fp16 below 8 rows, oneDNN bf16
+# from 8) reads 2 bytes a weight. Whole decode steps of SmolLM2 at 361 tokens of context,
+# bf16 pool, 2 threads, same process (Zen 4): B=1 5.4 vs 7.5 ms, 2: 7.3 vs 14.9, 3: 10.7 vs
+# 15.8, 4: 13.0 vs 16.9, 6: 19.7 vs 23.2, 8: 26.4 vs 27.9; torch's GEMM wins from 12.
+DECODE_MAX_BATCH = 8
 
 
 class _Layer(ctypes.Structure):

@@ -121,7 +121,7 @@ def _runner(model_dir: Path, quant: bool, kv_dtype: torch.dtype = torch.float32)
     if quant:
         model.quantize_int8(keep_full=True)
     mc = loaded.config
-    kv = KVCache(mc.num_layers, 32, 16, mc.num_kv_heads, mc.head_dim, kv_dtype, "cpu")
+    kv = KVCache(mc.num_layers, 40, 16, mc.num_kv_heads, mc.head_dim, kv_dtype, "cpu")
     return ModelRunner(model, kv, "cpu")
 
 
@@ -187,24 +187,26 @@ def test_one_call_decode_matches_layer_by_layer(
     assert (got_logits - want_logits).abs().max() < 1e-4 * scale
 
 
-def test_one_call_decode_of_two_sequences_matches_each_alone(smol_dir: Path) -> None:
-    """Two sequences of different lengths decoded together in one call (their own positions,
-    block tables and KV) give what each gives alone."""
+def test_one_call_decode_of_several_sequences_matches_each_alone(smol_dir: Path) -> None:
+    """Five sequences of different lengths decoded together in one call (their own positions,
+    block tables and KV; the int8 kernel's 4-row and 1-row paths) give what each gives
+    alone."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(smol_dir / "tokenizer.json"))
-    prompts = [tok.encode(t).ids for t in ("The capital of France is", "One, two, three, four,")]
+    texts = ("The capital of France is", "One, two, three, four,", "def f(x):", "Hi", "A cat")
+    prompts = [tok.encode(t).ids for t in texts]
     runner = _runner(smol_dir, quant=True)
     model = runner.model
-    assert model._decode_one is not None and model._decode_one.max_batch >= 2
+    assert model._decode_one is not None and model._decode_one.max_batch >= len(prompts)
     head = model.logits  # one row at a time: the head's kernel depends on the rows
     model.logits = lambda h: torch.cat([head(h[i : i + 1]) for i in range(len(h))])
-    both, both_logits = _greedy_decode(runner, prompts, 16)
+    together, together_logits = _greedy_decode(runner, prompts, 16)
     for i, prompt in enumerate(prompts):
         alone, alone_logits = _greedy_decode(runner, [prompt], 16)
-        assert both[i] == alone[0]
+        assert together[i] == alone[0]
         scale = alone_logits.abs().max()
-        assert (both_logits[i] - alone_logits[0]).abs().max() < 1e-4 * scale
+        assert (together_logits[i] - alone_logits[0]).abs().max() < 1e-4 * scale
 
 
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16])
