@@ -83,6 +83,27 @@ class KVCache:
         self.kv[:, dst] = self.kv[:, src]
 
 
+# A step's batch flattened to one row of N tokens: consecutive parts, each B sequences of T
+# tokens (the decodes, one prefill chunk) with its own attention inputs.
+Parts = list[tuple[int, int, AttnMeta]]
+
+
+def attend(q: Tensor, kv: Tensor, pool: Tensor, meta: AttnMeta | Parts) -> Tensor:
+    """:func:`paged_attention` of one ``[B, T]`` batch, or of each part of a flattened one
+    (q: [1, N, H, D], kv: [1, N, 2, Hkv, D] -> [1, N, H * D]): the projections run once for
+    every token of the step, attention per part."""
+    if isinstance(meta, AttnMeta):
+        return paged_attention(q, kv, pool, meta)
+    out, row = [], 0
+    for B, T, part in meta:
+        n = B * T
+        qp = q[0, row : row + n].view(B, T, *q.shape[2:])
+        kvp = kv[0, row : row + n].view(B, T, *kv.shape[2:])
+        out.append(paged_attention(qp, kvp, pool, part).view(1, n, -1))
+        row += n
+    return torch.cat(out, dim=1)
+
+
 def paged_attention(q: Tensor, kv: Tensor, pool: Tensor, meta: AttnMeta) -> Tensor:
     """Store the new K/V in the pool, attend over each sequence's context.
 

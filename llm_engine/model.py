@@ -5,7 +5,7 @@ x -> embed -> L x [x += o(attn(rope(q), rope(k), v)); x += down(silu(gate) * up)
 RMSNorm, rotary embeddings (rotate-half layout, the checkpoint's base and scaling),
 grouped-query attention over the paged KV pool, SwiGLU, optional q/k/v bias, tied or untied head.
 Q/K/V and gate/up projections are fused into one matmul each. On CPU with int8 weights, the
-decode step of one or two sequences runs every layer in one C call (``cpu_kernel.decode_one``,
+decode step of up to eight sequences runs every layer in one C call (``cpu_kernel.decode_one``,
 the same math over the same kernels): the ops' Python calls had cost a fifth of the step.
 """
 
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from llm_engine import cpu_kernel
 from llm_engine.config import ModelConfig
-from llm_engine.kv_cache import AttnMeta, KVCache, paged_attention
+from llm_engine.kv_cache import AttnMeta, KVCache, Parts, attend
 from llm_engine.quant import Int8Weight, linear, quantize_int8
 
 
@@ -143,23 +143,27 @@ class Transformer:
         )
         return cpu_kernel.DecodeOne(self.kernel, tensors, shape, cfg.rms_norm_eps, self.rope)
 
-    def forward(self, input_ids: Tensor, positions: Tensor, kv: KVCache, meta: AttnMeta) -> Tensor:
-        """input_ids, positions: [B, T] int64 -> final hidden states [B, T, hidden]."""
+    def forward(
+        self, input_ids: Tensor, positions: Tensor, kv: KVCache, meta: AttnMeta | Parts
+    ) -> Tensor:
+        """input_ids, positions: [B, T] int64 -> final hidden states [B, T, hidden]. With
+        ``Parts``, B is 1 and the T tokens are the parts' (see :func:`kv_cache.attend`)."""
         cfg, layers = self.cfg, self.w.layers
         H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         B, T = input_ids.shape
         x = F.embedding(input_ids, self.w.embed)  # [B, T, hidden], the residual stream
         h = self._add_norm(x, None, layers[0].attn_norm)
         one = self._decode_one
-        if T == 1 and one is not None and one.max_batch >= B and meta.tables is not None:
-            assert meta.lens is not None  # the runner's decode: every layer in one C call
-            one(x, h, kv.kv, positions, meta.slots, meta.tables, meta.lens)
+        fused = T == 1 and one is not None and one.max_batch >= B
+        if fused and isinstance(meta, AttnMeta) and meta.tables is not None:
+            assert one is not None and meta.lens is not None  # the runner's decode
+            one(x, h, kv.kv, positions, meta.slots, meta.tables, meta.lens)  # all layers, one call
             return h
         for i, lw in enumerate(layers):
             qkv = linear(h, lw.qkv, lw.qkv_bias).view(B, T, H + 2 * Hkv, D)
             self._rope_(qkv, H + Hkv, positions)  # q and k heads together
             kv_new = qkv[:, :, H:].view(B, T, 2, Hkv, D)  # k heads then v heads
-            attn = paged_attention(qkv[:, :, :H], kv_new, kv.kv[i], meta)  # [B, T, H D]
+            attn = attend(qkv[:, :, :H], kv_new, kv.kv[i], meta)  # [B, T, H D]
             h = self._add_norm(x, linear(attn, lw.o), lw.mlp_norm)
             gate, up = linear(h, lw.gate_up).chunk(2, dim=-1)  # [B, T, inter] each
             nxt = layers[i + 1].attn_norm if i + 1 < len(layers) else self.w.norm

@@ -1,10 +1,12 @@
 """Turns a scheduled batch into tensors, runs the model, returns the logits to sample from.
 
-The only place where token lists become tensors. Decodes (one new token per sequence) run as
-one ``[B, 1]`` forward; each prefill chunk runs as its own ``[1, n]`` forward (a fresh prefill
-with no earlier context attends causally to itself; a chunk with context gathers it from the
-pool). A sequence verifying ``k`` drafted tokens is a prefill chunk of ``k + 1`` tokens whose
-every position's logits are wanted (``all_logits``).
+The only place where token lists become tensors. A step is one forward: its decodes (one new
+token per sequence, a ``[B, 1]`` part) and its prefill chunks (a ``[1, n]`` part each) flattened
+to one row of tokens, so every projection is one matmul over all of them; attention runs per
+part (:func:`kv_cache.attend`). A step of decodes alone stays ``[B, 1]``, which the fused C
+decode takes. A fresh prefill with no earlier context attends causally to itself; a chunk with
+context reads it from the pool. A sequence verifying ``k`` drafted tokens is a prefill chunk
+of ``k + 1`` tokens whose every position's logits are wanted (``all_logits``).
 """
 
 from __future__ import annotations
@@ -54,20 +56,31 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> StepOutput:
+        """One forward for the whole step: the decodes and every prefill chunk share each
+        projection (one matmul of all their rows), attention runs per part."""
         self.kv.copy_blocks(batch.copies)
-        seqs: list[Sequence] = []
-        hidden: list[Tensor] = []
-        if batch.decodes:
-            seqs += batch.decodes
-            hidden.append(self._decode(batch.decodes))
-        for seq, n in batch.prefills:
-            h = self.forward_tokens(seq, seq.num_cached, n)  # [n, hidden]
+        parts = [self._decode_inputs(batch.decodes)] if batch.decodes else []
+        parts += [self._prefill_inputs(seq, seq.num_cached, n) for seq, n in batch.prefills]
+        seqs, rows = list(batch.decodes), list(range(len(batch.decodes)))
+        end = len(batch.decodes)
+        for seq, n in batch.prefills:  # a chunk that completes a generating turn: its last row
+            end += n
             if seq.generating and seq.num_cached + n == len(seq.tokens):
                 seqs.append(seq)
-                hidden.append(h[-1:])
+                rows.append(end - 1)
+        if not parts:
+            return StepOutput([], None)
+        if len(parts) == 1:
+            ids, pos, meta = parts[0]
+            hidden = self._forward(ids, pos, self.kv, meta).flatten(0, 1)
+        else:
+            ids = torch.cat([p[0].view(-1) for p in parts]).view(1, -1)
+            pos = torch.cat([p[1].view(-1) for p in parts]).view(1, -1)
+            metas = [(*p[0].shape, p[2]) for p in parts]
+            hidden = self._forward(ids, pos, self.kv, metas)[0]
         if not seqs:
             return StepOutput([], None)
-        return StepOutput(seqs, self.model.logits(torch.cat(hidden)))
+        return StepOutput(seqs, self.model.logits(hidden[rows]))
 
     def _tensor(self, data: list[int] | list[list[int]]) -> Tensor:
         return torch.tensor(data, dtype=torch.int64, device=self.device)
@@ -88,16 +101,22 @@ class ModelRunner:
 
     def _decode(self, seqs: list[Sequence]) -> Tensor:
         """One new token per sequence -> hidden [B, hidden]."""
+        ids, pos, meta = self._decode_inputs(seqs)
+        return self._forward(ids, pos, self.kv, meta)[:, 0]
+
+    def _decode_inputs(self, seqs: list[Sequence]) -> tuple[Tensor, Tensor, AttnMeta]:
+        """ids, positions [B, 1] and attention inputs of one new token per sequence."""
         B = len(seqs)
         pos = [s.num_cached for s in seqs]
         ids = self._tensor([[s.tokens[p]] for s, p in zip(seqs, pos, strict=True)])  # [B, 1]
         slots = self._tensor([self._slot(s.block_table, p) for s, p in zip(seqs, pos, strict=True)])
         ctx_len = max(pos) + 1
         lens = self._tensor([p + 1 for p in pos])
+        positions = self._tensor(pos).view(B, 1)
         if self._attn_kernel is not None:  # reads the pool through the block tables
             tables = self._tables([s.block_table for s in seqs], ctx_len)
             meta = AttnMeta(slots, None, None, ctx_len, self._attn_kernel, tables, lens)
-            return self._forward(ids, self._tensor(pos).view(B, 1), self.kv, meta)[:, 0]
+            return ids, positions, meta
         mask = None
         if B > 1:
             arange = torch.arange(ctx_len, device=self.device)
@@ -108,24 +127,27 @@ class ModelRunner:
             mask=mask,
             ctx_len=ctx_len,
         )
-        h = self._forward(ids, self._tensor(pos).view(B, 1), self.kv, meta)
-        return h[:, 0]
+        return ids, positions, meta
 
     def forward_tokens(self, seq: Sequence, start: int, n: int) -> Tensor:
         """Compute tokens [start, start + n) of ``seq`` into the pool -> hidden [n, hidden].
 
         The block table must already cover them (the scheduler grew it).
         """
+        ids, pos, meta = self._prefill_inputs(seq, start, n)
+        return self._forward(ids, pos, self.kv, meta)[0]
+
+    def _prefill_inputs(self, seq: Sequence, start: int, n: int) -> tuple[Tensor, Tensor, AttnMeta]:
+        """ids, positions [1, n] and attention inputs of tokens [start, start + n) of ``seq``."""
         table = seq.block_table
         positions = list(range(start, start + n))
         slots = self._tensor([self._slot(table, p) for p in positions])
-        ids = self._tensor([seq.tokens[start : start + n]])
+        ids, pos = self._tensor([seq.tokens[start : start + n]]), self._tensor([positions])
         if self._prefill_kernel is not None:  # reads the pool through the block table
             tables, lens = self._tables([table], start + n), self._tensor([start + n])
-            meta = AttnMeta(
-                slots, None, None, start + n, tables=tables, lens=lens, prefill=self._prefill_kernel
-            )
-            return self._forward(ids, self._tensor([positions]), self.kv, meta)[0]
+            kernel = self._prefill_kernel
+            meta = AttnMeta(slots, None, None, start + n, tables=tables, lens=lens, prefill=kernel)
+            return ids, pos, meta
         ctx_slots, mask = None, None
         if start > 0:
             ctx_len = start + n
@@ -133,9 +155,7 @@ class ModelRunner:
             q_pos = torch.arange(start, ctx_len, device=self.device)
             k_pos = torch.arange(ctx_len, device=self.device)
             mask = (k_pos[None, :] <= q_pos[:, None]).view(1, 1, n, ctx_len)
-        meta = AttnMeta(slots=slots, ctx_slots=ctx_slots, mask=mask, ctx_len=start + n)
-        h = self._forward(ids, self._tensor([positions]), self.kv, meta)
-        return h[0]
+        return ids, pos, AttnMeta(slots=slots, ctx_slots=ctx_slots, mask=mask, ctx_len=start + n)
 
     @torch.inference_mode()
     def all_logits(self, seq: Sequence, start: int, n: int) -> Tensor:

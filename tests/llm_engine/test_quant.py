@@ -209,6 +209,50 @@ def test_one_call_decode_of_several_sequences_matches_each_alone(smol_dir: Path)
         assert (together_logits[i] - alone_logits[0]).abs().max() < 1e-4 * scale
 
 
+def test_one_forward_serves_a_steps_decodes_and_prefill_chunks(smol_dir: Path) -> None:
+    """A step of two decodes and two prefill chunks (one completing a turn, one not) runs as
+    one forward; its logits and the K/V it stores match the same work done one part at a
+    time, up to the kernels' rounding (the decodes' rows go through the prefill matmul)."""
+    from tokenizers import Tokenizer
+
+    from llm_engine.scheduler import ScheduledBatch, Sequence
+
+    tok = Tokenizer.from_file(str(smol_dir / "tokenizer.json"))
+    texts = ("The capital of France is", "One, two, three,", "Once upon a time there", "Hi")
+    prompts = [tok.encode(t).ids for t in texts]
+
+    def step(runner: Any, together: bool) -> tuple[Any, list[Sequence]]:
+        seqs = [
+            Sequence(i + 1, tokens=list(p), block_table=list(range(i * 8, i * 8 + 8)))
+            for i, p in enumerate(prompts)
+        ]
+        for seq in seqs[:2]:  # decoding: all but the last token cached
+            runner.run(ScheduledBatch([], [(seq, len(seq.tokens) - 1)], []))
+            seq.num_cached, seq.generating = len(seq.tokens) - 1, True
+        seqs[2].generating = True  # its whole prompt in this step: logits wanted
+        prefills = [(seqs[2], len(prompts[2])), (seqs[3], len(prompts[3]))]
+        if together:
+            logits = runner.run(ScheduledBatch(seqs[:2], prefills, [])).logits
+        else:
+            parts = [runner.run(ScheduledBatch(seqs[:2], [], [])).logits]
+            parts += [runner.run(ScheduledBatch([], [p], [])).logits for p in prefills[:1]]
+            runner.run(ScheduledBatch([], prefills[1:], []))
+            logits = torch.cat(parts)
+        return logits, seqs
+
+    merged = _runner(smol_dir, quant=True, kv_dtype=torch.bfloat16)
+    apart = _runner(smol_dir, quant=True, kv_dtype=torch.bfloat16)
+    got, seqs = step(merged, together=True)
+    want, _ = step(apart, together=False)
+    assert got.shape == want.shape == (3, want.shape[1])
+    assert (got - want).abs().max() < 0.03 * want.abs().max()
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    for seq in seqs:  # every token's K/V landed in its own slots
+        slots = [seq.block_table[p // 16] * 16 + p % 16 for p in range(len(seq.tokens))]
+        stored = [r.kv.kv.flatten(1, 2)[:, slots].float() for r in (merged, apart)]
+        assert (stored[0] - stored[1]).abs().max() < 0.03 * stored[1].abs().max()
+
+
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16])
 def test_bf16_prefill_attention_keeps_the_logits(smol_dir: Path, kv_dtype: torch.dtype) -> None:
     """Where the projections prefill in bf16 (CPUs with AVX512-BF16), prefill chunks attend
