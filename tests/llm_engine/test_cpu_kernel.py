@@ -47,6 +47,7 @@ def test_one_row_linear_uses_the_kernel(lib: ctypes.CDLL) -> None:
 # Short contexts: one chunk per (sequence, KV head). Long ones with few sequences are split
 # into chunks (merged by their max and sum), some of them empty for the shorter sequence.
 # D = 16, 72 and 128: fewer than 64 columns, a 64-column slab plus a remainder, two slabs.
+# GQA groups of 3 (SmolLM2), 7 and 1 (no grouping).
 @pytest.mark.parametrize(
     ("lens", "D", "threads"),
     [
@@ -58,13 +59,14 @@ def test_one_row_linear_uses_the_kernel(lib: ctypes.CDLL) -> None:
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("H", "Hkv"), [(6, 2), (7, 1), (4, 4)])
 def test_paged_decode_matches_sdpa(
-    lib: ctypes.CDLL, lens: list[int], D: int, threads: int, dtype: torch.dtype
+    lib: ctypes.CDLL, lens: list[int], D: int, threads: int, dtype: torch.dtype, H: int, Hkv: int
 ) -> None:
-    """Sequences of different lengths, scattered blocks, GQA 6:2; a float32 or bf16 pool (read
-    as the float32 values it holds)."""
+    """Sequences of different lengths, scattered blocks; a float32 or bf16 pool (read as the
+    float32 values it holds)."""
     torch.manual_seed(0)
-    H, Hkv, bs = 6, 2, 4
+    bs = 4
     need = [-(-n // bs) for n in lens]
     pool = torch.randn(sum(need) + 3, bs, 2, Hkv, D).to(dtype)
     order = torch.randperm(len(pool)).tolist()  # scattered blocks
