@@ -93,11 +93,11 @@ class EngineConfig:
     ``max_batch`` sequences decode together; ``max_step_tokens`` bounds the tokens computed per
     step (prefill chunks are cut to fit it).
 
-    ``dtype="auto"``: float32 on CPU (activations and KV), bfloat16 on CUDA. ``quant="auto"``:
+    ``dtype="auto"``: float32 activations on CPU, bfloat16 on CUDA. ``quant="auto"``:
     int8 weight-only for decode on CPU, none elsewhere. It keeps a float copy of each weight for
     prefill (bfloat16 where the CPU multiplies it natively, else float32) and an fp16 copy for
-    the big weights and small batches (see :mod:`llm_engine.quant`); the decode of one or
-    two sequences runs in :mod:`llm_engine.cpu_kernel` where gcc builds it, and so does
+    the big weights and small batches (see :mod:`llm_engine.quant`); the decode of up to
+    eight sequences runs in :mod:`llm_engine.cpu_kernel` where gcc builds it, and so does
     prefill's attention, in bfloat16 too, where the CPU has AVX512-BF16. ``"none"`` gives
     HF-comparable float32 math throughout.
     ``kv_dtype="auto"``: bfloat16 where quantization is int8 on CPU, else the model's dtype.

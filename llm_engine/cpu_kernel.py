@@ -1,6 +1,6 @@
 """Small AVX2 kernels for decode on CPU, built on first use: int8-weight matrix x vector
 products, paged decode attention, RMSNorm, rope, and ``decode_one``, which chains them through
-every layer for one or two sequences' new tokens (one call per step, not ~15 per layer).
+every layer for up to eight sequences' new tokens (one call per step, not ~15 per layer).
 
     y[m, n] = scale[n] * sum_k x[m, k] * q[n, k]  (+ bias[n]);  x, y float32, q int8
 
@@ -433,7 +433,8 @@ static inline __m512i bf16x32(const float *x) {
     return (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
 }
 
-/* The pool holds float32 or (bf = 1) bfloat16, indexed by element. */
+/* The pool slot of context position pos. The pool holds float32 or (bf = 1) bfloat16 and is
+   indexed by element. */
 static inline long slot_of(const long *table, long bs, long pos) {
     return table[pos / bs] * bs + pos % bs;
 }
@@ -466,11 +467,11 @@ static void pack_k(const void *kv, long k, const long *table, long bs, long row,
         _mm512_storeu_si512(dst + 16 * p, _mm512_i32gather_epi32(idx, tmp + p, 4));
 }
 
-/* 16 values of a V row from pool element i as bf16 (zero for no row, i < 0). */
-static inline __m256i v16(const void *kv, long i, int bf) {
-    if (i < 0) return _mm256_setzero_si256();
-    if (bf) return _mm256_loadu_si256((const __m256i *)((const uint16_t *)kv + i));
-    return (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps((const float *)kv + i));
+/* 16 values of a V row (from pool element r, or none: r < 0) at column d, as bf16. */
+static inline __m256i v16(const void *kv, long r, long d, int bf) {
+    if (r < 0) return _mm256_setzero_si256();
+    if (bf) return _mm256_loadu_si256((const __m256i *)((const uint16_t *)kv + r + d));
+    return (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps((const float *)kv + r + d));
 }
 
 /* V of one KV head (its columns from pool element v), keys [16 t, 16 t + 16): for each pair
@@ -486,7 +487,7 @@ static void pack_v(const void *kv, long v, const long *table, long bs, long row,
         long v0 = pos < S ? v + slot_of(table, bs, pos) * row : -1;
         long v1 = pos + 1 < S ? v + slot_of(table, bs, pos + 1) * row : -1;
         for (long d = 0; d < D; d += 16) {
-            __m256i a = v16(kv, v0 < 0 ? -1 : v0 + d, bf), b = v16(kv, v1 < 0 ? -1 : v1 + d, bf);
+            __m256i a = v16(kv, v0, d, bf), b = v16(kv, v1, d, bf);
             __m512i c = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);  /* a, then b */
             _mm512_storeu_si512(dst + (i * D + d), _mm512_permutexvar_epi16(il, c));
         }
