@@ -9,7 +9,8 @@ DynamicCache reused across turns) and with llama.cpp on the packaged Q4_1 GGUF w
   4. a 10-round conversation of ~40-token user turns: time to first token per round (the median
      of 3 conversations with different turns, since one round is one noisy sample).
 Also the memory-bandwidth ceiling of each backend's weights, the bound the batch's prompts
-alone put on scenario 3 at this CPU's measured GEMM rate, and an abort check. No asserts:
+alone put on scenario 3 at this CPU's measured GEMM rate, the bound attention over a growing
+history puts on scenario 4's last/1st, and an abort check. No asserts:
 these are figures to read. Each backend runs in its own process (torch's OpenMP teams must not
 meet the engine thread's), one after the other. Run on a quiet machine:
 `python bench/llm.py [--quick] [--no-hf] [--no-llama-cpp] [--threads N]`.
@@ -285,6 +286,7 @@ async def parley_main(w: Workload) -> Result:
         r: Result = {"label": PARLEY, "bytes_per_token": parley_weight_bytes(engine)}
         r["layer_shapes"] = layer_shapes(mc)
         r["prefill_flop"] = 2 * mc.num_layers * weights(r["layer_shapes"])  # per token
+        r["attn_flop"] = 4 * mc.num_heads * mc.head_dim * mc.num_layers  # per (query, key)
         r["setup"] = (
             f"dtype {cfg.resolved_dtype()}, quant {cfg.resolved_quant()}, "
             f"KV {cfg.resolved_kv_dtype()}"
@@ -459,7 +461,7 @@ def figures(results: list[Result], key: str) -> dict[str, Any]:
     return {r["label"]: r[key] for r in results if key in r}
 
 
-def report_rounds(results: list[Result], n: int) -> None:
+def report_rounds(w: Workload, results: list[Result], n: int) -> None:
     cols = figures(results, "rounds")
     cols.update((HF_RESEND, r["rounds_resend"]) for r in results if "rounds_resend" in r)
     history = results[0]["history"]  # Parley's tokens before each round
@@ -469,9 +471,27 @@ def report_rounds(results: list[Result], n: int) -> None:
     for i, hist in enumerate(history):
         print(f"  {i + 1:5}  {hist:7}" + "".join(f"{c[i] * 1e3:20.0f}" for c in cols.values()))
     print("  last/1st      " + "".join(f"{c[-1] / c[0]:20.2f}" for c in cols.values()))
+    print("  (history: Parley's tokens before the round; the baselines' differ by a few)")
+    ours = next((r for r in results if r["label"] == PARLEY), None)
+    if ours:
+        attention_bound(w, ours)
     p50 = {name: statistics.median(c) for name, c in cols.items()}
     compare("4. Conversation: p50 time to first token", "ms", p50, 1e3)
-    print("  (history: Parley's tokens before the round; the baselines' differ by a few)")
+
+
+def attention_bound(w: Workload, ours: Result) -> None:
+    """How much longer the last round's first token must take than the first's: its turn
+    attends to the whole history, at the same FLOPs per token pair as any other."""
+    turn = statistics.mean(len(ids) for ids in w.turn_ids[0][1:])  # tokens a round prefills
+    first, last = (ours["history"][i] + turn / 2 for i in (0, -1))  # keys per query, on average
+    proj, attn = ours["prefill_flop"], ours["attn_flop"]
+    bound = (proj + attn * last) / (proj + attn * first)
+    print(
+        f"  attention bound: a turn's ~{turn:.0f} tokens attend to ~{first:.0f} tokens in round 1"
+        f" and ~{last:.0f} in round {len(ours['history'])}; at one FLOP rate for projections"
+        f" ({proj / 1e6:.0f} MFLOP a token) and attention ({attn / 1e3:.0f} kFLOP a token pair),"
+        f" last/1st >= {bound:.2f}"
+    )
 
 
 def prefill_bound(w: Workload, ours: Result) -> None:
@@ -501,7 +521,7 @@ def report(w: Workload, results: list[Result], bandwidth: float) -> None:
         batch1 = f"its own batch-1 ({ours['batch1_tps']:.1f} tok/s)"
         print(f"  Parley vs {batch1}: {gain:.2f}x (target >= 5x)")
         prefill_bound(w, ours)
-    report_rounds(results, w.sizes.conversations)
+    report_rounds(w, results, w.sizes.conversations)
     print(f"\n## Memory-bandwidth ceiling (read bandwidth {bandwidth / 1e9:.1f} GB/s)")
     for r in results:
         ceiling = bandwidth / r["bytes_per_token"]
