@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,43 @@ async def test_int8_engine_agrees_with_float(smol_dir: Path, smol_engine: Any) -
         engine.close()
     want = await first_tokens(smol_engine)
     assert got[:3] == want[:3]  # "The capital of": int8 noise must not change the answer
+
+
+async def test_default_cpu_engine_keeps_turn_by_turn_equal_to_recompute(smol_dir: Path) -> None:
+    """The CPU defaults (int8 weights, bf16 K/V, one forward per step): a conversation built turn
+    by turn, with replies, a rollback and a second conversation decoding beside it, gives the
+    next-token logits of one prefill of its tokens, up to the kernels' rounding (decodes and
+    prefills multiply by different copies of the weights)."""
+    from llm_engine import Engine, EngineConfig
+    from tests.llm_engine.helpers import greedy, next_logits
+
+    engine = Engine(EngineConfig(model_dir=smol_dir, num_blocks=64))
+    engine.start()
+    try:
+        assert engine.config.resolved_kv_dtype() == "bfloat16"
+        conv = engine.open_conversation("You are a helpful assistant.")
+        other = engine.open_conversation("You are a poet.")
+        await other.append({"role": "user", "content": "Write about the sea."})
+        beside = asyncio.ensure_future(greedy(other, 24))  # shares the steps below
+        for turn in ("What is the capital of France?", "And of Italy?"):
+            await conv.append({"role": "user", "content": turn})
+            await greedy(conv, 8)
+        await conv.truncate(len(conv.tokens) - 3)
+        await conv.append({"role": "user", "content": "Which one is bigger?"})
+        await beside
+        incremental = await next_logits(engine, conv)
+        tokens = conv.tokens
+        await conv.close()
+        await other.close()
+        fresh = engine.open_conversation()
+        await fresh.append_tokens(tokens)
+        recomputed = await next_logits(engine, fresh)
+        await fresh.close()
+        assert engine.free_blocks() == 64
+    finally:
+        engine.close()
+    assert (incremental - recomputed).abs().max() < 0.05 * recomputed.abs().max()
+    assert int(incremental.argmax()) == int(recomputed.argmax())
 
 
 async def test_compile_failure_falls_back_to_eager(
