@@ -104,7 +104,8 @@ class EngineConfig:
     A bf16 pool holds twice the tokens in the same memory and halves what attention reads
     (decode at batch 50 was bound by reading a float32 pool); prefill's bf16 attention
     multiplies it as stored, decode widens it to float32. ``"float32"`` keeps exact float32
-    K/V (``quant="none"`` does by default).
+    K/V (``quant="none"`` does by default). The CPU kernels read float32 or bfloat16 pools; a
+    float16 pool attends through torch's SDPA.
     ``compile`` wraps the forward in ``torch.compile`` and falls back to eager if that fails
     (off by default: on the 2-core CPU it compiled for minutes and ran slower).
     """
