@@ -115,7 +115,8 @@ def linear(x: Tensor, w: Tensor | Int8Weight, bias: Tensor | None = None) -> Ten
     if w.full is not None and rows >= w.full_min_rows:
         if w.full.is_mkldnn:  # oneDNN's prepacked bf16 weight
             xb = x.to(torch.bfloat16)
-            y = torch.ops.mkldnn._linear_pointwise(xb, w.full, None, "none", [], "")
+            # the overload itself: the packet's dispatch added ~5 us a call (120 a step)
+            y = torch.ops.mkldnn._linear_pointwise.default(xb, w.full, None, "none", [], "")
         elif w.full.dtype == x.dtype:
             return F.linear(x, w.full, bias)
         else:
