@@ -99,11 +99,6 @@ class ModelRunner:
         slots = (bt[:, :, None] * self.block_size + self._offsets).view(len(tables), -1)
         return slots[:, :ctx_len].reshape(-1)
 
-    def _decode(self, seqs: list[Sequence]) -> Tensor:
-        """One new token per sequence -> hidden [B, hidden]."""
-        ids, pos, meta = self._decode_inputs(seqs)
-        return self._forward(ids, pos, self.kv, meta)[:, 0]
-
     def _decode_inputs(self, seqs: list[Sequence]) -> tuple[Tensor, Tensor, AttnMeta]:
         """ids, positions [B, 1] and attention inputs of one new token per sequence."""
         B = len(seqs)
