@@ -113,7 +113,8 @@ def paged_attention(q: Tensor, kv: Tensor, pool: Tensor, meta: AttnMeta) -> Tens
     B, T, H, D = q.shape
     Hkv = kv.shape[3]
     flat = pool.view(-1, 2 * Hkv * D)  # [num_slots, 2 Hkv D]
-    flat.index_copy_(0, meta.slots, kv.reshape(B * T, 2 * Hkv * D).to(pool.dtype))
+    stored = kv.reshape(B * T, 2 * Hkv * D).to(pool.dtype)  # rounded to the pool's dtype
+    flat.index_copy_(0, meta.slots, stored)
     if meta.kernel is not None and T == 1:
         assert meta.tables is not None and meta.lens is not None
         return cpu_kernel.paged_decode(meta.kernel, q, pool, meta.tables, meta.lens, pool.shape[1])
@@ -122,7 +123,7 @@ def paged_attention(q: Tensor, kv: Tensor, pool: Tensor, meta: AttnMeta) -> Tens
         start, table = meta.ctx_len - T, meta.tables[0]
         return cpu_kernel.prefill_attention(meta.prefill, q, pool, table, start, pool.shape[1])
     if meta.ctx_slots is None:  # a fresh prefill sees only itself, as stored
-        kv = kv.to(pool.dtype).to(q.dtype)
+        kv = stored.view(B, T, 2, Hkv, D).to(q.dtype)
         keys, values, causal = kv[:, :, 0], kv[:, :, 1], T > 1  # [B, T, Hkv, D] each
     else:
         S = meta.ctx_len
