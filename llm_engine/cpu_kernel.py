@@ -42,13 +42,23 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-_SOURCE = r"""
+# Both libraries start with this (see _load): the headers, and where a context position lives
+# in the paged pool.
+_PRELUDE = r"""
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* The pool slot of context position pos through a block table. The pool holds float32 or
+   (bf = 1) bfloat16 and is indexed by element. */
+static inline long slot_of(const long *table, long bs, long pos) {
+    return table[pos / bs] * bs + pos % bs;
+}
+"""
+
+_SOURCE = r"""
 static inline float hsum(__m256 v) {
     __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
@@ -179,7 +189,7 @@ static inline __m128 dot4(const float *q, const void *kv, long i, long stride, l
 static void scores(const float *q, const void *kv, long k, const long *tab, long t0, long t1,
                    long bs, long row, long D, float scale, int bf, float *s) {
     for (long t = t0; t < t1;) {
-        long kb = k + (tab[t / bs] * bs + t % bs) * row;
+        long kb = k + slot_of(tab, bs, t) * row;
         long n = bs - t % bs, i = 0;
         n = n < t1 - t ? n : t1 - t;
         for (; i + 4 <= n; i += 4)
@@ -219,7 +229,7 @@ static void weighted_sum(const float *p, const void *kv, long v, const long *tab
         __m256 acc[8];
         for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
         for (long t = t0; t < t1;) {
-            long vr = v + (tab[t / bs] * bs + t % bs) * row + d0;
+            long vr = v + slot_of(tab, bs, t) * row + d0;
             long n = bs - t % bs;
             n = n < t1 - t ? n : t1 - t;
             for (long i = 0; i < n; i++, vr += row) {
@@ -399,12 +409,6 @@ int decode_one(const Layer *layers, long L, float *x, float *h, long B, long hid
 # Prefill attention in bfloat16 products with float32 sums (AVX512-BF16), a library of its own:
 # it is built with AVX-512 flags, and only where the CPU has them.
 _BF16_SOURCE = r"""
-#include <immintrin.h>
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
 #define R 8  /* query rows per task: 16 accumulators with two 16-wide column tiles */
 
 /* e^x for x <= 0, 16 lanes: exp8's polynomial (in the AVX2 library) at AVX-512 width. */
@@ -431,12 +435,6 @@ static inline __mmask16 first(long n) { /* lanes [0, n) of 16 */
 /* 32 floats -> 32 bf16 in order (16 pairs). */
 static inline __m512i bf16x32(const float *x) {
     return (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
-}
-
-/* The pool slot of context position pos. The pool holds float32 or (bf = 1) bfloat16 and is
-   indexed by element. */
-static inline long slot_of(const long *table, long bs, long pos) {
-    return table[pos / bs] * bs + pos % bs;
 }
 
 /* K of one KV head (its columns from pool element k), keys [16 t, 16 t + 16) of the context
@@ -669,7 +667,9 @@ def _bind_bf16(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 
 def _load(name: str, source: str, flags: list[str], capable: bool) -> ctypes.CDLL | None:
-    """Build ``source`` once into the cache and open it; None where it cannot run here."""
+    """Build ``source`` (after ``_PRELUDE``) once into the cache and open it; None where it
+    cannot run here."""
+    source = _PRELUDE + source
     gomp = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
     if not (capable and gomp.exists() and shutil.which("gcc")):
         return None
