@@ -82,7 +82,8 @@ class Workload:
     turns: list[list[str]]  # user messages of each conversation
     short_ids: list[int]  # system + short prompt + assistant header
     doc_ids: list[list[int]]  # system + summary request + assistant header
-    # per conversation: turn 0 with the system prompt; later turns close the reply first
+    system_ids: list[int]  # the system prompt, resident before a conversation's round 1
+    # per conversation: turn 0 opens a user message; later turns close the reply first
     turn_ids: list[list[list[int]]]
 
 
@@ -113,14 +114,14 @@ def make_workload(sizes: Sizes, threads: int) -> Workload:
     # different turns in each conversation: Parley would reuse a repeated one's cached prefix
     turns = [[text(sizes.turn) for _ in range(sizes.rounds)] for _ in range(sizes.conversations)]
     system, pad = chatml("system", SYSTEM), tok.token_to_id("<|im_end|>") or 0
-    turn_ids = [
-        [ids(system if i == 0 else "<|im_end|>\n", t) for i, t in enumerate(conv)] for conv in turns
-    ]
+    turn_ids = [[ids("" if i == 0 else "<|im_end|>\n", t) for i, t in enumerate(c)] for c in turns]
     doc_ids = [ids(system, d) for d in docs]
     short_ids = ids(system, SHORT_PROMPT)
+    system_ids = tok.encode(system).ids
     return Workload(
-        sizes, threads, str(model_dir), str(gguf), pad, docs, turns, short_ids, doc_ids, turn_ids
-    )
+        sizes, threads, str(model_dir), str(gguf), pad, docs, turns, short_ids, doc_ids,
+        system_ids, turn_ids,
+    )  # fmt: skip
 
 
 def per_round(runs: list[list[float]]) -> list[float]:
@@ -238,6 +239,7 @@ async def parley_summaries(engine: Any, docs: list[str], n: int) -> float:
 async def parley_rounds(engine: Any, turns: list[str], n: int) -> tuple[list[float], list[int]]:
     """Time to first token per round of one resident conversation, and its length before each."""
     conv = engine.open_conversation(SYSTEM)
+    await conv.prefilled()  # the system prompt, as while a call connects
     ttfts, lengths = [], []
     for text in turns:
         lengths.append(len(conv.tokens))
@@ -347,13 +349,17 @@ def hf_batch(model: Any, prompts: list[list[int]], n: int, pad: int) -> float:
     return len(prompts) * n / (perf_counter() - t0)
 
 
-def hf_rounds(model: Any, turns: list[list[int]], n: int, reuse: bool) -> list[float]:
-    """Time to first token per round: feed only what the cache lacks (``reuse``), or re-send the
-    whole history into a fresh cache every round."""
+def hf_rounds(
+    model: Any, system: list[int], turns: list[list[int]], n: int, reuse: bool
+) -> list[float]:
+    """Time to first token per round: feed only what the cache lacks (``reuse``; the system
+    prompt is in it before round 1), or re-send the whole history into a fresh cache every
+    round."""
     from transformers import DynamicCache
 
     cache, ttfts = DynamicCache(), []
-    history: list[int] = []
+    hf_greedy(model, cache, system, 1)  # feeds the system prompt, not the token it picks
+    history = list(system)
     for turn in turns:
         if not reuse:
             cache = DynamicCache()
@@ -388,8 +394,11 @@ def run_hf(w: Workload) -> Result:
     r["long_tps"] = hf_greedy(model, DynamicCache(), w.short_ids, s.long)[1]
     progress(r, "short_ttft", "short_tps", "long_tps")
     r["batch_tps"] = hf_batch(models[pre], w.doc_ids, s.summary, w.pad_id)
-    r["rounds"] = per_round([hf_rounds(models[pre], t, s.reply, True) for t in w.turn_ids])
-    r["rounds_resend"] = per_round([hf_rounds(models[pre], t, s.reply, False) for t in w.turn_ids])
+    sys_ids = w.system_ids
+    r["rounds"] = per_round([hf_rounds(models[pre], sys_ids, t, s.reply, True) for t in w.turn_ids])
+    r["rounds_resend"] = per_round(
+        [hf_rounds(models[pre], sys_ids, t, s.reply, False) for t in w.turn_ids]
+    )
     progress(r, "batch_tps", "rounds", "rounds_resend")
     return r
 
@@ -425,7 +434,8 @@ def run_llama(w: Workload) -> Result:
     r["batch_tps"] = len(w.doc_ids) * s.summary / (perf_counter() - t0)
     runs = []
     for turns in w.turn_ids:
-        history: list[int] = []
+        history = list(w.system_ids)
+        llama_greedy(llm, history, 1)  # resident: the next prompt reuses it as its prefix
         runs.append([])
         for turn in turns:  # re-send the history; the prompt-prefix cache does the rest
             ttft, _, out = llama_greedy(llm, history + turn, s.reply)
@@ -481,16 +491,17 @@ def report_rounds(w: Workload, results: list[Result], n: int) -> None:
 
 def attention_bound(w: Workload, ours: Result) -> None:
     """How much longer the last round's first token must take than the first's: its turn
-    attends to the whole history, at the same FLOPs per token pair as any other."""
-    turn = statistics.mean(len(ids) for ids in w.turn_ids[0][1:])  # tokens a round prefills
-    first, last = (ours["history"][i] + turn / 2 for i in (0, -1))  # keys per query, on average
+    attends to the whole history, at the same FLOPs per token pair as any other (and it also
+    closes the previous reply, so it is a few tokens longer)."""
+    n1, n = (statistics.mean(len(c[i]) for c in w.turn_ids) for i in (0, -1))  # tokens prefilled
+    first, last = ours["history"][0] + n1 / 2, ours["history"][-1] + n / 2  # keys per query
     proj, attn = ours["prefill_flop"], ours["attn_flop"]
-    bound = (proj + attn * last) / (proj + attn * first)
+    bound = n * (proj + attn * last) / (n1 * (proj + attn * first))
     print(
-        f"  attention bound: a turn's ~{turn:.0f} tokens attend to ~{first:.0f} tokens in round 1"
-        f" and ~{last:.0f} in round {len(ours['history'])}; at one FLOP rate for projections"
-        f" ({proj / 1e6:.0f} MFLOP a token) and attention ({attn / 1e3:.0f} kFLOP a token pair),"
-        f" last/1st >= {bound:.2f}"
+        f"  attention bound: round 1 prefills ~{n1:.0f} tokens attending to ~{first:.0f} keys"
+        f" each, round {len(ours['history'])} ~{n:.0f} attending to ~{last:.0f}; at one FLOP"
+        f" rate for projections ({proj / 1e6:.0f} MFLOP a token) and attention"
+        f" ({attn / 1e3:.0f} kFLOP a token pair), last/1st >= {bound:.2f}"
     )
 
 

@@ -13,6 +13,7 @@ operations in call order):
   (or leaving the loop) aborts within one engine step; the conversation keeps exactly the
   tokens generated so far (``conv.tokens``) and their KV. ``generate(params, messages=turn)``
   appends the turn first, prefilled with the assistant header in one forward pass.
+- ``await conv.prefilled()`` returns once the queued tokens are prefilled.
 - ``await conv.truncate(n)`` rolls back to the first ``n`` tokens without recomputing.
 - ``conv.tokens`` is the token list, the source of truth; history is never re-tokenized.
 - ``await conv.close()`` frees its KV blocks. Closed conversations raise ``InvalidRequest``.
@@ -112,6 +113,13 @@ class Conversation:
                 lambda st: eng._apply_messages(st, msgs, partial, False, wait), self._state
             )
         )
+
+    async def prefilled(self) -> int:
+        """Return once the tokens queued so far are in the KV cache (the system prompt that
+        :meth:`Engine.open_conversation` prefills in the background, an ``append`` made with
+        ``wait=False``): the token count they reach."""
+        eng = self._engine
+        return int(await eng._call(eng._await_prefill, self._state))
 
     async def set_messages(self, messages: list[Message]) -> int:
         """Make the transcript exactly ``messages`` (as an OpenAI-style client re-sends it):

@@ -329,6 +329,9 @@ class Engine:
         self.scheduler.extend(state.seq, ids)
         return _DEFER
 
+    def _await_prefill(self, state: ConvState) -> object:
+        return _DEFER
+
     def _truncate(self, state: ConvState, n: int) -> None:
         self._busy_check(state)
         if not 0 <= n <= len(state.seq.tokens):

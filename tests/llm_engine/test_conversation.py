@@ -187,14 +187,20 @@ async def test_partial_without_waiting_then_reply_with_the_final(smol_engine: An
         assert got == want and conv.tokens == ref.tokens and conv.messages == ref.messages
         await conv.append({"role": "user", "content": TURNS[1]}, wait=False)
         assert conv.messages[-1] == {"role": "user", "content": TURNS[1]}
-        for _ in range(50):  # each sync waits for an engine step
-            if conv.num_cached == len(conv.tokens):
-                break
-            await smol_engine.sync()
-        assert conv.num_cached == len(conv.tokens)
+        assert await conv.prefilled() == len(conv.tokens) == conv.num_cached
     finally:
         await conv.close()
         await ref.close()
+
+
+async def test_prefilled_waits_for_the_system_prompt(smol_engine: Any) -> None:
+    conv = smol_engine.open_conversation(f"{SYSTEM} Today is {id(smol_engine)}.")  # not cached
+    try:
+        n = await conv.prefilled()
+        assert n == len(conv.tokens) == conv.num_cached > 0
+        assert await conv.prefilled() == n  # nothing queued: at once
+    finally:
+        await conv.close()
 
 
 async def test_stop_string_and_eos(smol_engine: Any) -> None:
