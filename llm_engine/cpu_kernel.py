@@ -20,10 +20,12 @@ A second library, :func:`load_bf16`, holds :func:`prefill_attention`: a prefill 
 attention over its paged context with AVX512-BF16 dot products (``vdpbf16ps``, float32 sums),
 for CPUs that have them and models whose projections already prefill in bf16. Appending a
 41-token turn to 900 tokens of history, torch's SDPA (float32, after gathering the context
-with a mask) took ~1.0 ms a layer on 2 threads, a third of the whole prefill; this takes ~0.35.
-It packs each KV head's keys and values into bf16 tiles once per call, then every task (8
-query rows of one KV head's GQA group) runs two passes: scores for all its keys, then the
-softmax-weighted sum of V, with no running rescale.
+with a mask) took ~1.0 ms a layer on 2 threads, a third of the whole prefill; this takes ~0.36.
+It copies each KV head's keys as bf16 rows and packs its values into pairs once per call;
+every task (16 query rows of one KV head's GQA group) then runs two passes: the scores of
+each key against its 16 rows as one vector (the key broadcast, the rows' queries packed),
+then the softmax-weighted sum of V, with no running rescale. Its dot products run at ~95% of
+the CPU's one ``vdpbf16ps`` a cycle; the softmax and the packing take the rest.
 """
 
 from __future__ import annotations
@@ -409,27 +411,23 @@ int decode_one(const Layer *layers, long L, float *x, float *h, long B, long hid
 # Prefill attention in bfloat16 products with float32 sums (AVX512-BF16), a library of its own:
 # it is built with AVX-512 flags, and only where the CPU has them.
 _BF16_SOURCE = r"""
-#define R 8  /* query rows per task: 16 accumulators with two 16-wide column tiles */
+#define R 16  /* query rows per task: their scores against one key are one 16-lane vector */
+#define KB 16 /* keys per register block of the scores */
+#define RG 8  /* rows per register block of p V: 16 accumulators with two 16-wide column tiles */
 
-/* e^x for x <= 0, 16 lanes: exp8's polynomial (in the AVX2 library) at AVX-512 width. */
+/* e^x for x <= 0, 16 lanes, to ~5e-5 relative: 2^n 2^f with a degree-4 series of 2^f on
+   [-1/2, 1/2]. The probabilities are rounded to bf16 (2^-9) after. */
 static inline __m512 exp16(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512 t = _mm512_mul_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)),
+                             _mm512_set1_ps(1.44269504088896341f));
+    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_set1_ps(9.6181291e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
-}
-
-static inline __mmask16 first(long n) { /* lanes [0, n) of 16 */
-    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
 }
 
 /* 32 floats -> 32 bf16 in order (16 pairs). */
@@ -437,32 +435,19 @@ static inline __m512i bf16x32(const float *x) {
     return (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
 }
 
-/* K of one KV head (its columns from pool element k), keys [16 t, 16 t + 16) of the context
-   (zero past S): for every pair of dimensions p, the 16 keys' (k[2p], k[2p+1]) as one
-   vector: dst [D/2][16] uint32. */
-static void pack_k(const void *kv, long k, const long *table, long bs, long row, long D,
-                   long t, long S, int bf, uint32_t *dst) {
-    uint32_t tmp[16 * 128];
-    long P = D / 2;
-    for (long j = 0; j < 16; j++) {
-        long pos = 16 * t + j;
-        uint32_t *tr = tmp + j * P;
-        if (pos >= S) {
-            memset(tr, 0, (size_t)P * 4);
-            continue;
-        }
-        long i = k + slot_of(table, bs, pos) * row;
-        if (bf) {  /* already bf16 pairs in order */
-            memcpy(tr, (const uint16_t *)kv + i, (size_t)D * 2);
-            continue;
-        }
-        const float *kr = (const float *)kv + i;
-        for (long d = 0; d < D; d += 32) _mm512_storeu_si512(tr + d / 2, bf16x32(kr + d));
-    }
-    __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)P));
-    for (long p = 0; p < P; p++)
-        _mm512_storeu_si512(dst + 16 * p, _mm512_i32gather_epi32(idx, tmp + p, 4));
+/* The softmax terms e^(s - mx) of key j's scores s against R rows, 0 where a row does not
+   see key j (lim: the keys each row sees). */
+static inline __m512 term(const float *s, __m512 mx, __m512i lim, long j) {
+    __mmask16 seen = _mm512_cmpgt_epi32_mask(lim, _mm512_set1_epi32((int)j));
+    return _mm512_maskz_mov_ps(seen, exp16(_mm512_sub_ps(_mm512_load_ps(s), mx)));
+}
+
+/* Two vectors of 16 floats a, b -> the 16 bf16 pairs (a[i], b[i]). */
+static inline __m512i pairs(__m512 a, __m512 b) {
+    const __m512i il = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
+                                        24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
+                                        16, 0);
+    return _mm512_permutexvar_epi16(il, (__m512i)_mm512_cvtne2ps_pbh(b, a));
 }
 
 /* 16 values of a V row (from pool element r, or none: r < 0) at column d, as bf16. */
@@ -492,22 +477,57 @@ static void pack_v(const void *kv, long v, const long *table, long bs, long row,
     }
 }
 
+/* K of one KV head (its columns from pool element k), keys [16 t, 16 t + 16) as bf16 rows of
+   D (zero past S): dst [16][D] uint16. */
+static void copy_k(const void *kv, long k, const long *table, long bs, long row, long D,
+                   long t, long S, int bf, uint16_t *dst) {
+    for (long j = 0; j < 16; j++) {
+        long pos = 16 * t + j;
+        uint16_t *kr = dst + j * D;
+        if (pos >= S) {
+            memset(kr, 0, (size_t)D * 2);
+        } else if (bf) {
+            memcpy(kr, (const uint16_t *)kv + k + slot_of(table, bs, pos) * row, (size_t)D * 2);
+        } else {
+            const float *src = (const float *)kv + k + slot_of(table, bs, pos) * row;
+            for (long d = 0; d < D; d += 32) _mm512_storeu_si512(kr + d, bf16x32(src + d));
+        }
+    }
+}
+
+/* acc[b] = the scores of key b (row b of kr: P pairs of bf16) against R query rows (Q: P
+   vectors of R pairs). */
+static inline __attribute__((always_inline)) void scores(const uint32_t *kr, const uint32_t *Q,
+                                                          long P, __m512 *acc) {
+    for (int b = 0; b < KB; b++) acc[b] = _mm512_setzero_ps();
+    for (long p = 0; p < P; p++) {
+        __m512bh qv = (__m512bh)_mm512_loadu_si512(Q + p * R);
+        for (int b = 0; b < KB; b++) {
+            __m512bh kb = (__m512bh)_mm512_set1_epi32((int)kr[b * P + p]);
+            acc[b] = _mm512_dpbf16_ps(acc[b], kb, qv);
+        }
+    }
+}
+
 /* Causal attention of the T newest tokens of one sequence over its S = start + T context in
    the paged pool (their K/V already stored), bf16 products with float32 sums.
    q: token t's heads at q + t * q_stride, [H, D]; pool: [slots, 2, Hkv, D] float32 or (bf)
    bfloat16; table: block ids; out: [T, H, D]. D a multiple of 32, at most 256. Returns 0, or
-   -1 when its buffers could not be allocated. */
+   -1 when its buffers could not be allocated.
+   Rows are (token, query head) pairs of one KV head's group: row r is token r / G of head
+   kh G + r % G. A task takes R of them: the scores of each key against its R rows are one
+   vector (K is broadcast, Q is packed), so its softmax runs down the keys lane by lane. */
 int prefill_attention(const float *q, long q_stride, const void *pool, const long *table,
                        long start, long T, float *out, long H, long Hkv, long D, long bs,
                        float scale, int bf, int nthreads) {
-    long S = start + T, Sp = (S + 31) / 32 * 32, G = H / Hkv, P = D / 2, row = 2 * Hkv * D;
-    long rows = G * T, Rp = (rows + R - 1) / R * R, nt = Sp / 16, tasks = Hkv * (Rp / R);
-    uint32_t *kp = aligned_alloc(64, (size_t)(Hkv * Sp * P) * 4);
-    uint32_t *vp = aligned_alloc(64, (size_t)(Hkv * Sp * P) * 4);
-    uint32_t *qp = aligned_alloc(64, (size_t)(Hkv * Rp * P) * 4);
-    int failed = kp == NULL || vp == NULL || qp == NULL;
+    long S = start + T, Sp = (S + 15) / 16 * 16, G = H / Hkv, P = D / 2, row = 2 * Hkv * D;
+    long rows = G * T, tiles = (rows + R - 1) / R, nt = Sp / 16, tasks = Hkv * tiles;
+    uint16_t *kc = aligned_alloc(64, (size_t)(Hkv * Sp * D) * 2);     /* [Hkv][Sp][D] */
+    uint32_t *vp = aligned_alloc(64, (size_t)(Hkv * Sp * P) * 4);     /* [Hkv][Sp/2][D] */
+    uint32_t *qp = aligned_alloc(64, (size_t)(tasks * P * R) * 4);    /* [tasks][P][R] */
+    int failed = kc == NULL || vp == NULL || qp == NULL;
     if (failed) {
-        free(kp);
+        free(kc);
         free(vp);
         free(qp);
         return -1;
@@ -517,103 +537,106 @@ int prefill_attention(const float *q, long q_stride, const void *pool, const lon
         #pragma omp for schedule(static)
         for (long i = 0; i < Hkv * nt; i++) {
             long kh = i / nt, t = i % nt;
-            long at = kh * Sp * P + t * 16 * P;
-            pack_k(pool, kh * D, table, bs, row, D, t, S, bf, kp + at);
-            pack_v(pool, (Hkv + kh) * D, table, bs, row, D, t, S, bf, vp + at);
+            long at = (kh * Sp + 16 * t) * D;  /* key 16 t of head kh: D bf16 = P pairs */
+            copy_k(pool, kh * D, table, bs, row, D, t, S, bf, kc + at);
+            pack_v(pool, (Hkv + kh) * D, table, bs, row, D, t, S, bf, vp + at / 2);
         }
         #pragma omp for schedule(static)
-        /* row r of KV head kh: token r / G, query head kh G + r % G, scaled */
-        for (long i = 0; i < Hkv * Rp; i++) {
-            long kh = i / Rp, r = i % Rp;
-            uint32_t *dst = qp + i * P;
-            if (r >= rows) {
-                memset(dst, 0, (size_t)P * 4);
-                continue;
+        for (long task = 0; task < tasks; task++) {  /* Q as pairs of dimensions x R rows */
+            long kh = task / tiles, r0 = task % tiles * R;
+            uint32_t tmp[R * 128];
+            for (long r = 0; r < R; r++) {
+                uint32_t *dst = tmp + r * P;
+                if (r0 + r >= rows) {
+                    memset(dst, 0, (size_t)P * 4);
+                    continue;
+                }
+                const float *qr = q + (r0 + r) / G * q_stride + (kh * G + (r0 + r) % G) * D;
+                float x[32];
+                for (long d = 0; d < D; d += 32) {
+                    for (int j = 0; j < 32; j++) x[j] = qr[d + j] * scale;
+                    _mm512_storeu_si512(dst + d / 2, bf16x32(x));
+                }
             }
-            const float *qr = q + (r / G) * q_stride + (kh * G + r % G) * D;
-            float tmp[32];
-            for (long d = 0; d < D; d += 32) {
-                for (int j = 0; j < 32; j++) tmp[j] = qr[d + j] * scale;
-                _mm512_storeu_si512(dst + d / 2, bf16x32(tmp));
-            }
+            __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+            __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)P));
+            uint32_t *dst = qp + task * P * R;
+            for (long p = 0; p < P; p++)
+                _mm512_storeu_si512(dst + p * R, _mm512_i32gather_epi32(idx, tmp + p, 4));
         }
-        float *s = aligned_alloc(64, (size_t)(R * Sp) * 4);
-        uint16_t *pb = aligned_alloc(64, (size_t)(R * Sp) * 2);
+        float *s = aligned_alloc(64, (size_t)(Sp * R) * 4);         /* [keys][R] */
+        uint32_t *pb = aligned_alloc(64, (size_t)(Sp / 2 * R) * 4); /* [key pairs][R] */
         if (s == NULL || pb == NULL) {
             #pragma omp atomic write
             failed = 1;
         }
-        float inv[R];
         #pragma omp for schedule(dynamic, 1)
         for (long task = 0; task < tasks; task++) {
             if (s == NULL || pb == NULL) continue;
-            long kh = task / (Rp / R), r0 = task % (Rp / R) * R;
+            long kh = task / tiles, r0 = task % tiles * R;
             long last = r0 + R - 1 < rows - 1 ? r0 + R - 1 : rows - 1;
-            long lim = start + last / G + 1;  /* keys the tile's last row sees */
-            long n = (lim + 31) / 32 * 32;
-            const uint32_t *K = kp + kh * Sp * P, *V = vp + kh * Sp * P;
-            const uint32_t *Q = qp + (kh * Rp + r0) * P;
-            for (long j = 0; j < n; j += 32) {  /* scores: R rows x 32 keys */
-                __m512 acc[R][2];
-                for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-                const uint32_t *k0 = K + j * P, *k1 = k0 + 16 * P;
-                for (long p = 0; p < P; p++) {
-                    __m512bh a = (__m512bh)_mm512_loadu_si512(k0 + 16 * p);
-                    __m512bh b = (__m512bh)_mm512_loadu_si512(k1 + 16 * p);
-                    for (int r = 0; r < R; r++) {
-                        __m512bh qb = (__m512bh)_mm512_set1_epi32((int)Q[r * P + p]);
-                        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], qb, a);
-                        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], qb, b);
-                    }
+            long n = (start + last / G + 1 + 15) / 16 * 16;  /* the last row's keys, rounded up */
+            int lim[R];  /* keys each row sees (none past the last row) */
+            for (int r = 0; r < R; r++)
+                lim[r] = r0 + r < rows ? (int)(start + (r0 + r) / G + 1) : 0;
+            __m512i limv = _mm512_loadu_si512(lim);
+            const uint16_t *K = kc + kh * Sp * D;
+            const uint32_t *Q = qp + task * P * R, *V = vp + kh * Sp * P;
+            __m512 mx = _mm512_set1_ps(-INFINITY);
+            for (long j = 0; j < n; j += KB) {  /* scores: KB keys x R rows */
+                __m512 acc[KB];
+                const uint32_t *kr = (const uint32_t *)(K + j * D);
+                switch (P) {  /* a constant row length keeps the keys' addresses in the code */
+                    case 32: scores(kr, Q, 32, acc); break;
+                    case 64: scores(kr, Q, 64, acc); break;
+                    case 16: scores(kr, Q, 16, acc); break;
+                    case 128: scores(kr, Q, 128, acc); break;
+                    default: scores(kr, Q, P, acc);
                 }
-                for (int r = 0; r < R; r++) {
-                    _mm512_storeu_ps(s + r * Sp + j, acc[r][0]);
-                    _mm512_storeu_ps(s + r * Sp + j + 16, acc[r][1]);
+                for (int b = 0; b < KB; b++) {
+                    __mmask16 seen = _mm512_cmpgt_epi32_mask(limv, _mm512_set1_epi32((int)(j + b)));
+                    mx = _mm512_mask_max_ps(mx, seen, mx, acc[b]);
+                    _mm512_store_ps(s + (j + b) * R, acc[b]);
                 }
             }
-            for (int r = 0; r < R; r++) {  /* softmax terms as bf16, zero past each row's keys */
-                long m = r0 + r < rows ? start + (r0 + r) / G + 1 : 0;
-                float *sr = s + r * Sp;
-                __m512 mx = _mm512_set1_ps(-INFINITY), sum = _mm512_setzero_ps();
-                for (long j = 0; j < m; j += 16)
-                    mx = _mm512_mask_max_ps(mx, first(m - j), mx, _mm512_loadu_ps(sr + j));
-                __m512 mv = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-                for (long j = 0; j < n; j += 16) {
-                    __m512 x = _mm512_sub_ps(_mm512_loadu_ps(sr + j), mv);
-                    __m512 e = _mm512_maskz_mov_ps(first(m - j), exp16(x));
-                    sum = _mm512_add_ps(sum, e);
-                    __m256i eb = (__m256i)_mm512_cvtneps_pbh(e);
-                    _mm256_storeu_si256((__m256i *)(pb + r * Sp + j), eb);
-                }
-                float total = _mm512_reduce_add_ps(sum);
-                inv[r] = total > 0.f ? 1.f / total : 0.f;
+            __m512 sum = _mm512_setzero_ps();
+            for (long j = 0; j < n; j += 2) {  /* softmax terms, as bf16 pairs of keys */
+                __m512 e0 = term(s + j * R, mx, limv, j);
+                __m512 e1 = term(s + (j + 1) * R, mx, limv, j + 1);
+                sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
+                _mm512_store_si512(pb + j / 2 * R, pairs(e0, e1));
             }
-            for (long d = 0; d < D; d += 32) {  /* out = p V: R rows x 32 dimensions */
-                __m512 acc[R][2];
-                for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-                for (long i = 0; i < n / 2; i++) {
-                    const uint32_t *vr = V + i * D + d;
-                    __m512bh a = (__m512bh)_mm512_loadu_si512(vr);
-                    __m512bh b = (__m512bh)_mm512_loadu_si512(vr + 16);
-                    for (int r = 0; r < R; r++) {
-                        uint32_t pair = ((const uint32_t *)(pb + r * Sp))[i];
-                        __m512bh pr = (__m512bh)_mm512_set1_epi32((int)pair);
-                        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], pr, a);
-                        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], pr, b);
+            float inv[R];  /* 1 / sum, 0 for rows that see no key (past the last row) */
+            __mmask16 some = _mm512_cmp_ps_mask(sum, _mm512_setzero_ps(), _CMP_GT_OQ);
+            _mm512_storeu_ps(inv, _mm512_maskz_div_ps(some, _mm512_set1_ps(1.f), sum));
+            for (long g = 0; g < R && r0 + g < rows; g += RG) {
+                for (long d = 0; d < D; d += 32) {  /* out = p V: RG rows x 32 dimensions */
+                    __m512 acc[RG][2];
+                    for (int r = 0; r < RG; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+                    for (long i = 0; i < n / 2; i++) {
+                        const uint32_t *vr = V + i * D + d;
+                        __m512bh a = (__m512bh)_mm512_loadu_si512(vr);
+                        __m512bh b = (__m512bh)_mm512_loadu_si512(vr + 16);
+                        for (int r = 0; r < RG; r++) {
+                            __m512bh pr = (__m512bh)_mm512_set1_epi32((int)pb[i * R + g + r]);
+                            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], pr, a);
+                            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], pr, b);
+                        }
                     }
-                }
-                for (int r = 0; r < R && r0 + r < rows; r++) {
-                    float *o = out + ((r0 + r) / G * H + kh * G + (r0 + r) % G) * D + d;
-                    __m512 iv = _mm512_set1_ps(inv[r]);
-                    _mm512_storeu_ps(o, _mm512_mul_ps(acc[r][0], iv));
-                    _mm512_storeu_ps(o + 16, _mm512_mul_ps(acc[r][1], iv));
+                    for (int r = 0; r < RG && r0 + g + r < rows; r++) {
+                        long rr = r0 + g + r;
+                        float *o = out + (rr / G * H + kh * G + rr % G) * D + d;
+                        __m512 iv = _mm512_set1_ps(inv[g + r]);
+                        _mm512_storeu_ps(o, _mm512_mul_ps(acc[r][0], iv));
+                        _mm512_storeu_ps(o + 16, _mm512_mul_ps(acc[r][1], iv));
+                    }
                 }
             }
         }
         free(s);
         free(pb);
     }
-    free(kp);
+    free(kc);
     free(vp);
     free(qp);
     return failed ? -1 : 0;

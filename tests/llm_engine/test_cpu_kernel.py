@@ -144,6 +144,7 @@ def _round_bf16(x: torch.Tensor) -> torch.Tensor:
         (5, 1, 6, 2, 32, 4, 1),  # one token, small blocks
         (100, 130, 8, 1, 128, 16, 2),  # GQA 8:1, wide heads, more rows than one task
         (17, 33, 14, 2, 64, 8, 1),  # contexts that end mid-block
+        (40, 21, 4, 2, 96, 16, 2),  # a head size without its own unrolled score loop
     ],
 )
 def test_prefill_attention_matches_sdpa(

@@ -222,7 +222,20 @@ def test_one_call_decode_matches_layer_by_layer(
     want, want_logits = _greedy_decode(layered, [prompt], 24)
     assert got == want
     scale = want_logits.abs().max()
-    assert (got_logits - want_logits).abs().max() < 1e-4 * scale
+    if kv_dtype == torch.float32:
+        assert (got_logits - want_logits).abs().max() < 1e-4 * scale
+        return
+    # Over a bf16 pool, sums in another order flip the rounding of a few stored values, and
+    # the layers above see them: compare the first step's stored K/V instead. Rounding as
+    # torch does, ~6% of them differ (by one bf16 step); truncating, ~65%.
+    stored = []
+    for runner in (fused, layered):
+        runner.kv.kv.zero_()
+        _greedy_decode(runner, [prompt], 1)
+        stored.append(runner.kv.kv[:, 0, len(prompt) - 1].float())  # block 0: the new token
+    assert not torch.equal(stored[0], torch.zeros_like(stored[0]))
+    assert (stored[0] != stored[1]).float().mean() < 0.2
+    assert (got_logits - want_logits).abs().max() < 1e-3 * scale
 
 
 def test_one_call_decode_of_several_sequences_matches_each_alone(smol_dir: Path) -> None:
@@ -283,7 +296,8 @@ def test_one_forward_serves_a_steps_decodes_and_prefill_chunks(smol_dir: Path) -
     got, seqs = step(merged, together=True)
     want, _ = step(apart, together=False)
     assert got.shape == want.shape == (3, want.shape[1])
-    assert (got - want).abs().max() < 0.03 * want.abs().max()
+    # the decodes' rows: bf16 weights here, int8 apart (the tolerance of int8 against float)
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
     assert torch.equal(got.argmax(-1), want.argmax(-1))
     for seq in seqs:  # every token's K/V landed in its own slots
         slots = [seq.block_table[p // 16] * 16 + p % 16 for p in range(len(seq.tokens))]
