@@ -641,6 +641,61 @@ int prefill_attention(const float *q, long q_stride, const void *pool, const lon
     free(qp);
     return failed ? -1 : 0;
 }
+
+/* 16 bf16 from p, as floats. */
+static inline __m512 widen16(const uint16_t *p) {
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+/* x: [rows, dim] float32; x += r first when r is given (bf16, as a bf16 GEMM returns it);
+   out = w * (x / sqrt(mean(x^2) + eps)), as bf16 (ob) for the next GEMM, or float32. dim a
+   multiple of 16. */
+void add_norm(float *x, const uint16_t *r, const float *w, void *out, int ob, long rows,
+              long dim, float eps, int nthreads) {
+    #pragma omp parallel for num_threads(nthreads) if (rows * dim >= 1 << 16)
+    for (long i = 0; i < rows; i++) {
+        float *xi = x + i * dim;
+        __m512 ss = _mm512_setzero_ps();
+        for (long d = 0; d < dim; d += 16) {
+            __m512 v = _mm512_loadu_ps(xi + d);
+            if (r) {
+                v = _mm512_add_ps(v, widen16(r + i * dim + d));
+                _mm512_storeu_ps(xi + d, v);
+            }
+            ss = _mm512_fmadd_ps(v, v, ss);
+        }
+        __m512 inv = _mm512_set1_ps(1.f / sqrtf(_mm512_reduce_add_ps(ss) / (float)dim + eps));
+        for (long d = 0; d < dim; d += 16) {
+            __m512 y = _mm512_mul_ps(_mm512_loadu_ps(w + d),
+                                     _mm512_mul_ps(_mm512_loadu_ps(xi + d), inv));
+            if (ob)
+                _mm256_storeu_si256((__m256i *)((uint16_t *)out + i * dim + d),
+                                    (__m256i)_mm512_cvtneps_pbh(y));
+            else
+                _mm512_storeu_ps((float *)out + i * dim + d, y);
+        }
+    }
+}
+
+/* SwiGLU's activation over a bf16 GEMM's output: gu [rows, 2 inter] (gate, then up) ->
+   out [rows, inter] = silu(gate) * up, computed in float32, stored as bf16 for the next
+   GEMM. inter a multiple of 16. */
+void silu_mul(const uint16_t *gu, uint16_t *out, long rows, long inter, int nthreads) {
+    #pragma omp parallel for num_threads(nthreads) if (rows * inter >= 1 << 16)
+    for (long i = 0; i < rows; i++) {
+        const uint16_t *g = gu + i * 2 * inter, *u = g + inter;
+        for (long d = 0; d < inter; d += 16) {
+            __m512 x = widen16(g + d);
+            __m512 a = _mm512_abs_ps(x);  /* silu(x) = x / (1 + e^-x), from e^-|x| <= 1 */
+            __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), a));
+            __m512 num = _mm512_mask_mul_ps(x, _mm512_cmp_ps_mask(x, a, _CMP_NEQ_UQ), x, e);
+            __m512 y = _mm512_div_ps(num, _mm512_add_ps(_mm512_set1_ps(1.f), e));
+            y = _mm512_mul_ps(y, widen16(u + d));
+            _mm256_storeu_si256((__m256i *)(out + i * inter + d), (__m256i)_mm512_cvtneps_pbh(y));
+        }
+    }
+}
 """
 
 
@@ -686,6 +741,9 @@ def _bind_bf16(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, n, f, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
     lib.prefill_attention.argtypes = [p, n, p, p, n, n, p, n, n, n, n, f, i, i]
     lib.prefill_attention.restype = ctypes.c_int
+    lib.add_norm.argtypes = [p, p, p, p, i, n, n, f, i]
+    lib.silu_mul.argtypes = [p, p, n, n, i]
+    lib.add_norm.restype = lib.silu_mul.restype = None
     return lib
 
 
@@ -893,6 +951,34 @@ def rms_norm(lib: ctypes.CDLL, x: Tensor, r: Tensor | None, w: Tensor, eps: floa
     dim = x.shape[-1]
     rp = None if r is None else r.data_ptr()
     lib.rms_norm(x.data_ptr(), rp, w.data_ptr(), out.data_ptr(), x.numel() // dim, dim, eps)
+    return out
+
+
+def add_norm(
+    lib: ctypes.CDLL, x: Tensor, r: Tensor | None, w: Tensor, eps: float, out_bf16: bool
+) -> Tensor:
+    """``x += r`` in place (when given: bfloat16, a bf16 GEMM's output), then RMSNorm(x) * w
+    as bfloat16 (``out_bf16``: the next GEMM's input) or float32. x: [..., dim] float32
+    contiguous, dim a multiple of 16; w: [dim] float32 -> a new [..., dim]."""
+    assert x.is_contiguous() and x.dtype == torch.float32 and x.shape[-1] % 16 == 0
+    assert r is None or (r.dtype == torch.bfloat16 and r.is_contiguous() and r.shape == x.shape)
+    out = torch.empty_like(x, dtype=torch.bfloat16 if out_bf16 else torch.float32)
+    dim = x.shape[-1]
+    rp = None if r is None else r.data_ptr()
+    lib.add_norm(x.data_ptr(), rp, w.data_ptr(), out.data_ptr(), int(out_bf16),
+                 x.numel() // dim, dim, eps, torch.get_num_threads())  # fmt: skip
+    return out
+
+
+def silu_mul(lib: ctypes.CDLL, gate_up: Tensor) -> Tensor:
+    """SwiGLU's activation of a bf16 GEMM's output: [..., 2 * inter] (gate, then up) ->
+    silu(gate) * up [..., inter] in bfloat16, computed in float32. inter a multiple of 16."""
+    assert gate_up.dtype == torch.bfloat16 and gate_up.is_contiguous()
+    inter = gate_up.shape[-1] // 2
+    assert inter % 16 == 0
+    out = torch.empty(*gate_up.shape[:-1], inter, dtype=torch.bfloat16)
+    rows = gate_up.numel() // (2 * inter)
+    lib.silu_mul(gate_up.data_ptr(), out.data_ptr(), rows, inter, torch.get_num_threads())
     return out
 
 

@@ -7,12 +7,15 @@ grouped-query attention over the paged KV pool, SwiGLU, optional q/k/v bias, tie
 Q/K/V and gate/up projections are fused into one matmul each. On CPU with int8 weights, the
 decode step of up to eight sequences runs every layer in one C call (``cpu_kernel.decode_one``,
 the same math over the same kernels): the ops' Python calls had cost a fifth of the step.
+Where prefill's projections run as bf16 GEMMs, the activations between them stay bf16 and
+the norms and SwiGLU are one C call each (``_forward_bf16``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +101,9 @@ class Transformer:
         fp32_cpu = weights.embed.device.type == "cpu" and weights.embed.dtype == torch.float32
         self.kernel = cpu_kernel.load() if fp32_cpu else None
         self._decode_one: cpu_kernel.DecodeOne | None = None
+        # where prefill's GEMMs run in bf16: the norms and SwiGLU hand them bf16 (see forward)
+        self._bf16: Any = None
+        self._bf16_rows = 0  # from this many rows
 
     @property
     def prefill_dtype(self) -> torch.dtype:
@@ -118,6 +124,12 @@ class Transformer:
         if isinstance(self.w.lm_head, Tensor):
             self.w.lm_head = quantize_int8(self.w.lm_head, keep_full)
         self._decode_one = self._bind_decode_one()
+        w = self.w.layers[0].qkv
+        if self.kernel is not None and self.prefill_dtype == torch.bfloat16:
+            assert isinstance(w, Int8Weight)
+            fits = self.cfg.hidden_size % 16 == 0 and self.cfg.intermediate_size % 16 == 0
+            self._bf16 = cpu_kernel.load_bf16() if fits else None
+            self._bf16_rows = w.full_min_rows
 
     def _bind_decode_one(self) -> cpu_kernel.DecodeOne | None:
         """The one-call decode of up to ``DecodeOne.max_batch`` sequences, where every
@@ -152,13 +164,16 @@ class Transformer:
         H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         B, T = input_ids.shape
         x = F.embedding(input_ids, self.w.embed)  # [B, T, hidden], the residual stream
-        h = self._add_norm(x, None, layers[0].attn_norm)
         one = self._decode_one
         fused = T == 1 and one is not None and one.max_batch >= B
         if fused and isinstance(meta, AttnMeta) and meta.tables is not None:
             assert one is not None and meta.lens is not None  # the runner's decode
+            h = self._add_norm(x, None, layers[0].attn_norm)
             one(x, h, kv.kv, positions, meta.slots, meta.tables, meta.lens)  # all layers, one call
             return h
+        if self._bf16 is not None and self._bf16_rows <= B * T:
+            return self._forward_bf16(x, positions, kv, meta)
+        h = self._add_norm(x, None, layers[0].attn_norm)
         for i, lw in enumerate(layers):
             qkv = linear(h, lw.qkv, lw.qkv_bias).view(B, T, H + 2 * Hkv, D)
             self._rope_(qkv, H + Hkv, positions)  # q and k heads together
@@ -168,6 +183,31 @@ class Transformer:
             gate, up = linear(h, lw.gate_up).chunk(2, dim=-1)  # [B, T, inter] each
             nxt = layers[i + 1].attn_norm if i + 1 < len(layers) else self.w.norm
             h = self._add_norm(x, linear(F.silu(gate) * up, lw.down), nxt)
+        return h
+
+    def _forward_bf16(
+        self, x: Tensor, positions: Tensor, kv: KVCache, meta: AttnMeta | Parts
+    ) -> Tensor:
+        """``forward``'s layers where every projection runs as a bf16 GEMM (many rows, float32
+        model, int8 weights with bf16 copies, AVX512-BF16): the residual stream stays float32,
+        but what a GEMM reads or returns stays bf16, so the norms and SwiGLU read and write
+        bf16 in one C call each instead of torch's casts (9 a layer), silu and mul. Rounding is
+        the same: the GEMMs round their inputs to bf16 anyway."""
+        cfg, layers, lib = self.cfg, self.w.layers, self._bf16
+        H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        B, T = positions.shape
+        bf16, eps = torch.bfloat16, cfg.rms_norm_eps
+        h = cpu_kernel.add_norm(lib, x, None, layers[0].attn_norm, eps, True)
+        for i, lw in enumerate(layers):
+            qkv = linear(h, lw.qkv, lw.qkv_bias, torch.float32).view(B, T, H + 2 * Hkv, D)
+            self._rope_(qkv, H + Hkv, positions)
+            kv_new = qkv[:, :, H:].view(B, T, 2, Hkv, D)
+            attn = attend(qkv[:, :, :H], kv_new, kv.kv[i], meta)
+            h = cpu_kernel.add_norm(lib, x, linear(attn, lw.o, None, bf16), lw.mlp_norm, eps, True)
+            act = cpu_kernel.silu_mul(lib, linear(h, lw.gate_up, None, bf16))
+            last = i + 1 == len(layers)
+            nxt = self.w.norm if last else layers[i + 1].attn_norm
+            h = cpu_kernel.add_norm(lib, x, linear(act, lw.down, None, bf16), nxt, eps, not last)
         return h
 
     def _add_norm(self, x: Tensor, r: Tensor | None, w: Tensor) -> Tensor:

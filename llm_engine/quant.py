@@ -106,10 +106,13 @@ def _onednn_pack(w: Tensor) -> Tensor | None:
         return None
 
 
-def linear(x: Tensor, w: Tensor | Int8Weight, bias: Tensor | None = None) -> Tensor:
-    """x: [..., K] -> [..., N]."""
+def linear(
+    x: Tensor, w: Tensor | Int8Weight, bias: Tensor | None = None, dtype: torch.dtype | None = None
+) -> Tensor:
+    """x: [..., K] -> [..., N] in ``dtype`` (default: x's). An fp32 model's prefill may pass
+    bf16 activations to the bf16 GEMM (``full``) and keep its bf16 output."""
     if isinstance(w, Tensor):
-        return F.linear(x, w, bias)
+        return F.linear(x, w, bias).to(dtype or x.dtype)
     K = x.shape[-1]
     rows = x.numel() // K
     if w.full is not None and rows >= w.full_min_rows:
@@ -118,10 +121,10 @@ def linear(x: Tensor, w: Tensor | Int8Weight, bias: Tensor | None = None) -> Ten
             # the overload itself: the packet's dispatch added ~5 us a call (120 a step)
             y = torch.ops.mkldnn._linear_pointwise.default(xb, w.full, None, "none", [], "")
         elif w.full.dtype == x.dtype:
-            return F.linear(x, w.full, bias)
+            return F.linear(x, w.full, bias).to(dtype or x.dtype)
         else:
             y = F.linear(x.to(w.full.dtype), w.full)
-        y = y.to(x.dtype)
+        y = y.to(dtype or x.dtype)
         return y if bias is None else y + bias
     x2 = x.reshape(rows, K)
     if w.kernel is not None and rows <= KERNEL_MAX_ROWS and x.dtype == torch.float32:
@@ -129,12 +132,13 @@ def linear(x: Tensor, w: Tensor | Int8Weight, bias: Tensor | None = None) -> Ten
         b = bias if bias is not None and bias.dtype == torch.float32 else None
         y = cpu_kernel.q8_linear(w.kernel, x2.contiguous(), w.q, w.scale32, b)
         y = y.view(*x.shape[:-1], w.q.shape[0])
-        return y if bias is None or b is not None else y + bias
+        y = y if bias is None or b is not None else y + bias
+        return y.to(dtype or x.dtype)
     if w.packed is not None and (rows > 1 or w.one_row_packed):
         y = torch.ops.quantized.linear_dynamic_fp16(x2.float(), w.packed)
     elif x.device.type == "cpu":
         y = torch._weight_int8pack_mm(x2.to(torch.bfloat16), w.q, w.scale)
     else:
         y = F.linear(x2, w.q.to(x.dtype)) * w.scale.to(x.dtype)
-    y = y.view(*x.shape[:-1], w.q.shape[0]).to(x.dtype)
+    y = y.view(*x.shape[:-1], w.q.shape[0]).to(dtype or x.dtype)
     return y if bias is None else y + bias

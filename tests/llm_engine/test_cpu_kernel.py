@@ -192,3 +192,35 @@ def test_prefill_attention_out_of_memory_returns_an_error(bf16_lib: ctypes.CDLL)
         1, 1, 32, 4, 32**-0.5, 0, 1,
     )  # fmt: skip
     assert status == -1
+
+
+@pytest.mark.parametrize("out_bf16", [True, False])
+def test_add_norm_reads_and_writes_bf16(bf16_lib: ctypes.CDLL, out_bf16: bool) -> None:
+    """x += r (a bf16 GEMM's output) in place, then RMSNorm: torch's result, rounded to bf16
+    the way torch rounds (or float32), for a batch of rows large enough to go parallel."""
+    torch.manual_seed(0)
+    x, r, w = torch.randn(130, 576), torch.randn(130, 576).bfloat16(), torch.randn(576)
+    want_x = x + r.float()
+    want = F.rms_norm(want_x, (576,), w, 1e-5)
+    got = cpu_kernel.add_norm(bf16_lib, x, r, w, 1e-5, out_bf16)
+    assert torch.equal(x, want_x)
+    if out_bf16:
+        assert got.dtype == torch.bfloat16
+        assert (got != want.bfloat16()).float().mean() < 0.001  # rounding ties of the sums
+    else:
+        torch.testing.assert_close(got, want)
+    alone = cpu_kernel.add_norm(bf16_lib, want_x.clone(), None, w, 1e-5, False)
+    torch.testing.assert_close(alone, want)
+
+
+def test_silu_mul_of_a_bf16_gemm_output(bf16_lib: ctypes.CDLL) -> None:
+    """silu(gate) * up over [rows, 2 * inter] bf16, computed in float32, rounded to bf16:
+    within one bf16 step of torch's float32 result, for large and negative gates too."""
+    torch.manual_seed(0)
+    gu = (torch.randn(70, 2 * 1536) * 6).bfloat16()
+    got = cpu_kernel.silu_mul(bf16_lib, gu)
+    gate, up = gu.float().chunk(2, dim=-1)
+    want = F.silu(gate) * up
+    assert got.shape == (70, 1536) and got.dtype == torch.bfloat16
+    assert ((got.float() - want).abs() <= want.abs() * 2**-7 + 1e-30).all()
+    assert (got != want.bfloat16()).float().mean() < 0.01
