@@ -6,8 +6,9 @@ DynamicCache reused across turns) and with llama.cpp on the packaged Q4_1 GGUF w
   1. short reply (64 tokens): time to first token and decode tokens/s;
   2. long reply (1,024 tokens): decode tokens/s;
   3. 50 summaries of ~300-token texts all at once: total tokens/s (and Parley batch-50 vs batch-1);
-  4. a 10-round conversation of ~40-token user turns: time to first token per round (the median
-     of 3 conversations with different turns, since one round is one noisy sample).
+  4. a 10-round conversation of ~40-token user turns, the system prompt already cached: time to
+     first token per round (the median of 3 conversations with different turns, since one
+     round is one noisy sample).
 Also the memory-bandwidth ceiling of each backend's weights, the bound the batch's prompts
 alone put on scenario 3 at this CPU's measured GEMM rate, the bound attention over a growing
 history puts on scenario 4's last/1st, and an abort check. No asserts:
