@@ -8,14 +8,14 @@ Q/K/V and gate/up projections are fused into one matmul each. On CPU with int8 w
 decode step of up to eight sequences runs every layer in one C call (``cpu_kernel.decode_one``,
 the same math over the same kernels): the ops' Python calls had cost a fifth of the step.
 Where prefill's projections run as bf16 GEMMs, the activations between them stay bf16 and
-the norms and SwiGLU are one C call each (``_forward_bf16``).
+the norms and SwiGLU are one C call each.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +102,7 @@ class Transformer:
         self.kernel = cpu_kernel.load() if fp32_cpu else None
         self._decode_one: cpu_kernel.DecodeOne | None = None
         # where prefill's GEMMs run in bf16: the norms and SwiGLU hand them bf16 (see forward)
-        self._bf16: Any = None
+        self._bf16: ctypes.CDLL | None = None
         self._bf16_rows = 0  # from this many rows
 
     @property
@@ -171,47 +171,37 @@ class Transformer:
             h = self._add_norm(x, None, layers[0].attn_norm)
             one(x, h, kv.kv, positions, meta.slots, meta.tables, meta.lens)  # all layers, one call
             return h
-        if self._bf16 is not None and self._bf16_rows <= B * T:
-            return self._forward_bf16(x, positions, kv, meta)
-        h = self._add_norm(x, None, layers[0].attn_norm)
+        # Where every projection runs as a bf16 GEMM (many rows, float32 model, int8 weights
+        # with bf16 copies, AVX512-BF16), what a GEMM reads or returns stays bf16: the norms
+        # and SwiGLU read and write it in one C call each, instead of torch's casts (9 a
+        # layer), silu and mul. Rounding is the same: the GEMMs round their inputs anyway.
+        bf = self._bf16 is not None and self._bf16_rows <= B * T
+        gemm = torch.bfloat16 if bf else None  # the dtype the GEMMs return
+        h = self._add_norm(x, None, layers[0].attn_norm, bf)
         for i, lw in enumerate(layers):
-            qkv = linear(h, lw.qkv, lw.qkv_bias).view(B, T, H + 2 * Hkv, D)
+            qkv = linear(h, lw.qkv, lw.qkv_bias, x.dtype).view(B, T, H + 2 * Hkv, D)
             self._rope_(qkv, H + Hkv, positions)  # q and k heads together
             kv_new = qkv[:, :, H:].view(B, T, 2, Hkv, D)  # k heads then v heads
             attn = attend(qkv[:, :, :H], kv_new, kv.kv[i], meta)  # [B, T, H D]
-            h = self._add_norm(x, linear(attn, lw.o), lw.mlp_norm)
-            gate, up = linear(h, lw.gate_up).chunk(2, dim=-1)  # [B, T, inter] each
-            nxt = layers[i + 1].attn_norm if i + 1 < len(layers) else self.w.norm
-            h = self._add_norm(x, linear(F.silu(gate) * up, lw.down), nxt)
-        return h
-
-    def _forward_bf16(
-        self, x: Tensor, positions: Tensor, kv: KVCache, meta: AttnMeta | Parts
-    ) -> Tensor:
-        """``forward``'s layers where every projection runs as a bf16 GEMM (many rows, float32
-        model, int8 weights with bf16 copies, AVX512-BF16): the residual stream stays float32,
-        but what a GEMM reads or returns stays bf16, so the norms and SwiGLU read and write
-        bf16 in one C call each instead of torch's casts (9 a layer), silu and mul. Rounding is
-        the same: the GEMMs round their inputs to bf16 anyway."""
-        cfg, layers, lib = self.cfg, self.w.layers, self._bf16
-        H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        B, T = positions.shape
-        bf16, eps = torch.bfloat16, cfg.rms_norm_eps
-        h = cpu_kernel.add_norm(lib, x, None, layers[0].attn_norm, eps, True)
-        for i, lw in enumerate(layers):
-            qkv = linear(h, lw.qkv, lw.qkv_bias, torch.float32).view(B, T, H + 2 * Hkv, D)
-            self._rope_(qkv, H + Hkv, positions)
-            kv_new = qkv[:, :, H:].view(B, T, 2, Hkv, D)
-            attn = attend(qkv[:, :, :H], kv_new, kv.kv[i], meta)
-            h = cpu_kernel.add_norm(lib, x, linear(attn, lw.o, None, bf16), lw.mlp_norm, eps, True)
-            act = cpu_kernel.silu_mul(lib, linear(h, lw.gate_up, None, bf16))
+            h = self._add_norm(x, linear(attn, lw.o, None, gemm), lw.mlp_norm, bf)
+            act = self._swiglu(linear(h, lw.gate_up, None, gemm))  # [B, T, inter]
             last = i + 1 == len(layers)
             nxt = self.w.norm if last else layers[i + 1].attn_norm
-            h = cpu_kernel.add_norm(lib, x, linear(act, lw.down, None, bf16), nxt, eps, not last)
+            h = self._add_norm(x, linear(act, lw.down, None, gemm), nxt, bf and not last)
         return h
 
-    def _add_norm(self, x: Tensor, r: Tensor | None, w: Tensor) -> Tensor:
-        """x += r in place (when given), then RMSNorm(x) * w. x, r: [B, T, hidden]."""
+    def _swiglu(self, gate_up: Tensor) -> Tensor:
+        """silu(gate) * up of [..., 2 * inter]; a bf16 GEMM's output stays bf16."""
+        if gate_up.dtype == torch.bfloat16 and self._bf16 is not None:
+            return cpu_kernel.silu_mul(self._bf16, gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    def _add_norm(self, x: Tensor, r: Tensor | None, w: Tensor, bf16: bool = False) -> Tensor:
+        """x += r in place (when given), then RMSNorm(x) * w. x, r: [B, T, hidden]. On the bf16
+        GEMM path, r is bf16 (a GEMM's output), and with ``bf16`` so is the result."""
+        if self._bf16 is not None and (bf16 or (r is not None and r.dtype == torch.bfloat16)):
+            return cpu_kernel.add_norm(self._bf16, x, r, w, self.cfg.rms_norm_eps, bf16)
         if self.kernel is not None:
             r = None if r is None else r.contiguous()
             return cpu_kernel.rms_norm(self.kernel, x, r, w, self.cfg.rms_norm_eps)
