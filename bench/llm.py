@@ -176,23 +176,30 @@ def weights(shapes: list[tuple[int, int]]) -> int:
 
 
 def gemm_rate(threads: int, shapes: list[tuple[int, int]], rows: int = 256) -> tuple[float, str]:
-    """FLOP/s of one layer's projections on ``rows`` input rows in the dtype Parley prefills
-    with here (bfloat16 where the CPU has it natively, else float32); best of 5."""
+    """FLOP/s of one layer's projections on ``rows`` input rows, the faster of torch's GEMM
+    in the dtype Parley prefills with here (bfloat16 where the CPU has it natively, else
+    float32) and Parley's own prefill projections (``quant.linear``); best of 5 each."""
     import torch
     import torch.nn.functional as F
 
-    from llm_engine.quant import native_bf16
+    from llm_engine.quant import linear, native_bf16, quantize_int8
 
     torch.set_num_threads(threads)
     dtype = torch.bfloat16 if native_bf16() else torch.float32
-    pairs = [(torch.randn(rows, k).to(dtype), torch.randn(n, k).to(dtype)) for n, k in shapes]
-    best = float("inf")
-    for _ in range(5):
-        t0 = perf_counter()
-        for x, w in pairs:
-            F.linear(x, w)
-        best = min(best, perf_counter() - t0)
-    return 2 * rows * weights(shapes) / best, str(dtype).removeprefix("torch.")
+    name = str(dtype).removeprefix("torch.")
+    ws = [torch.randn(n, k) * 0.05 for n, k in shapes]
+    torch_pairs = [(torch.randn(rows, w.shape[1]).to(dtype), w.to(dtype)) for w in ws]
+    ours = [(torch.randn(rows, w.shape[1]), quantize_int8(w, keep_full=True)) for w in ws]
+    best: dict[str, float] = {}
+    for label, fn, pairs in ((f"torch {name}", F.linear, torch_pairs), ("Parley", linear, ours)):
+        best[label] = float("inf")
+        for _ in range(5):
+            t0 = perf_counter()
+            for x, w in pairs:
+                fn(x, w)
+            best[label] = min(best[label], perf_counter() - t0)
+    label = min(best, key=lambda k: best[k])
+    return 2 * rows * weights(shapes) / best[label], label
 
 
 def parley_weight_bytes(engine: Any) -> int:

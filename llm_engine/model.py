@@ -111,7 +111,7 @@ class Transformer:
         weights for many rows (CPUs with native bf16), else the model's."""
         w = self.w.layers[0].qkv
         if isinstance(w, Int8Weight) and w.full is not None:
-            return torch.bfloat16 if w.full.is_mkldnn else w.full.dtype
+            return torch.bfloat16 if w.full.is_mkldnn or w.gemm is not None else w.full.dtype
         return self.w.embed.dtype
 
     def quantize_int8(self, keep_full: bool) -> None:

@@ -224,3 +224,21 @@ def test_silu_mul_of_a_bf16_gemm_output(bf16_lib: ctypes.CDLL) -> None:
     assert got.shape == (70, 1536) and got.dtype == torch.bfloat16
     assert ((got.float() - want).abs() <= want.abs() * 2**-7 + 1e-30).all()
     assert (got != want.bfloat16()).float().mean() < 0.01
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 15, 52])  # every row block: 8, 4, 2, 1
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gemm_bf16_matches_torch(bf16_lib: ctypes.CDLL, rows: int, dtype: torch.dtype) -> None:
+    """x @ w.T over bf16 inputs with float32 sums, from the packed weight: torch's product of
+    the same bf16 values (float32 out, or rounded to bf16), for any number of rows."""
+    torch.manual_seed(0)
+    w, x = torch.randn(96, 160), torch.randn(rows, 2, 160)[:, 1]  # strided rows
+    packed = cpu_kernel.pack_pairs(bf16_lib, w)
+    assert packed.shape == (3, 80, 32)
+    got = cpu_kernel.gemm_bf16(bf16_lib, x, packed, dtype)
+    want = x.bfloat16().float() @ w.bfloat16().float().T
+    assert got.shape == (rows, 96) and got.dtype == dtype
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+    else:
+        assert ((got.float() - want).abs() <= want.abs() * 2**-8 + 1e-6).all()

@@ -31,11 +31,14 @@ def test_int8_linear_close_to_float(bf16: bool, monkeypatch: pytest.MonkeyPatch)
     assert (got - ref).abs().max() / ref.abs().max() < 0.03
     assert q.full is not None
     many = torch.randn(q.full_min_rows, 64)  # many rows: the float weight
-    if bf16:  # bf16 GEMM: inputs and outputs rounded to 8 significant bits
-        assert q.full.dtype == torch.bfloat16
-        # oneDNN's prepacked copy where torch has oneDNN, else the plain bf16 weight
-        packed = q.full.is_mkldnn
-        assert q.full_min_rows == (quant.PACKED_BF16_MIN_ROWS if packed else BF16_MIN_ROWS)
+    if bf16:  # bf16 GEMM: inputs rounded to 8 significant bits
+        if q.gemm is not None:  # bf16 pairs for cpu_kernel's GEMM
+            assert q.full.dtype == torch.int32 and q.full.shape == (3, 32, 32)
+            assert q.full_min_rows == quant.PACKED_BF16_MIN_ROWS
+        else:  # oneDNN's prepacked copy where torch has oneDNN, else the plain bf16 weight
+            assert q.full.dtype == torch.bfloat16
+            packed = q.full.is_mkldnn
+            assert q.full_min_rows == (quant.PACKED_BF16_MIN_ROWS if packed else BF16_MIN_ROWS)
         got, ref = linear(many, q), many @ w.T
         assert got.dtype == torch.float32
         assert (got - ref).abs().max() / ref.abs().max() < 0.01
