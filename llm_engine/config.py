@@ -97,8 +97,9 @@ class EngineConfig:
     int8 weight-only for decode on CPU, none elsewhere. It keeps a float copy of each weight for
     prefill (bfloat16 where the CPU multiplies it natively, else float32) and an fp16 copy for
     the big weights and small batches (see :mod:`llm_engine.quant`); the decode of up to
-    eight sequences runs in :mod:`llm_engine.cpu_kernel` where gcc builds it, and so does
-    prefill's attention, in bfloat16 too, where the CPU has AVX512-BF16. ``"none"`` gives
+    eight sequences runs in :mod:`llm_engine.cpu_kernel` where gcc builds it, and so do
+    prefill's projections (its own bf16 GEMM), attention and norms, in bfloat16 too, where the
+    CPU has AVX512-BF16. ``"none"`` gives
     HF-comparable float32 math throughout.
     ``kv_dtype="auto"``: bfloat16 where quantization is int8 on CPU, else the model's dtype.
     A bf16 pool holds twice the tokens in the same memory and halves what attention reads
