@@ -25,7 +25,10 @@ It copies each KV head's keys as bf16 rows and packs its values into pairs once 
 every task (16 query rows of one KV head's GQA group) then runs two passes: the scores of
 each key against its 16 rows as one vector (the key broadcast, the rows' queries packed),
 then the softmax-weighted sum of V, with no running rescale. Its dot products run at ~95% of
-the CPU's one ``vdpbf16ps`` a cycle; the softmax and the packing take the rest.
+the CPU's one ``vdpbf16ps`` a cycle; the softmax and the packing take the rest. The same
+library holds the rest of prefill on such CPUs: :func:`gemm_bf16`, the projections' GEMM
+(bf16 pairs, the same broadcast loop), and :func:`add_norm` and :func:`silu_mul`, which keep
+the activations between the GEMMs in bf16.
 """
 
 from __future__ import annotations
