@@ -445,12 +445,17 @@ static inline __m512 term(const float *s, __m512 mx, __m512i lim, long j) {
     return _mm512_maskz_mov_ps(seen, exp16(_mm512_sub_ps(_mm512_load_ps(s), mx)));
 }
 
-/* Two vectors of 16 floats a, b -> the 16 bf16 pairs (a[i], b[i]). */
-static inline __m512i pairs(__m512 a, __m512 b) {
+/* 32 bf16, a[0..15] then b[0..15] -> the 16 pairs (a[i], b[i]). */
+static inline __m512i interleave(__m512i c) {
     const __m512i il = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
                                         24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
                                         16, 0);
-    return _mm512_permutexvar_epi16(il, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+    return _mm512_permutexvar_epi16(il, c);
+}
+
+/* Two vectors of 16 floats a, b -> the 16 bf16 pairs (a[i], b[i]). */
+static inline __m512i pairs(__m512 a, __m512 b) {
+    return interleave((__m512i)_mm512_cvtne2ps_pbh(b, a));
 }
 
 /* 16 values of a V row (from pool element r, or none: r < 0) at column d, as bf16. */
@@ -465,9 +470,6 @@ static inline __m256i v16(const void *kv, long r, long d, int bf) {
    dst [8][D/16][16] uint32. */
 static void pack_v(const void *kv, long v, const long *table, long bs, long row, long D,
                    long t, long S, int bf, uint32_t *dst) {
-    const __m512i il = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
-                                        24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
-                                        16, 0);
     for (long i = 0; i < 8; i++) {
         long pos = 16 * t + 2 * i;
         long v0 = pos < S ? v + slot_of(table, bs, pos) * row : -1;
@@ -475,7 +477,7 @@ static void pack_v(const void *kv, long v, const long *table, long bs, long row,
         for (long d = 0; d < D; d += 16) {
             __m256i a = v16(kv, v0, d, bf), b = v16(kv, v1, d, bf);
             __m512i c = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);  /* a, then b */
-            _mm512_storeu_si512(dst + (i * D + d), _mm512_permutexvar_epi16(il, c));
+            _mm512_storeu_si512(dst + (i * D + d), interleave(c));
         }
     }
 }
