@@ -1061,6 +1061,12 @@ def gemm_bf16(lib: ctypes.CDLL, x: Tensor, w: Tensor, dtype: torch.dtype) -> Ten
     return out.view(*x.shape[:-1], N)
 
 
+def activations_fit(hidden: int, inter: int) -> bool:
+    """Whether :func:`add_norm` and :func:`silu_mul` take a model's hidden and intermediate
+    sizes (whole 16-float vectors)."""
+    return hidden % 16 == 0 and inter % 16 == 0
+
+
 def add_norm(
     lib: ctypes.CDLL, x: Tensor, r: Tensor | None, w: Tensor, eps: float, out_bf16: bool
 ) -> Tensor:

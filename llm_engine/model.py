@@ -127,7 +127,7 @@ class Transformer:
         w = self.w.layers[0].qkv
         if self.kernel is not None and self.prefill_dtype == torch.bfloat16:
             assert isinstance(w, Int8Weight)
-            fits = self.cfg.hidden_size % 16 == 0 and self.cfg.intermediate_size % 16 == 0
+            fits = cpu_kernel.activations_fit(self.cfg.hidden_size, self.cfg.intermediate_size)
             self._bf16 = cpu_kernel.load_bf16() if fits else None
             self._bf16_rows = w.full_min_rows
 

@@ -119,23 +119,24 @@ def linear(
 ) -> Tensor:
     """x: [..., K] -> [..., N] in ``dtype`` (default: x's). An fp32 model's prefill may pass
     bf16 activations to the bf16 GEMM (``full``) and keep its bf16 output."""
+    out = dtype or x.dtype
     if isinstance(w, Tensor):
-        return F.linear(x, w, bias).to(dtype or x.dtype)
+        return F.linear(x, w, bias).to(out)
     K = x.shape[-1]
     rows = x.numel() // K
     if w.full is not None and rows >= w.full_min_rows:
         if w.gemm is not None:  # packed for cpu_kernel's bf16 GEMM
-            y = cpu_kernel.gemm_bf16(w.gemm, x, w.full, dtype or x.dtype)
+            y = cpu_kernel.gemm_bf16(w.gemm, x, w.full, out)
             return y if bias is None else y + bias
         if w.full.is_mkldnn:  # oneDNN's prepacked bf16 weight
             xb = x.to(torch.bfloat16)
             # the overload itself: the packet's dispatch added ~5 us a call (120 a step)
             y = torch.ops.mkldnn._linear_pointwise.default(xb, w.full, None, "none", [], "")
         elif w.full.dtype == x.dtype:
-            return F.linear(x, w.full, bias).to(dtype or x.dtype)
+            return F.linear(x, w.full, bias).to(out)
         else:
             y = F.linear(x.to(w.full.dtype), w.full)
-        y = y.to(dtype or x.dtype)
+        y = y.to(out)
         return y if bias is None else y + bias
     x2 = x.reshape(rows, K)
     if w.kernel is not None and rows <= KERNEL_MAX_ROWS and x.dtype == torch.float32:
@@ -144,12 +145,12 @@ def linear(
         y = cpu_kernel.q8_linear(w.kernel, x2.contiguous(), w.q, w.scale32, b)
         y = y.view(*x.shape[:-1], w.q.shape[0])
         y = y if bias is None or b is not None else y + bias
-        return y.to(dtype or x.dtype)
+        return y.to(out)
     if w.packed is not None and (rows > 1 or w.one_row_packed):
         y = torch.ops.quantized.linear_dynamic_fp16(x2.float(), w.packed)
     elif x.device.type == "cpu":
         y = torch._weight_int8pack_mm(x2.to(torch.bfloat16), w.q, w.scale)
     else:
         y = F.linear(x2, w.q.to(x.dtype)) * w.scale.to(x.dtype)
-    y = y.view(*x.shape[:-1], w.q.shape[0]).to(dtype or x.dtype)
+    y = y.view(*x.shape[:-1], w.q.shape[0]).to(out)
     return y if bias is None else y + bias
