@@ -369,20 +369,26 @@ typedef struct {
     const float *mlp_norm, *next_norm;  /* next: the next layer's attention norm, or the final */
 } Layer;
 
+typedef int (*attention_fn)(const float *, long, const void *, const long *, const long *,
+                            float *, long, long, long, long, long, long, float, int, int);
+
 /* One new token of each of B sequences through every layer, with the kernels above and no
    trip back to Python between them (each op's call overhead, ~60 us a layer, was a fifth of a
    step). x: [B, hidden] the residual stream (in: the embeddings, out: the last residual);
    h: [B, hidden] in: RMSNorm(x) with layer 0's norm, out: the final norm's output. pool: layer
    0's K/V pool (float32, or bf16 with bf), layers layer_stride elements apart; per sequence
    pos: the token's position, slot: where its K/V go, lens: pos + 1, tables: [B, nb] block
-   tables. scratch: B ((2 H + 2 Hkv) D + 3 inter + hidden) floats. The same math as
+   tables. bf_attention: the bf16 library's paged_decode, for a bf16 pool, or NULL (this
+   library's). scratch: B ((2 H + 2 Hkv) D + 3 inter + hidden) floats. The same math as
    Transformer.forward (q, k, v heads in one matmul, K then V in the pool). Returns 0, or -1
    when attention ran out of memory. */
+
 int decode_one(const Layer *layers, long L, float *x, float *h, long B, long hidden,
                 long inter, long H, long Hkv, long D, const float *rope_table, long max_len,
                 const long *pos, void *pool, long layer_stride, const long *slot,
                 const long *lens, const long *tables, long nb, long bs, float eps, int bf,
-                float *scratch, int nthreads) {
+                attention_fn bf_attention, float *scratch, int nthreads) {
+    attention_fn attention = bf && bf_attention ? bf_attention : paged_decode;
     long nq = (H + 2 * Hkv) * D, row = 2 * Hkv * D;
     float *qkv = scratch, *attn = qkv + B * nq, *gu = attn + B * H * D, *act = gu + B * 2 * inter;
     float *tmp = act + B * inter, scale = 1.f / sqrtf((float)D);
@@ -392,8 +398,7 @@ int decode_one(const Layer *layers, long L, float *x, float *h, long B, long hid
         q8_linear(h, w->qkv, w->qkv_scale, w->qkv_bias, qkv, B, nq, hidden, nthreads);
         rope(qkv, B, nq, H + Hkv, D, rope_table, max_len, pos);
         for (long b = 0; b < B; b++) kv_store(p, slot[b] * row, qkv + b * nq + H * D, row, bf);
-        if (paged_decode(qkv, nq, p, tables, lens, attn, B, H, Hkv, D, nb, bs, scale, bf,
-                         nthreads))
+        if (attention(qkv, nq, p, tables, lens, attn, B, H, Hkv, D, nb, bs, scale, bf, nthreads))
             return -1;
         q8_linear(attn, w->o, w->o_scale, NULL, tmp, B, hidden, H * D, nthreads);
         rms_norm(x, tmp, w->mlp_norm, h, B, hidden, eps);
@@ -647,6 +652,242 @@ int prefill_attention(const float *q, long q_stride, const void *pool, const lon
     return failed ? -1 : 0;
 }
 
+/* Lane j = the sum of v[j]'s 16 lanes: a tree of 15 shuffle-adds, then one permute back to
+   key order (the tree leaves key 4 i + k in lane 4 k + i). */
+static inline __m512 sum16(const __m512 *v) {
+    __m512 c[8], e[4], g[2];
+    for (int i = 0; i < 8; i++)  /* 256-bit halves: keys 2i, 2i+1 -> 8 partial sums each */
+        c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++)  /* 128-bit lanes: key 4 i + k -> lane k, 4 partial sums */
+        e[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; i++)
+        g[i] = _mm512_add_ps(_mm512_shuffle_ps(e[2 * i], e[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(e[2 * i], e[2 * i + 1], 0xEE));
+    __m512 r = _mm512_add_ps(_mm512_shuffle_ps(g[0], g[1], 0x88),
+                             _mm512_shuffle_ps(g[0], g[1], 0xDD));
+    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    return _mm512_permutexvar_ps(order, r);
+}
+
+/* The scores of 16 keys (bf16 rows kr[j] + off, D = 32 P32) against one query head (P32
+   vectors of 32 bf16, scaled): one 16-lane vector. */
+static inline __attribute__((always_inline)) __m512 qk16(const uint16_t *const *kr, long off,
+                                                          const __m512bh *qv, long P32) {
+    __m512 acc[16];
+    for (int j = 0; j < 16; j++) {
+        acc[j] = _mm512_setzero_ps();
+        for (long p = 0; p < P32; p++) {
+            __m512bh k = (__m512bh)_mm512_loadu_si512(kr[j] + off + 32 * p);
+            acc[j] = _mm512_dpbf16_ps(acc[j], k, qv[p]);
+        }
+    }
+    return sum16(acc);
+}
+
+/* acc[g][c] += the GN query heads' probabilities (bf16 pairs of keys, pb + g * pstride) times
+   V columns [off + 16 c, off + 16 c + 16) of the key rows vr, over npairs pairs of keys. Each
+   pair's two V rows are interleaved into (v_2i[d], v_2i+1[d]) pairs in registers. */
+static inline __attribute__((always_inline)) void pv_tile(const uint16_t *const *vr, long off,
+        const uint32_t *pb, long pstride, long npairs, int GN, int CN, __m512i lo, __m512i hi,
+        __m512 acc[4][4]) {
+    for (int g = 0; g < GN; g++)
+        for (int c = 0; c < CN; c++) acc[g][c] = _mm512_setzero_ps();
+    for (long i = 0; i < npairs; i++) {
+        const uint16_t *a = vr[2 * i] + off, *b = vr[2 * i + 1] + off;
+        __m512bh x[4];
+        for (int c = 0; c < CN; c += 2) {
+            __m512i va = _mm512_loadu_si512(a + 16 * c), vb = _mm512_loadu_si512(b + 16 * c);
+            x[c] = (__m512bh)_mm512_permutex2var_epi16(va, lo, vb);
+            x[c + 1] = (__m512bh)_mm512_permutex2var_epi16(va, hi, vb);
+        }
+        for (int g = 0; g < GN; g++) {
+            __m512bh p = (__m512bh)_mm512_set1_epi32((int)pb[g * pstride + i]);
+            for (int c = 0; c < CN; c++) acc[g][c] = _mm512_dpbf16_ps(acc[g][c], p, x[c]);
+        }
+    }
+}
+
+/* pv_tile with constant tile sizes (the sums stay in registers): gn heads, cn vectors. */
+static void pv(const uint16_t *const *vr, long off, const uint32_t *pb, long pstride,
+               long npairs, int gn, int cn, __m512i lo, __m512i hi, __m512 acc[4][4]) {
+    switch (gn * 8 + cn) {
+        case 36: pv_tile(vr, off, pb, pstride, npairs, 4, 4, lo, hi, acc); break;
+        case 28: pv_tile(vr, off, pb, pstride, npairs, 3, 4, lo, hi, acc); break;
+        case 20: pv_tile(vr, off, pb, pstride, npairs, 2, 4, lo, hi, acc); break;
+        case 12: pv_tile(vr, off, pb, pstride, npairs, 1, 4, lo, hi, acc); break;
+        case 34: pv_tile(vr, off, pb, pstride, npairs, 4, 2, lo, hi, acc); break;
+        case 26: pv_tile(vr, off, pb, pstride, npairs, 3, 2, lo, hi, acc); break;
+        case 18: pv_tile(vr, off, pb, pstride, npairs, 2, 2, lo, hi, acc); break;
+        default: pv_tile(vr, off, pb, pstride, npairs, 1, 2, lo, hi, acc);
+    }
+}
+
+/* The first n of 16 lanes (none for n <= 0, all for n >= 16). */
+static inline __mmask16 first(long n) {
+    return n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+}
+
+/* paged_decode of the AVX2 library (same arguments, same result up to rounding) over a bf16
+   pool (bf must be 1) with bf16 products and float32 sums, as prefill_attention: one query
+   token per sequence, split like flash-decoding. Returns 0, -1 when its buffers could not be
+   allocated, -2 for a float32 pool or a D that is not a multiple of 32.
+   A task is one sequence over one chunk of its context, every head: its 16-key groups'
+   rows are read once from memory (whole rows, in order), then from cache for each head. The
+   scores of 16 keys against one head are 16 vectors of 32-wide dot products summed across
+   lanes together (sum16); p V takes two keys' V rows at a time, interleaved into pairs. */
+int paged_decode(const float *q, long q_stride, const void *pool, const long *tables,
+                 const long *lens, float *out, long B, long H, long Hkv, long D, long nb,
+                 long bs, float scale, int bf, int nthreads) {
+    if (!bf || D % 32 != 0) return -2;
+    long G = H / Hkv, row = 2 * Hkv * D, P32 = D / 32, P = D + 2, longest = 0;
+    for (long b = 0; b < B; b++) longest = lens[b] > longest ? lens[b] : longest;
+    long C = (4 * nthreads + B - 1) / B;  /* chunks per sequence, so that every thread has work */
+    long most = (longest + 63) / 64;      /* each at least 64 positions */
+    C = C < most ? C : most;
+    C = C < 1 ? 1 : C;
+    long per = ((longest + C - 1) / C + 31) / 32 * 32;  /* whole 32-key groups */
+    C = (longest + per - 1) / per;
+    C = C < 1 ? 1 : C;
+    float *part = C > 1 ? malloc((size_t)(B * H * C * P) * sizeof(float)) : NULL;
+    uint16_t *zero = calloc((size_t)row, 2);  /* the row of a key past the context */
+    __m512bh *qb = aligned_alloc(64, (size_t)(B * H * P32) * 64);
+    if ((C > 1 && part == NULL) || zero == NULL || qb == NULL) {
+        free(part);
+        free(zero);
+        free(qb);
+        return -1;
+    }
+    for (long b = 0; b < B; b++)  /* scaled queries as bf16 */
+        for (long h = 0; h < H; h++)
+            for (long p = 0; p < P32; p++) {
+                const float *x = q + b * q_stride + h * D + 32 * p;
+                __m512 s = _mm512_set1_ps(scale);
+                __m512 x0 = _mm512_mul_ps(_mm512_loadu_ps(x), s);
+                qb[(b * H + h) * P32 + p] = _mm512_cvtne2ps_pbh(
+                    _mm512_mul_ps(_mm512_loadu_ps(x + 16), s), x0);
+            }
+    uint16_t il[64];  /* lanes of the (a[d], b[d]) pairs of 16 dimensions d, low then high */
+    for (int i = 0; i < 32; i++) il[i] = (uint16_t)((i & 1) * 32 + i / 2), il[32 + i] = il[i] + 16;
+    __m512i lo = _mm512_loadu_si512(il), hi = _mm512_loadu_si512(il + 32);
+    int failed = 0;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float *s = aligned_alloc(64, (size_t)(H * per) * 4);          /* [H][per] scores */
+        uint32_t *pb = aligned_alloc(64, (size_t)(H * per / 2) * 4);  /* [H][per/2] p pairs */
+        const uint16_t **kr = malloc((size_t)per * sizeof(*kr));     /* each key's row */
+        if (s == NULL || pb == NULL || kr == NULL) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(dynamic, 1)
+        for (long task = 0; task < B * C; task++) {
+            if (s == NULL || pb == NULL || kr == NULL) continue;
+            long b = task / C, c = task % C, t0 = c * per;
+            long t1 = t0 + per < lens[b] ? t0 + per : lens[b], n = t1 - t0;
+            if (n <= 0) {  /* an empty chunk of a shorter context */
+                for (long h = 0; h < H; h++) {
+                    float *pm = part + ((b * H + h) * C + c) * P;
+                    pm[D] = -INFINITY;
+                    pm[D + 1] = 0.f;
+                }
+                continue;
+            }
+            long np = (n + 31) / 32 * 32, blk = t0 / bs, in = t0 % bs;
+            const long *tab = tables + b * nb;
+            for (long i = 0; i < np; i++) {
+                kr[i] = i < n ? (const uint16_t *)pool + (tab[blk] * bs + in) * row : zero;
+                if (++in == bs) in = 0, blk++;
+            }
+            const __m512bh *qs = qb + b * H * P32;
+            for (long j = 0; j < np; j += 16) {  /* scores: 16 keys, every head */
+                __mmask16 valid = first(n - j);
+                for (long i = j + 16; i < j + 32 && i < n; i++)  /* the next group's K and V, */
+                    for (long e = 0; e < row; e += 32)  /* to L2: blocks cross 4 KB pages */
+                        _mm_prefetch((const char *)(kr[i] + e), _MM_HINT_T1);
+                for (long h = 0; h < H; h++) {
+                    __m512 v;
+                    long off = h / G * D;
+                    switch (P32) {  /* a constant row length keeps the sums in registers */
+                        case 2: v = qk16(kr + j, off, qs + h * P32, 2); break;
+                        case 4: v = qk16(kr + j, off, qs + h * P32, 4); break;
+                        case 1: v = qk16(kr + j, off, qs + h * P32, 1); break;
+                        case 3: v = qk16(kr + j, off, qs + h * P32, 3); break;
+                        default: v = qk16(kr + j, off, qs + h * P32, P32);
+                    }
+                    v = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), valid, v);
+                    _mm512_store_ps(s + h * per + j, v);
+                }
+            }
+            float mxs[H], sums[H];
+            for (long h = 0; h < H; h++) {  /* softmax terms as bf16 pairs of keys */
+                float *sh = s + h * per;
+                __m512 mx = _mm512_set1_ps(-INFINITY), sum = _mm512_setzero_ps();
+                for (long j = 0; j < np; j += 16) mx = _mm512_max_ps(mx, _mm512_load_ps(sh + j));
+                mx = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+                for (long j = 0; j < np; j += 32) {
+                    __m512 e0 = exp16(_mm512_sub_ps(_mm512_load_ps(sh + j), mx));
+                    __m512 e1 = exp16(_mm512_sub_ps(_mm512_load_ps(sh + j + 16), mx));
+                    sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
+                    __m512i pairs = (__m512i)_mm512_cvtne2ps_pbh(e1, e0);  /* keys in order */
+                    _mm512_store_si512(pb + h * per / 2 + j / 2, pairs);
+                }
+                mxs[h] = _mm512_reduce_max_ps(mx);
+                sums[h] = _mm512_reduce_add_ps(sum);
+            }
+            for (long kh = 0; kh < Hkv; kh++)  /* out = p V: up to 4 heads x 64 dimensions */
+                for (long g0 = 0; g0 < G; g0 += 4)
+                    for (long d0 = 0; d0 < D; d0 += 64) {
+                        int gn = G - g0 < 4 ? (int)(G - g0) : 4, cn = D - d0 < 64 ? 2 : 4;
+                        long h0 = kh * G + g0, off = (Hkv + kh) * D + d0;
+                        const uint32_t *ph = pb + h0 * per / 2;
+                        __m512 acc[4][4];
+                        pv(kr, off, ph, per / 2, np / 2, gn, cn, lo, hi, acc);
+                        for (int g = 0; g < gn; g++) {
+                            long h = h0 + g;
+                            float *o;
+                            __m512 w = _mm512_set1_ps(1.f);
+                            if (C == 1) {
+                                o = out + (b * H + h) * D + d0;
+                                w = _mm512_set1_ps(1.f / sums[h]);
+                            } else {
+                                o = part + ((b * H + h) * C + c) * P + d0;
+                                if (d0 == 0) o[D] = mxs[h], o[D + 1] = sums[h];
+                            }
+                            for (int k = 0; k < cn; k++)
+                                _mm512_storeu_ps(o + 16 * k, _mm512_mul_ps(acc[g][k], w));
+                        }
+                    }
+        }
+        free(s);
+        free(pb);
+        free(kr);
+        if (C > 1) {
+            #pragma omp for schedule(static)
+            for (long bh = 0; bh < B * H; bh++) {  /* merge the chunks */
+                const float *pc = part + bh * C * P;
+                float mx = -INFINITY, sum = 0.f, *o = out + bh * D;
+                for (long c = 0; c < C; c++)
+                    if (pc[c * P + D + 1] > 0.f && pc[c * P + D] > mx) mx = pc[c * P + D];
+                for (long d = 0; d < D; d++) o[d] = 0.f;
+                for (long c = 0; c < C; c++) {
+                    const float *p = pc + c * P;
+                    if (p[D + 1] <= 0.f) continue;
+                    float w = expf(p[D] - mx);
+                    sum += w * p[D + 1];
+                    for (long d = 0; d < D; d++) o[d] += w * p[d];
+                }
+                for (long d = 0; d < D; d++) o[d] /= sum;
+            }
+        }
+    }
+    free(part);
+    free(zero);
+    free(qb);
+    return failed ? -1 : 0;
+}
+
 /* 16 bf16 from p, as floats. */
 static inline __m512 widen16(const uint16_t *p) {
     return _mm512_castsi512_ps(
@@ -801,7 +1042,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.rope.argtypes = [p, n, n, n, n, p, n, p]
     lib.decode_one.argtypes = [
         p, n, p, p, n, n, n, n, n, n, p, n,  # layers .. max_len
-        p, p, n, p, p, p, n, n, f, i, p, i,  # pos .. nthreads
+        p, p, n, p, p, p, n, n, f, i, p, p, i,  # pos .. nthreads
     ]  # fmt: skip
     for fn in (lib.q8_linear, lib.rms_norm, lib.rope):
         fn.restype = None
@@ -812,7 +1053,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
 def _bind_bf16(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, n, f, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_int
     lib.prefill_attention.argtypes = [p, n, p, p, n, n, p, n, n, n, n, f, i, i]
-    lib.prefill_attention.restype = ctypes.c_int
+    lib.paged_decode.argtypes = [p, n, p, p, p, p, n, n, n, n, n, n, f, i, i]
+    lib.prefill_attention.restype = lib.paged_decode.restype = ctypes.c_int
     lib.add_norm.argtypes = [p, p, p, p, i, n, n, f, i]
     lib.silu_mul.argtypes = [p, p, n, n, i]
     lib.add_norm.restype = lib.silu_mul.restype = None
@@ -883,6 +1125,8 @@ def _bf16(pool: Tensor) -> int:
 
 def _check(status: int, name: str) -> None:
     """A kernel's status: its scratch buffers come from malloc, which may fail."""
+    if status == -2:
+        raise ValueError(f"cpu_kernel.{name}: takes a bf16 pool and heads of 32 n dimensions")
     if status != 0:
         raise MemoryError(f"cpu_kernel.{name}: out of memory for its scratch buffers")
 
@@ -890,7 +1134,9 @@ def _check(status: int, name: str) -> None:
 def paged_decode(
     lib: ctypes.CDLL, q: Tensor, pool: Tensor, tables: Tensor, lens: Tensor, block_size: int
 ) -> Tensor:
-    """One query token per sequence over the paged pool (see ``_SOURCE``).
+    """One query token per sequence over the paged pool, with ``lib``'s kernel: the AVX2 one
+    (:func:`load`, float32 products) or the AVX512-BF16 one (:func:`load_bf16`: a bf16 pool and
+    D a multiple of 32, bf16 products); :func:`decode_attention` picks.
 
     q: [B, 1, H, D] float32 (rows may be strided, heads contiguous); pool: [num_blocks,
     block_size, 2, Hkv, D] float32 or bfloat16 (:data:`KV_DTYPES`), contiguous; tables: [B, nb]
@@ -912,6 +1158,17 @@ def paged_decode(
 def decode_fits(head_dim: int) -> bool:
     """Whether :func:`paged_decode` takes this head size (whole 8-float vectors)."""
     return head_dim % 8 == 0
+
+
+def decode_attention(pool_dtype: torch.dtype, head_dim: int) -> ctypes.CDLL | None:
+    """The library whose :func:`paged_decode` serves a pool of this dtype: over bf16 (the keys
+    are bf16 already), the AVX512-BF16 one where the CPU has it and the head size fits (bf16
+    products like prefill's, 2-3.5x faster); else the AVX2 one; None where neither runs."""
+    if pool_dtype == torch.bfloat16 and prefill_fits(head_dim):
+        lib = load_bf16()
+        if lib is not None:
+            return lib
+    return load() if decode_fits(head_dim) else None
 
 
 def prefill_attention(
@@ -980,9 +1237,12 @@ class DecodeOne:
 
     def __init__(
         self, lib: ctypes.CDLL, layers: list[LayerTensors], shape: tuple[int, ...], eps: float,
-        rope: Tensor, max_batch: int = DECODE_MAX_BATCH,
+        rope: Tensor, bf16_lib: ctypes.CDLL | None = None, max_batch: int = DECODE_MAX_BATCH,
     ) -> None:  # fmt: skip
         self._lib, self._eps, self._rope, self.max_batch = lib, eps, rope, max_batch
+        # over a bf16 pool, attention runs the bf16 library's paged_decode where there is one
+        fn = None if bf16_lib is None else bf16_lib.paged_decode
+        self._bf_attention = None if fn is None else ctypes.cast(fn, ctypes.c_void_p).value
         self._hidden, self._inter, self._H, self._Hkv, self._D = shape
         assert decode_fits(self._D)
         self._layers = (_Layer * len(layers))()
@@ -1014,7 +1274,7 @@ class DecodeOne:
             self._inter, self._H, self._Hkv, self._D, self._rope.data_ptr(), self._rope.shape[1],
             pos.data_ptr(), pool.data_ptr(), pool.stride(0), slots.data_ptr(), lens.data_ptr(),
             tables.data_ptr(), tables.shape[-1], pool.shape[2], self._eps, _bf16(pool),
-            self._scratch.data_ptr(), torch.get_num_threads(),
+            self._bf_attention, self._scratch.data_ptr(), torch.get_num_threads(),
         ), "decode_one")  # fmt: skip
 
 

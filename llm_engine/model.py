@@ -153,7 +153,8 @@ class Transformer:
             cfg.num_kv_heads,
             cfg.head_dim,
         )
-        return cpu_kernel.DecodeOne(self.kernel, tensors, shape, cfg.rms_norm_eps, self.rope)
+        bf16 = cpu_kernel.load_bf16() if cpu_kernel.prefill_fits(cfg.head_dim) else None
+        return cpu_kernel.DecodeOne(self.kernel, tensors, shape, cfg.rms_norm_eps, self.rope, bf16)
 
     def forward(
         self, input_ids: Tensor, positions: Tensor, kv: KVCache, meta: AttnMeta | Parts

@@ -46,7 +46,9 @@ class ModelRunner:
         on_cpu_fp32 = self.device.type == "cpu" and model.w.embed.dtype == torch.float32
         on_cpu_fp32 = on_cpu_fp32 and kv.kv.dtype in cpu_kernel.KV_DTYPES
         fits = on_cpu_fp32 and cpu_kernel.decode_fits(kv.kv.shape[-1])
-        self._attn_kernel = cpu_kernel.load() if fits else None
+        self._attn_kernel = (
+            cpu_kernel.decode_attention(kv.kv.dtype, kv.kv.shape[-1]) if fits else None
+        )
         # prefill attention in bf16 only where the projections already prefill in bf16
         bf16 = on_cpu_fp32 and model.prefill_dtype == torch.bfloat16
         bf16 = bf16 and cpu_kernel.prefill_fits(kv.kv.shape[-1])

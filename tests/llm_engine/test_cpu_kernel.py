@@ -194,6 +194,64 @@ def test_prefill_attention_out_of_memory_returns_an_error(bf16_lib: ctypes.CDLL)
     assert status == -1
 
 
+# One sequence (split into chunks for the threads) or many; contexts from 1 key to ones that
+# end mid-block and mid-group; GQA groups of 3 (SmolLM2), 7 (two passes of 4 heads over V),
+# 1 and 5; head sizes of one, two, three and four 32-wide vectors (48 columns: a 64-wide V
+# tile, then a 32-wide one).
+@pytest.mark.parametrize(
+    ("lens", "H", "Hkv", "D", "bs", "threads"),
+    [
+        ([1], 9, 3, 64, 16, 2),
+        ([950], 9, 3, 64, 16, 2),
+        ([37, 1, 300, 64, 17] * 4, 9, 3, 64, 16, 2),
+        ([130, 45], 14, 2, 64, 8, 1),
+        ([700, 3], 4, 4, 96, 16, 2),
+        ([33, 100], 10, 2, 128, 4, 2),
+        ([66], 8, 8, 32, 16, 1),
+    ],
+)
+def test_bf16_paged_decode_matches_sdpa(
+    bf16_lib: ctypes.CDLL, lens: list[int], H: int, Hkv: int, D: int, bs: int, threads: int
+) -> None:
+    """The AVX512-BF16 decode over a bf16 pool (scattered blocks) equals SDPA on the same
+    inputs with the query rounded to bf16, up to the bf16 rounding of the probabilities."""
+    torch.manual_seed(0)
+    need = [-(-n // bs) for n in lens]
+    pool = torch.randn(sum(need) + 3, bs, 2, Hkv, D).bfloat16()
+    order = torch.randperm(len(pool)).tolist()
+    tables = torch.zeros(len(lens), max(need), dtype=torch.int64)
+    for b, n in enumerate(need):
+        tables[b, :n] = torch.tensor(order[sum(need[:b]) : sum(need[: b + 1])])
+    q = torch.randn(len(lens), 1, H + 2 * Hkv, D)[:, :, :H] * 2  # strided rows
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = cpu_kernel.paged_decode(bf16_lib, q, pool, tables, torch.tensor(lens), bs)
+    finally:
+        torch.set_num_threads(before)
+    for b, S in enumerate(lens):
+        ctx = pool[tables[b]].reshape(-1, 2, Hkv, D)[:S].float().permute(1, 2, 0, 3)
+        qb = _round_bf16(q[b] * D**-0.5).transpose(0, 1)
+        want = F.scaled_dot_product_attention(qb, ctx[0], ctx[1], scale=1.0, enable_gqa=True)
+        want = want.transpose(0, 1).reshape(-1)
+        assert (got[b, 0] - want).abs().max() < 3e-3 * want.abs().max(), (b, S)
+
+
+def test_bf16_paged_decode_refuses_what_it_cannot_read(bf16_lib: ctypes.CDLL) -> None:
+    """A float32 pool or a head size that is not a multiple of 32: a clear error, no read."""
+    tables, lens = torch.zeros(1, 1, dtype=torch.int64), torch.tensor([3])
+    with pytest.raises(ValueError, match="bf16 pool"):
+        cpu_kernel.paged_decode(bf16_lib, torch.randn(1, 1, 2, 32), torch.randn(2, 4, 2, 1, 32),
+                                tables, lens, 4)  # fmt: skip
+    pool = torch.randn(2, 4, 2, 1, 40).bfloat16()
+    with pytest.raises(ValueError, match="32 n dimensions"):
+        cpu_kernel.paged_decode(bf16_lib, torch.randn(1, 1, 2, 40), pool, tables, lens, 4)
+    with pytest.raises(MemoryError, match="paged_decode"):
+        pool = torch.randn(2, 4, 2, 1, 32).bfloat16()
+        q = torch.randn(1, 1, 2, 32)
+        cpu_kernel.paged_decode(bf16_lib, q, pool, tables, torch.tensor([1 << 60]), 4)
+
+
 @pytest.mark.parametrize("out_bf16", [True, False])
 def test_add_norm_reads_and_writes_bf16(bf16_lib: ctypes.CDLL, out_bf16: bool) -> None:
     """x += r (a bf16 GEMM's output) in place, then RMSNorm: torch's result, rounded to bf16
