@@ -131,9 +131,10 @@ class Transformer:
             self._bf16 = cpu_kernel.load_bf16() if fits else None
             self._bf16_rows = w.full_min_rows
 
-    def _bind_decode_one(self) -> cpu_kernel.DecodeOne | None:
-        """The one-call decode of up to ``DecodeOne.max_batch`` sequences, where every
-        projection runs on the C kernel (float32 CPU, int8 weights); None elsewhere."""
+    def _bind_decode_one(self, max_batch: int | None = None) -> cpu_kernel.DecodeOne | None:
+        """The one-call decode of up to ``max_batch`` sequences (default: up to where the
+        projections' GEMM is faster), where every projection runs on the C kernel (float32
+        CPU, int8 weights); None elsewhere."""
         cfg, layers = self.cfg, self.w.layers
         if self.kernel is None or not cpu_kernel.decode_fits(cfg.head_dim):
             return None
@@ -154,7 +155,13 @@ class Transformer:
             cfg.head_dim,
         )
         bf16 = cpu_kernel.load_bf16() if cpu_kernel.prefill_fits(cfg.head_dim) else None
-        return cpu_kernel.DecodeOne(self.kernel, tensors, shape, cfg.rms_norm_eps, self.rope, bf16)
+        if max_batch is None:  # up to the batch where cpu_kernel's bf16 GEMM takes over
+            w, max_batch = layers[0].qkv, cpu_kernel.DECODE_MAX_BATCH
+            if isinstance(w, Int8Weight) and w.gemm is not None:
+                max_batch = min(max_batch, w.full_min_rows - 1)
+        return cpu_kernel.DecodeOne(
+            self.kernel, tensors, shape, cfg.rms_norm_eps, self.rope, bf16, max_batch
+        )
 
     def forward(
         self, input_ids: Tensor, positions: Tensor, kv: KVCache, meta: AttnMeta | Parts

@@ -34,7 +34,7 @@ def test_int8_linear_close_to_float(bf16: bool, monkeypatch: pytest.MonkeyPatch)
     if bf16:  # bf16 GEMM: inputs rounded to 8 significant bits
         if q.gemm is not None:  # bf16 pairs for cpu_kernel's GEMM
             assert q.full.dtype == torch.int32 and q.full.shape == (3, 32, 32)
-            assert q.full_min_rows == quant.PACKED_BF16_MIN_ROWS
+            assert q.full_min_rows == quant.GEMM_BF16_MIN_ROWS
         else:  # oneDNN's prepacked copy where torch has oneDNN, else the plain bf16 weight
             assert q.full.dtype == torch.bfloat16
             packed = q.full.is_mkldnn
@@ -144,7 +144,7 @@ def test_fbgemm_path_close_to_float() -> None:
     assert q.one_row_packed
     assert not quantize_int8(torch.randn(64, 64), keep_full=False).one_row_packed
     q.kernel = None  # one row goes to cpu_kernel where it builds (tested on its own)
-    for rows in (1, 4):
+    for rows in (1, q.full_min_rows - 1):  # from full_min_rows: the bf16 GEMM
         x = torch.randn(rows, 576)
         ref = x @ w.T
         got = linear(x, q)
@@ -253,7 +253,8 @@ def test_one_call_decode_of_several_sequences_matches_each_alone(smol_dir: Path)
     prompts = [tok.encode(t).ids for t in texts]
     runner = _runner(smol_dir, quant=True)
     model = runner.model
-    assert model._decode_one is not None and model._decode_one.max_batch >= len(prompts)
+    model._decode_one = model._bind_decode_one(max_batch=8)  # also past the GEMM's crossover
+    assert model._decode_one is not None
     head = model.logits  # one row at a time: the head's kernel depends on the rows
     model.logits = lambda h: torch.cat([head(h[i : i + 1]) for i in range(len(h))])
     together, together_logits = _greedy_decode(runner, prompts, 16)
