@@ -204,6 +204,16 @@ static void scores(const float *q, const void *kv, long k, const long *tab, long
         long kb = k + slot_of(tab, bs, t) * row;
         long n = bs - t % bs, i = 0;
         n = n < t1 - t ? n : t1 - t;
+        if (t + n < t1) {  /* the next block's K and V columns (from k + Hkv D) to L2: blocks */
+            long next = k + slot_of(tab, bs, t + n) * row, v = row / 2;  /* cross 4 KB pages */
+            long m = bs < t1 - t - n ? bs : t1 - t - n, bytes = D * (bf ? 2 : 4);
+            const char *p = (const char *)kv + next * (bf ? 2 : 4);
+            for (long j = 0; j < m; j++, p += row * (bf ? 2 : 4))
+                for (long c = 0; c < bytes; c += 64) {
+                    _mm_prefetch(p + c, _MM_HINT_T1);
+                    _mm_prefetch(p + v * (bf ? 2 : 4) + c, _MM_HINT_T1);
+                }
+        }
         for (; i + 4 <= n; i += 4)
             _mm_storeu_ps(s + t - t0 + i,
                           _mm_mul_ps(dot4(q, kv, kb + i * row, row, D, bf), _mm_set1_ps(scale)));
