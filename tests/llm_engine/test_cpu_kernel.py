@@ -44,6 +44,33 @@ def test_one_row_linear_uses_the_kernel(lib: ctypes.CDLL) -> None:
     assert (got - ref).abs().max() / ref.abs().max() < 1e-2  # bf16 scales in the reference
 
 
+def _scattered_pool(
+    lens: list[int], bs: int, Hkv: int, D: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random pool with a few spare blocks, and block tables [len(lens), nb] that hold each
+    sequence's blocks in scattered order, zero-padded."""
+    need = [-(-n // bs) for n in lens]
+    pool = torch.randn(sum(need) + 3, bs, 2, Hkv, D).to(dtype)
+    order = torch.randperm(len(pool)).tolist()
+    tables = torch.zeros(len(lens), max(need), dtype=torch.int64)
+    for b, n in enumerate(need):
+        tables[b, :n] = torch.tensor(order[sum(need[:b]) : sum(need[: b + 1])])
+    return pool, tables
+
+
+def _decode(
+    lib: ctypes.CDLL, q: torch.Tensor, pool: torch.Tensor, tables: torch.Tensor,
+    lens: list[int], bs: int, threads: int,
+) -> torch.Tensor:  # fmt: skip
+    """cpu_kernel.paged_decode on ``threads`` threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return cpu_kernel.paged_decode(lib, q, pool, tables, torch.tensor(lens), bs)
+    finally:
+        torch.set_num_threads(before)
+
+
 # Short contexts: one chunk per (sequence, KV head). Long ones with few sequences are split
 # into chunks (merged by their max and sum), some of them empty for the shorter sequence.
 # D = 16, 72 and 128: fewer than 64 columns, a 64-column slab plus a remainder, two slabs.
@@ -67,20 +94,10 @@ def test_paged_decode_matches_sdpa(
     float32 values it holds)."""
     torch.manual_seed(0)
     bs = 4
-    need = [-(-n // bs) for n in lens]
-    pool = torch.randn(sum(need) + 3, bs, 2, Hkv, D).to(dtype)
-    order = torch.randperm(len(pool)).tolist()  # scattered blocks
-    tables = torch.zeros(len(lens), max(need), dtype=torch.int64)
-    for b, n in enumerate(need):
-        tables[b, :n] = torch.tensor(order[sum(need[:b]) : sum(need[: b + 1])])
+    pool, tables = _scattered_pool(lens, bs, Hkv, D, dtype)
     B = len(lens)
     q = torch.randn(B, 1, H + 2 * Hkv, D)[:, :, :H]  # strided rows, as the model passes it
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        got = cpu_kernel.paged_decode(lib, q, pool, tables, torch.tensor(lens), bs)
-    finally:
-        torch.set_num_threads(before)
+    got = _decode(lib, q, pool, tables, lens, bs, threads)
     for b in range(B):
         S = lens[b]
         ctx = pool[tables[b]].reshape(-1, 2, Hkv, D)[:S].float()  # [S, 2, Hkv, D]
@@ -216,19 +233,9 @@ def test_bf16_paged_decode_matches_sdpa(
     """The AVX512-BF16 decode over a bf16 pool (scattered blocks) equals SDPA on the same
     inputs with the query rounded to bf16, up to the bf16 rounding of the probabilities."""
     torch.manual_seed(0)
-    need = [-(-n // bs) for n in lens]
-    pool = torch.randn(sum(need) + 3, bs, 2, Hkv, D).bfloat16()
-    order = torch.randperm(len(pool)).tolist()
-    tables = torch.zeros(len(lens), max(need), dtype=torch.int64)
-    for b, n in enumerate(need):
-        tables[b, :n] = torch.tensor(order[sum(need[:b]) : sum(need[: b + 1])])
+    pool, tables = _scattered_pool(lens, bs, Hkv, D, torch.bfloat16)
     q = torch.randn(len(lens), 1, H + 2 * Hkv, D)[:, :, :H] * 2  # strided rows
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        got = cpu_kernel.paged_decode(bf16_lib, q, pool, tables, torch.tensor(lens), bs)
-    finally:
-        torch.set_num_threads(before)
+    got = _decode(bf16_lib, q, pool, tables, lens, bs, threads)
     for b, S in enumerate(lens):
         ctx = pool[tables[b]].reshape(-1, 2, Hkv, D)[:S].float().permute(1, 2, 0, 3)
         qb = _round_bf16(q[b] * D**-0.5).transpose(0, 1)
