@@ -194,32 +194,49 @@ static void kv_store(void *kv, long i, const float *x, long n, int bf) {
     }
 }
 
-/* q . k, k the pool's elements [i, i + D); D a multiple of 8. */
-static inline float dot(const float *q, const void *kv, long i, long D, int bf) {
-    __m256 acc = _mm256_setzero_ps();
-    for (long d = 0; d < D; d += 8)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), kv8(kv, i + d, bf), acc);
-    return hsum(acc);
-}
+#define GM 3 /* query heads of a GQA group per pass: with 4 keys or 4 slabs, 12 sums in registers */
 
-/* Four dot products q . k_j, k_j at pool element i + j * stride: one reduction for all four. */
-static inline __m128 dot4(const float *q, const void *kv, long i, long stride, long D, int bf) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+/* The scores of 4 keys (pool elements kb + j row, j < 4) against GN query heads (q + g D):
+   s[g ss + j]. Each 8-float slab of a key is widened once for all GN heads. */
+static inline __attribute__((always_inline)) void scores4(const float *q, const void *kv,
+        long kb, long row, long D, int bf, int GN, float scale, float *s, long ss) {
+    __m256 acc[GM][4];
+    for (int g = 0; g < GN; g++)
+        for (int j = 0; j < 4; j++) acc[g][j] = _mm256_setzero_ps();
     for (long d = 0; d < D; d += 8) {
-        __m256 qv = _mm256_loadu_ps(q + d);
-        a0 = _mm256_fmadd_ps(qv, kv8(kv, i + d, bf), a0);
-        a1 = _mm256_fmadd_ps(qv, kv8(kv, i + stride + d, bf), a1);
-        a2 = _mm256_fmadd_ps(qv, kv8(kv, i + 2 * stride + d, bf), a2);
-        a3 = _mm256_fmadd_ps(qv, kv8(kv, i + 3 * stride + d, bf), a3);
+        __m256 k[4];
+        for (int j = 0; j < 4; j++) k[j] = kv8(kv, kb + j * row + d, bf);
+        for (int g = 0; g < GN; g++) {
+            __m256 qv = _mm256_loadu_ps(q + g * D + d);
+            for (int j = 0; j < 4; j++) acc[g][j] = _mm256_fmadd_ps(qv, k[j], acc[g][j]);
+        }
     }
-    __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+    for (int g = 0; g < GN; g++) {  /* one reduction for the 4 keys */
+        __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(acc[g][0], acc[g][1]),
+                                  _mm256_hadd_ps(acc[g][2], acc[g][3]));
+        __m128 r = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+        _mm_storeu_ps(s + g * ss, _mm_mul_ps(r, _mm_set1_ps(scale)));
+    }
 }
 
-/* s[t - t0] = scale * q . k_t for positions [t0, t1) of a block table; the KV head's K
-   columns start at pool element k. */
-static void scores(const float *q, const void *kv, long k, const long *tab, long t0, long t1,
-                   long bs, long row, long D, float scale, int bf, float *s) {
+/* scores4 of one key. */
+static inline __attribute__((always_inline)) void scores1(const float *q, const void *kv,
+        long kb, long D, int bf, int GN, float scale, float *s, long ss) {
+    __m256 acc[GM];
+    for (int g = 0; g < GN; g++) acc[g] = _mm256_setzero_ps();
+    for (long d = 0; d < D; d += 8) {
+        __m256 k = kv8(kv, kb + d, bf);
+        for (int g = 0; g < GN; g++)
+            acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + d), k, acc[g]);
+    }
+    for (int g = 0; g < GN; g++) s[g * ss] = hsum(acc[g]) * scale;
+}
+
+/* s[g ss + t - t0] = scale * q_g . k_t for positions [t0, t1) of a block table and GN query
+   heads (q + g D); the KV head's K columns start at pool element k. */
+static inline __attribute__((always_inline)) void scores_of(const float *q, const void *kv,
+        long k, const long *tab, long t0, long t1, long bs, long row, long D, float scale,
+        int bf, int GN, float *s, long ss) {
     for (long t = t0; t < t1;) {
         long kb = k + slot_of(tab, bs, t) * row;
         long n = bs - t % bs, i = 0;
@@ -235,9 +252,8 @@ static void scores(const float *q, const void *kv, long k, const long *tab, long
                 }
         }
         for (; i + 4 <= n; i += 4)
-            _mm_storeu_ps(s + t - t0 + i,
-                          _mm_mul_ps(dot4(q, kv, kb + i * row, row, D, bf), _mm_set1_ps(scale)));
-        for (; i < n; i++) s[t - t0 + i] = dot(q, kv, kb + i * row, D, bf) * scale;
+            scores4(q, kv, kb + i * row, row, D, bf, GN, scale, s + t - t0 + i, ss);
+        for (; i < n; i++) scores1(q, kv, kb + i * row, D, bf, GN, scale, s + t - t0 + i, ss);
         t += n;
     }
 }
@@ -262,32 +278,46 @@ static float softmax_terms(float *s, long n, float *mx) {
     return sum;
 }
 
-/* o = sum_t p[t - t0] * v_t over positions [t0, t1) of a block table; the KV head's V
-   columns start at pool element v. 64 columns at a time, their running sums in registers. */
-static void weighted_sum(const float *p, const void *kv, long v, const long *tab, long t0,
-                         long t1, long bs, long row, long D, int bf, float *o) {
-    for (long d0 = 0; d0 < D; d0 += 64) {
-        long w = D - d0 < 64 ? (D - d0) / 8 : 8;
-        __m256 acc[8];
-        for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
-        for (long t = t0; t < t1;) {
-            long vr = v + slot_of(tab, bs, t) * row + d0;
-            long n = bs - t % bs;
-            n = n < t1 - t ? n : t1 - t;
-            for (long i = 0; i < n; i++, vr += row) {
-                __m256 pv = _mm256_set1_ps(p[t - t0 + i]);
-                if (w == 8) {
-                    for (int j = 0; j < 8; j++)
-                        acc[j] = _mm256_fmadd_ps(pv, kv8(kv, vr + 8 * j, bf), acc[j]);
-                } else {
-                    for (long j = 0; j < w; j++)
-                        acc[j] = _mm256_fmadd_ps(pv, kv8(kv, vr + 8 * j, bf), acc[j]);
-                }
+/* o_g = sum_t p_g[t - t0] * v_t (p_g = p + g ps, o_g = o + g os) over positions [t0, t1) of a
+   block table, for GN query heads and W 8-float slabs of V from pool element v: each slab of
+   a V row is widened once for all GN heads. */
+static inline __attribute__((always_inline)) void wsum_slabs(const float *p, long ps,
+        const void *kv, long v, const long *tab, long t0, long t1, long bs, long row, int bf,
+        int GN, int W, float *o, long os) {
+    __m256 acc[GM][4];
+    for (int g = 0; g < GN; g++)
+        for (int j = 0; j < W; j++) acc[g][j] = _mm256_setzero_ps();
+    for (long t = t0; t < t1;) {
+        long vr = v + slot_of(tab, bs, t) * row;
+        long n = bs - t % bs;
+        n = n < t1 - t ? n : t1 - t;
+        for (long i = 0; i < n; i++, vr += row) {
+            __m256 x[4];
+            for (int j = 0; j < W; j++) x[j] = kv8(kv, vr + 8 * j, bf);
+            for (int g = 0; g < GN; g++) {
+                __m256 pv = _mm256_set1_ps(p[g * ps + t - t0 + i]);
+                for (int j = 0; j < W; j++) acc[g][j] = _mm256_fmadd_ps(pv, x[j], acc[g][j]);
             }
-            t += n;
         }
-        for (long j = 0; j < w; j++) _mm256_storeu_ps(o + d0 + 8 * j, acc[j]);
+        t += n;
     }
+    for (int g = 0; g < GN; g++)
+        for (int j = 0; j < W; j++) _mm256_storeu_ps(o + g * os + 8 * j, acc[g][j]);
+}
+
+/* One KV head's GN query heads over positions [t0, t1): scores, softmax terms and the
+   unnormalised p V of each head g into pm + g os ([D] then its max score and sum). */
+static inline __attribute__((always_inline)) void attend_heads(const float *q, const void *kv,
+        long kh, long Hkv, const long *tab, long t0, long t1, long bs, long D, float scale,
+        int bf, int GN, float *s, long ss, float *pm, long os) {
+    long row = 2 * Hkv * D, v = (Hkv + kh) * D, d = 0;
+    scores_of(q, kv, kh * D, tab, t0, t1, bs, row, D, scale, bf, GN, s, ss);
+    for (int g = 0; g < GN; g++)
+        pm[g * os + D + 1] = softmax_terms(s + g * ss, t1 - t0, pm + g * os + D);
+    for (; d + 32 <= D; d += 32)
+        wsum_slabs(s, ss, kv, v + d, tab, t0, t1, bs, row, bf, GN, 4, pm + d, os);
+    for (; d < D; d += 8)
+        wsum_slabs(s, ss, kv, v + d, tab, t0, t1, bs, row, bf, GN, 1, pm + d, os);
 }
 
 /* One query token per sequence against its context in the paged pool (split like
@@ -295,14 +325,15 @@ static void weighted_sum(const float *p, const void *kv, long v, const long *tab
    V), float32 or (bf) bfloat16; tables: [B, nb] block ids; lens: [B] context lengths (the new
    token included, stored); out: [B, H, D]; D a multiple of 8.
    A task is one KV head of one sequence over one chunk of its context, for the head's whole
-   GQA group: each K and V row comes from memory once, then from cache for the group's other
-   query heads. Few sequences split their context into chunks so that every thread has work;
-   each chunk leaves its max score, its sum of exponentials and its unnormalised output, and a
-   second pass merges the chunks. Returns 0, or -1 when its buffers could not be allocated. */
+   GQA group, three query heads at a time: each slab of a K or V row is widened from bf16 once
+   for the three (widening had cost two uops per FMA), and comes from memory once. Few
+   sequences split their context into chunks so that every thread has work; each chunk leaves
+   its max score, its sum of exponentials and its unnormalised output, and a second pass
+   merges the chunks. Returns 0, or -1 when its buffers could not be allocated. */
 int paged_decode(const float *q, long q_stride, const void *pool, const long *tables,
                   const long *lens, float *out, long B, long H, long Hkv, long D, long nb,
                   long bs, float scale, int bf, int nthreads) {
-    long G = H / Hkv, row = 2 * Hkv * D, longest = 0, P = D + 2;
+    long G = H / Hkv, longest = 0, P = D + 2;
     for (long b = 0; b < B; b++) longest = lens[b] > longest ? lens[b] : longest;
     long C = (4 * nthreads + B * Hkv - 1) / (B * Hkv);  /* chunks per sequence and KV head */
     long most = (longest + 63) / 64;  /* each at least 64 positions */
@@ -314,7 +345,7 @@ int paged_decode(const float *q, long q_stride, const void *pool, const long *ta
     int failed = 0;
     #pragma omp parallel num_threads(nthreads)
     {
-        float *s = malloc((size_t)per * sizeof(float));
+        float *s = malloc((size_t)(GM * per) * sizeof(float));
         if (s == NULL) {
             #pragma omp atomic write
             failed = 1;
@@ -325,18 +356,26 @@ int paged_decode(const float *q, long q_stride, const void *pool, const long *ta
             long b = task / (Hkv * C), kh = task / C % Hkv, c = task % C;
             long t0 = c * per, t1 = t0 + per < lens[b] ? t0 + per : lens[b];
             const long *tab = tables + b * nb;
-            for (long g = 0; g < G; g++) {
-                long h = kh * G + g;
+            for (long g0 = 0; g0 < G; g0 += GM) {  /* GM query heads of the group at a time */
+                long h = kh * G + g0, os = C * P;
+                int gn = G - g0 < GM ? (int)(G - g0) : GM;
                 float *pm = part + ((b * H + h) * C + c) * P;
+                const float *qh = q + b * q_stride + h * D;
                 if (t1 <= t0) {  /* an empty chunk of a shorter context */
-                    pm[D] = -INFINITY;
-                    pm[D + 1] = 0.f;
+                    for (int g = 0; g < gn; g++) {
+                        pm[g * os + D] = -INFINITY;
+                        pm[g * os + D + 1] = 0.f;
+                    }
                     continue;
                 }
-                scores(q + b * q_stride + h * D, pool, kh * D, tab, t0, t1, bs, row, D, scale, bf,
-                       s);
-                pm[D + 1] = softmax_terms(s, t1 - t0, pm + D);
-                weighted_sum(s, pool, (Hkv + kh) * D, tab, t0, t1, bs, row, D, bf, pm);
+                switch (gn) {  /* a constant head count keeps the sums in registers */
+                    case 3: attend_heads(qh, pool, kh, Hkv, tab, t0, t1, bs, D, scale, bf, 3, s,
+                                         per, pm, os); break;
+                    case 2: attend_heads(qh, pool, kh, Hkv, tab, t0, t1, bs, D, scale, bf, 2, s,
+                                         per, pm, os); break;
+                    default: attend_heads(qh, pool, kh, Hkv, tab, t0, t1, bs, D, scale, bf, 1, s,
+                                          per, pm, os);
+                }
             }
         }
         free(s);

@@ -73,8 +73,8 @@ def _decode(
 
 # Short contexts: one chunk per (sequence, KV head). Long ones with few sequences are split
 # into chunks (merged by their max and sum), some of them empty for the shorter sequence.
-# D = 16, 72 and 128: fewer than 64 columns, a 64-column slab plus a remainder, two slabs.
-# GQA groups of 3 (SmolLM2), 7 and 1 (no grouping).
+# D = 16, 72 and 128: fewer than 32 columns, two 32-column slabs plus 8, four slabs. GQA
+# groups of 3 (SmolLM2: one pass of three heads), 7 (3, 3, 1), 5 (3, 2) and 1 (no grouping).
 @pytest.mark.parametrize(
     ("lens", "D", "threads"),
     [
@@ -86,7 +86,7 @@ def _decode(
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("H", "Hkv"), [(6, 2), (7, 1), (4, 4)])
+@pytest.mark.parametrize(("H", "Hkv"), [(6, 2), (7, 1), (10, 2), (4, 4)])
 def test_paged_decode_matches_sdpa(
     lib: ctypes.CDLL, lens: list[int], D: int, threads: int, dtype: torch.dtype, H: int, Hkv: int
 ) -> None:
