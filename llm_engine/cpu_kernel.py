@@ -69,6 +69,23 @@ static inline long slot_of(const long *table, long bs, long pos) {
     return table[pos / bs] * bs + pos % bs;
 }
 
+typedef struct {
+    long per, chunks;  /* positions per chunk, chunks per context */
+} Split;
+
+/* How a decode splits its contexts (flash-decoding), the longest being `longest` positions:
+   into chunks enough for ~4 tasks a thread (each context gives `units` tasks per chunk), each
+   at least 64 positions and a whole number of `align`. */
+static inline Split split_context(long longest, long units, int nthreads, long align) {
+    long C = (4 * nthreads + units - 1) / units, most = (longest + 63) / 64;
+    C = C < most ? C : most;
+    C = C < 1 ? 1 : C;
+    long per = ((longest + C - 1) / C + align - 1) / align * align;
+    per = per < align ? align : per;
+    C = (longest + per - 1) / per;
+    return (Split){per, C < 1 ? 1 : C};
+}
+
 /* A decode split into C chunks of one head's context (flash-decoding): pc [C][D + 2] holds
    each chunk's unnormalised output, its max score and its sum of exponentials (0 for an
    empty chunk) -> o [D], the softmax-weighted output of the whole context. Not inlined:
@@ -242,13 +259,12 @@ static inline __attribute__((always_inline)) void scores_of(const float *q, cons
         long n = bs - t % bs, i = 0;
         n = n < t1 - t ? n : t1 - t;
         if (t + n < t1) {  /* the next block's K and V columns (from k + Hkv D) to L2: blocks */
-            long next = k + slot_of(tab, bs, t + n) * row, v = row / 2;  /* cross 4 KB pages */
-            long m = bs < t1 - t - n ? bs : t1 - t - n, bytes = D * (bf ? 2 : 4);
-            const char *p = (const char *)kv + next * (bf ? 2 : 4);
-            for (long j = 0; j < m; j++, p += row * (bf ? 2 : 4))
-                for (long c = 0; c < bytes; c += 64) {
+            long es = bf ? 2 : 4, m = bs < t1 - t - n ? bs : t1 - t - n;  /* cross 4 KB pages */
+            const char *p = (const char *)kv + (k + slot_of(tab, bs, t + n) * row) * es;
+            for (long j = 0; j < m; j++, p += row * es)
+                for (long c = 0; c < D * es; c += 64) {
                     _mm_prefetch(p + c, _MM_HINT_T1);
-                    _mm_prefetch(p + v * (bf ? 2 : 4) + c, _MM_HINT_T1);
+                    _mm_prefetch(p + row / 2 * es + c, _MM_HINT_T1);  /* V: Hkv D further */
                 }
         }
         for (; i + 4 <= n; i += 4)
@@ -335,11 +351,8 @@ int paged_decode(const float *q, long q_stride, const void *pool, const long *ta
                   long bs, float scale, int bf, int nthreads) {
     long G = H / Hkv, longest = 0, P = D + 2;
     for (long b = 0; b < B; b++) longest = lens[b] > longest ? lens[b] : longest;
-    long C = (4 * nthreads + B * Hkv - 1) / (B * Hkv);  /* chunks per sequence and KV head */
-    long most = (longest + 63) / 64;  /* each at least 64 positions */
-    C = C < most ? C : most;
-    C = C < 1 ? 1 : C;
-    long per = (longest + C - 1) / C;
+    Split sp = split_context(longest, B * Hkv, nthreads, 1);
+    long C = sp.chunks, per = sp.per;
     float *part = malloc((size_t)(B * H * C * P) * sizeof(float));
     if (part == NULL) return -1;
     int failed = 0;
@@ -444,7 +457,6 @@ typedef int (*attention_fn)(const float *, long, const void *, const long *, con
    library's). scratch: B ((2 H + 2 Hkv) D + 3 inter + hidden) floats. The same math as
    Transformer.forward (q, k, v heads in one matmul, K then V in the pool). Returns 0, or -1
    when attention ran out of memory. */
-
 int decode_one(const Layer *layers, long L, float *x, float *h, long B, long hidden,
                 long inter, long H, long Hkv, long D, const float *rope_table, long max_len,
                 const long *pos, void *pool, long layer_stride, const long *slot,
@@ -805,13 +817,8 @@ int paged_decode(const float *q, long q_stride, const void *pool, const long *ta
     if (!bf || D % 32 != 0) return -2;
     long G = H / Hkv, row = 2 * Hkv * D, P32 = D / 32, P = D + 2, longest = 0;
     for (long b = 0; b < B; b++) longest = lens[b] > longest ? lens[b] : longest;
-    long C = (4 * nthreads + B - 1) / B;  /* chunks per sequence, so that every thread has work */
-    long most = (longest + 63) / 64;      /* each at least 64 positions */
-    C = C < most ? C : most;
-    C = C < 1 ? 1 : C;
-    long per = ((longest + C - 1) / C + 31) / 32 * 32;  /* whole 32-key groups */
-    C = (longest + per - 1) / per;
-    C = C < 1 ? 1 : C;
+    Split sp = split_context(longest, B, nthreads, 32);  /* whole 32-key groups */
+    long C = sp.chunks, per = sp.per;
     float *part = C > 1 ? malloc((size_t)(B * H * C * P) * sizeof(float)) : NULL;
     uint16_t *zero = calloc((size_t)row, 2);  /* the row of a key past the context */
     __m512bh *qb = aligned_alloc(64, (size_t)(B * H * P32) * 64);
