@@ -1218,13 +1218,17 @@ def decode_fits(head_dim: int) -> bool:
 
 def decode_attention(pool_dtype: torch.dtype, head_dim: int) -> ctypes.CDLL | None:
     """The library whose :func:`paged_decode` serves a pool of this dtype: over bf16 (the keys
-    are bf16 already), the AVX512-BF16 one where the CPU has it and the head size fits (bf16
-    products like prefill's, 2-3.5x faster); else the AVX2 one; None where neither runs."""
-    if pool_dtype == torch.bfloat16 and prefill_fits(head_dim):
-        lib = load_bf16()
-        if lib is not None:
-            return lib
+    are bf16 already), :func:`bf16_decode`'s where there is one (bf16 products like prefill's,
+    2-3.5x faster); else the AVX2 one; None where neither runs."""
+    if pool_dtype == torch.bfloat16 and (lib := bf16_decode(head_dim)) is not None:
+        return lib
     return load() if decode_fits(head_dim) else None
+
+
+def bf16_decode(head_dim: int) -> ctypes.CDLL | None:
+    """The AVX512-BF16 library, whose :func:`paged_decode` serves bf16 pools of this head
+    size, where the CPU has it and the head size fits; else None."""
+    return load_bf16() if prefill_fits(head_dim) else None
 
 
 def prefill_attention(

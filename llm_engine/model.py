@@ -154,7 +154,7 @@ class Transformer:
             cfg.num_kv_heads,
             cfg.head_dim,
         )
-        bf16 = cpu_kernel.load_bf16() if cpu_kernel.prefill_fits(cfg.head_dim) else None
+        bf16 = cpu_kernel.bf16_decode(cfg.head_dim)  # its attention, over a bf16 pool
         if max_batch is None:  # up to the batch where cpu_kernel's bf16 GEMM takes over
             w, max_batch = layers[0].qkv, cpu_kernel.DECODE_MAX_BATCH
             if isinstance(w, Int8Weight) and w.gemm is not None:
