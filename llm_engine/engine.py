@@ -153,6 +153,7 @@ class Engine:
         if config.resolved_quant() == "int8":
             # keep the float weights for prefill on CPU, where the int8 kernel is matrix-vector
             model.quantize_int8(keep_full=torch.device(config.device).type == "cpu")
+        model.to_huge_pages()  # decode streams every weight each step
         kv = KVCache(
             mc.num_layers,
             config.num_blocks,

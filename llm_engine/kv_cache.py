@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from llm_engine import cpu_kernel
+from llm_engine import cpu_kernel, hugepages
 
 
 @dataclass(slots=True)
@@ -71,7 +71,10 @@ class KVCache:
         device: torch.device | str,
     ) -> None:
         shape = (num_layers, num_blocks, block_size, 2, num_kv_heads, head_dim)
-        self.kv = torch.zeros(shape, dtype=dtype, device=device)
+        if torch.device(device).type == "cpu":  # attention reads its blocks scattered
+            self.kv = hugepages.zeros(shape, dtype)
+        else:
+            self.kv = torch.zeros(shape, dtype=dtype, device=device)
         self.block_size = block_size
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:

@@ -14,6 +14,7 @@ the norms and SwiGLU are one C call each.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from llm_engine import cpu_kernel
+from llm_engine import cpu_kernel, hugepages
 from llm_engine.config import ModelConfig
 from llm_engine.kv_cache import AttnMeta, KVCache, Parts, attend
 from llm_engine.quant import Int8Weight, linear, quantize_int8
@@ -83,6 +84,11 @@ def _kernel_weight(w: Tensor | Int8Weight) -> tuple[Tensor, Tensor] | None:
     return None
 
 
+def _plain(value: object) -> bool:
+    """Whether ``value`` is a tensor in plain contiguous memory (not oneDNN's blocked kind)."""
+    return isinstance(value, Tensor) and value.layout == torch.strided and value.is_contiguous()
+
+
 def apply_rope_(x: Tensor, cos: Tensor, sin: Tensor) -> None:
     """In place: x = x*cos + rotate_half(x)*sin. x: [B, T, heads, D]; cos, sin: [B, T, 1, D]."""
     half = x.shape[-1] // 2
@@ -130,6 +136,27 @@ class Transformer:
             fits = cpu_kernel.activations_fit(self.cfg.hidden_size, self.cfg.intermediate_size)
             self._bf16 = cpu_kernel.load_bf16() if fits else None
             self._bf16_rows = w.full_min_rows
+
+    def to_huge_pages(self) -> None:
+        """Move the weights (CPU) into one huge-page mapping (see :mod:`hugepages`): every
+        decode step streams them."""
+        if self.w.embed.device.type != "cpu":
+            return
+        holders: list[tuple[object, str]] = []
+        parts: list[ModelWeights | LayerWeights] = [self.w, *self.w.layers]
+        for obj in parts:
+            for f in dataclasses.fields(obj):
+                value = getattr(obj, f.name)
+                if isinstance(value, Int8Weight):
+                    holders += [(value, g.name) for g in dataclasses.fields(value)]
+                else:
+                    holders.append((obj, f.name))
+        holders = [(o, n) for o, n in holders if _plain(getattr(o, n))]
+        arena = hugepages.Arena([getattr(o, n) for o, n in holders])
+        for owner, name in holders:  # each original goes as soon as its copy is in
+            setattr(owner, name, arena.place(getattr(owner, name)))
+        if self._decode_one is not None:  # it holds the old weights' addresses
+            self._decode_one = self._bind_decode_one(self._decode_one.max_batch)
 
     def _bind_decode_one(self, max_batch: int | None = None) -> cpu_kernel.DecodeOne | None:
         """The one-call decode of up to ``max_batch`` sequences (default: up to where the

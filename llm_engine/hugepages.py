@@ -1,0 +1,94 @@
+"""CPU tensors on transparent huge pages.
+
+Decode reads every weight once a step, and attention reads KV blocks scattered over the pool:
+with 4 KB pages, that is a TLB miss every 4 KB streamed. Linux backs a private anonymous
+mapping advised ``MADV_HUGEPAGE`` with 2 MB pages wherever transparent huge pages are not
+off ("madvise", a common default, or "always"). torch's allocator asks for them only under
+``THP_MEM_ALLOC_ENABLE=1`` and only per allocation of 2 MB or more, so the engine places its
+weights and KV pool itself: one mapping each. Where the kernel has no such advice (another
+OS, THP off) the tensors are plain memory and nothing else changes.
+
+Measured on the 2-core Zen 4 box, SmolLM2-135M's 30 layers of packed bf16 projection weights
+(207 MB), the same GEMMs interleaved in one process, 4 KB vs 2 MB pages: 48 rows 25.3-26.2 vs
+24.3-24.6 ms, 4 rows 7.4 vs 6.5, one row 7.7 vs 6.4.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import warnings
+
+import torch
+from torch import Tensor
+
+_ALIGN = 64  # bytes: each tensor of a mapping starts on a cache line, as torch's own do
+
+
+def _mapping(nbytes: int) -> Tensor | None:
+    """``nbytes`` of zeroed memory advised onto huge pages, as a uint8 tensor that keeps the
+    mapping alive; None where huge-page advice does not exist here."""
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    if advice is None or nbytes <= 0:
+        return None
+    region = mmap.mmap(-1, nbytes, flags=flags)
+    with contextlib.suppress(OSError):  # a kernel without THP: a plain mapping all the same
+        region.madvise(advice)
+    with warnings.catch_warnings():  # the mapping is writable; torch warns for read-only ones
+        warnings.simplefilter("ignore")
+        return torch.frombuffer(region, dtype=torch.uint8)
+
+
+def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """A zeroed CPU tensor on huge pages (plain ``torch.zeros`` where there are none)."""
+    numel = 1
+    for n in shape:
+        numel *= n
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    buf = _mapping(nbytes)
+    if buf is None:
+        return torch.zeros(shape, dtype=dtype)
+    return buf.view(dtype).view(shape)
+
+
+def _key(t: Tensor) -> tuple[int, tuple[int, ...], torch.dtype]:
+    return t.data_ptr(), tuple(t.shape), t.dtype
+
+
+def _footprint(t: Tensor) -> int:
+    return -(-t.numel() * t.element_size() // _ALIGN) * _ALIGN
+
+
+class Arena:
+    """One huge-page mapping sized for ``tensors`` (CPU, contiguous), which :meth:`place`
+    then copies in one at a time, so a caller that drops each original as it goes never
+    holds two copies of everything. A tensor placed twice (the same memory: tied
+    embeddings) is copied once. Where there are no huge pages, :meth:`place` returns the
+    original."""
+
+    def __init__(self, tensors: list[Tensor]) -> None:
+        sizes = {_key(t): _footprint(t) for t in tensors}
+        self._buf = _mapping(sum(sizes.values()))
+        self._used = 0
+        self._placed: dict[tuple[int, tuple[int, ...], torch.dtype], Tensor] = {}
+
+    def place(self, t: Tensor) -> Tensor:
+        assert t.device.type == "cpu" and t.layout == torch.strided and t.is_contiguous()
+        if self._buf is None:
+            return t
+        key = _key(t)
+        if key not in self._placed:
+            nbytes = t.numel() * t.element_size()
+            assert self._used + _footprint(t) <= self._buf.numel(), "not sized for this tensor"
+            copy = self._buf[self._used : self._used + nbytes].view(t.dtype).view(t.shape)
+            copy.copy_(t)
+            self._used += _footprint(t)
+            self._placed[key] = copy
+        return self._placed[key]
+
+
+def gather(tensors: list[Tensor]) -> list[Tensor]:
+    """Copies of ``tensors`` in one huge-page mapping (see :class:`Arena`)."""
+    arena = Arena(tensors)
+    return [arena.place(t) for t in tensors]
