@@ -560,15 +560,23 @@ static inline __m256i v16(const void *kv, long r, long d, int bf) {
     return (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps((const float *)kv + r + d));
 }
 
-/* V of one KV head (its columns from pool element v), keys [16 t, 16 t + 16): for each pair
-   of keys and 16 dimensions, the pairs (v_2i[d], v_2i+1[d]) as one vector:
+/* The pool elements where keys [16 t, 16 t + 16)'s rows start (-1 past S): one division for
+   the tile, not one per key. */
+static void tile_rows(const long *table, long bs, long row, long t, long S, long *at) {
+    long pos = 16 * t, blk = pos / bs, in = pos % bs;
+    for (int j = 0; j < 16; j++, pos++) {
+        at[j] = pos < S ? (table[blk] * bs + in) * row : -1;
+        if (++in == bs) in = 0, blk++;
+    }
+}
+
+/* V of one KV head (columns v.. of each row), a tile's 16 keys (rows at, -1: none): for each
+   pair of keys and 16 dimensions, the pairs (v_2i[d], v_2i+1[d]) as one vector:
    dst [8][D/16][16] uint32. */
-static void pack_v(const void *kv, long v, const long *table, long bs, long row, long D,
-                   long t, long S, int bf, uint32_t *dst) {
+static void pack_v(const void *kv, long v, const long *at, long D, int bf, uint32_t *dst) {
     for (long i = 0; i < 8; i++) {
-        long pos = 16 * t + 2 * i;
-        long v0 = pos < S ? v + slot_of(table, bs, pos) * row : -1;
-        long v1 = pos + 1 < S ? v + slot_of(table, bs, pos + 1) * row : -1;
+        long v0 = at[2 * i] < 0 ? -1 : at[2 * i] + v;
+        long v1 = at[2 * i + 1] < 0 ? -1 : at[2 * i + 1] + v;
         for (long d = 0; d < D; d += 16) {
             __m256i a = v16(kv, v0, d, bf), b = v16(kv, v1, d, bf);
             __m512i c = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);  /* a, then b */
@@ -577,22 +585,16 @@ static void pack_v(const void *kv, long v, const long *table, long bs, long row,
     }
 }
 
-/* K of one KV head (its columns from pool element k), keys [16 t, 16 t + 16) as bf16 rows of
-   D (zero past S): dst [16][D] uint16. */
-static void copy_k(const void *kv, long k, const long *table, long bs, long row, long D,
-                   long t, long S, int bf, uint16_t *dst) {
-    for (long j = 0; j < 16; j++) {
-        long pos = 16 * t + j;
-        uint16_t *kr = dst + j * D;
-        if (pos >= S) {
-            memset(kr, 0, (size_t)D * 2);
-        } else if (bf) {
-            memcpy(kr, (const uint16_t *)kv + k + slot_of(table, bs, pos) * row, (size_t)D * 2);
-        } else {
-            const float *src = (const float *)kv + k + slot_of(table, bs, pos) * row;
-            for (long d = 0; d < D; d += 32) _mm512_storeu_si512(kr + d, bf16x32(src + d));
+/* K of one KV head (columns k.. of each row), a tile's 16 keys (rows at, -1: none) as bf16
+   rows of D, zero for none: dst [16][D] uint16. */
+static void copy_k(const void *kv, long k, const long *at, long D, int bf, uint16_t *dst) {
+    for (long j = 0; j < 16; j++)
+        for (long d = 0; d < D; d += 32) {
+            __m512i x = _mm512_setzero_si512();
+            if (at[j] >= 0 && bf) x = _mm512_loadu_si512((const uint16_t *)kv + at[j] + k + d);
+            else if (at[j] >= 0) x = bf16x32((const float *)kv + at[j] + k + d);
+            _mm512_storeu_si512(dst + j * D + d, x);
         }
-    }
 }
 
 /* acc[b] = the scores of key b (row b of kr: P pairs of bf16) against R query rows (Q: P
@@ -635,11 +637,18 @@ int prefill_attention(const float *q, long q_stride, const void *pool, const lon
     #pragma omp parallel num_threads(nthreads)
     {
         #pragma omp for schedule(static)
-        for (long i = 0; i < Hkv * nt; i++) {
-            long kh = i / nt, t = i % nt;
-            long at = (kh * Sp + 16 * t) * D;  /* key 16 t of head kh: D bf16 = P pairs */
-            copy_k(pool, kh * D, table, bs, row, D, t, S, bf, kc + at);
-            pack_v(pool, (Hkv + kh) * D, table, bs, row, D, t, S, bf, vp + at / 2);
+        for (long t = 0; t < nt; t++) {  /* a tile of 16 keys, every head: whole rows in turn */
+            long at[16], next[16], es = bf ? 2 : 4;
+            tile_rows(table, bs, row, t, S, at);
+            tile_rows(table, bs, row, t + 1, S, next);
+            for (int j = 0; j < 16 && next[j] >= 0; j++)  /* the next tile's rows to L2: */
+                for (long c = 0; c < row * es; c += 64)  /* blocks cross 4 KB pages */
+                    _mm_prefetch((const char *)pool + next[j] * es + c, _MM_HINT_T1);
+            for (long kh = 0; kh < Hkv; kh++) {
+                long k0 = (kh * Sp + 16 * t) * D;  /* key 16 t of head kh: D bf16 = P pairs */
+                copy_k(pool, kh * D, at, D, bf, kc + k0);
+                pack_v(pool, (Hkv + kh) * D, at, D, bf, vp + k0 / 2);
+            }
         }
         #pragma omp for schedule(static)
         for (long task = 0; task < tasks; task++) {  /* Q as pairs of dimensions x R rows */
