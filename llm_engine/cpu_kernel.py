@@ -35,7 +35,10 @@ p V takes two keys' V rows at a time as bf16 pairs. Its float32 AVX2 twin spent 
 widening bf16 for every FMA and ran at ~25 GFLOP/s; this one is 2-3.5x faster (48 sequences
 at 350 tokens of context, 30 layers' pools: 1.6 -> 0.8 ms a layer, then bound by memory: it
 prefetches the next 16 keys' rows to L2, as the pool's blocks cross 4 KB pages where the
-hardware prefetcher stops).
+hardware prefetcher stops). With AVX512-VNNI, its ``q8_linear_vnni`` serves ``decode_one``'s
+projections from three sequences: each activation row rounded to int16 at its own scale, one
+``vpdpwssd`` multiplies 32 int8 weights, where the AVX2 kernel's widening to float made three
+rows compute-bound (and it ran them as two passes over the weights).
 """
 
 from __future__ import annotations
@@ -466,6 +469,19 @@ typedef struct {
 
 typedef int (*attention_fn)(const float *, long, const void *, const long *, const long *,
                             float *, long, long, long, long, long, long, float, int, int);
+typedef int (*linear_fn)(const float *, const int8_t *, const float *, const float *, float *,
+                         long, long, long, int);
+
+/* q8_linear, or for 3+ rows `wide` where given (the bf16 library's q8_linear_vnni): there
+   q8_linear runs 2 rows and then 1, reading the weights twice; at 1 or 2 rows it was as fast
+   or faster (decode steps at 400 tokens of context, same process: 1 row 5.36 vs 5.97 ms, 2 rows
+   8.31 vs 8.22, 3 rows 10.75 vs 8.37). Returns 0, or -1 when `wide` ran out of memory. */
+static int project(linear_fn wide, const float *x, const int8_t *w, const float *scale,
+                   const float *bias, float *y, long M, long N, long K, int nthreads) {
+    if (wide && M >= 3) return wide(x, w, scale, bias, y, M, N, K, nthreads);
+    q8_linear(x, w, scale, bias, y, M, N, K, nthreads);
+    return 0;
+}
 
 /* One new token of each of B sequences through every layer, with the kernels above and no
    trip back to Python between them (each op's call overhead, ~60 us a layer, was a fifth of a
@@ -474,14 +490,15 @@ typedef int (*attention_fn)(const float *, long, const void *, const long *, con
    0's K/V pool (float32, or bf16 with bf), layers layer_stride elements apart; per sequence
    pos: the token's position, slot: where its K/V go, lens: pos + 1, tables: [B, nb] block
    tables. bf_attention: the bf16 library's paged_decode, for a bf16 pool, or NULL (this
-   library's). scratch: B ((2 H + 2 Hkv) D + 3 inter + hidden) floats. The same math as
-   Transformer.forward (q, k, v heads in one matmul, K then V in the pool). Returns 0, or -1
-   when attention ran out of memory. */
+   library's); wide: its q8_linear_vnni for 3+ sequences, or NULL (q8_linear). scratch:
+   B ((2 H + 2 Hkv) D + 3 inter + hidden) floats. The same math as Transformer.forward (q, k,
+   v heads in one matmul, K then V in the pool). Returns 0, or -1 when attention or `wide` ran
+   out of memory. */
 int decode_one(const Layer *layers, long L, float *x, float *h, long B, long hidden,
                 long inter, long H, long Hkv, long D, const float *rope_table, long max_len,
                 const long *pos, void *pool, long layer_stride, const long *slot,
                 const long *lens, const long *tables, long nb, long bs, float eps, int bf,
-                attention_fn bf_attention, float *scratch, int nthreads) {
+                attention_fn bf_attention, linear_fn wide, float *scratch, int nthreads) {
     attention_fn attention = bf && bf_attention ? bf_attention : paged_decode;
     long nq = (H + 2 * Hkv) * D, row = 2 * Hkv * D;
     float *qkv = scratch, *attn = qkv + B * nq, *gu = attn + B * H * D, *act = gu + B * 2 * inter;
@@ -489,16 +506,21 @@ int decode_one(const Layer *layers, long L, float *x, float *h, long B, long hid
     for (long l = 0; l < L; l++) {
         const Layer *w = layers + l;
         void *p = (char *)pool + l * layer_stride * (bf ? 2 : 4);
-        q8_linear(h, w->qkv, w->qkv_scale, w->qkv_bias, qkv, B, nq, hidden, nthreads);
+        if (project(wide, h, w->qkv, w->qkv_scale, w->qkv_bias, qkv, B, nq, hidden, nthreads))
+            return -1;
         rope(qkv, B, nq, H + Hkv, D, rope_table, max_len, pos);
         for (long b = 0; b < B; b++) kv_store(p, slot[b] * row, qkv + b * nq + H * D, row, bf);
         if (attention(qkv, nq, p, tables, lens, attn, B, H, Hkv, D, nb, bs, scale, bf, nthreads))
             return -1;
-        q8_linear(attn, w->o, w->o_scale, NULL, tmp, B, hidden, H * D, nthreads);
+        if (project(wide, attn, w->o, w->o_scale, NULL, tmp, B, hidden, H * D, nthreads))
+            return -1;
         rms_norm(x, tmp, w->mlp_norm, h, B, hidden, eps);
-        q8_linear(h, w->gate_up, w->gate_up_scale, NULL, gu, B, 2 * inter, hidden, nthreads);
+        if (project(wide, h, w->gate_up, w->gate_up_scale, NULL, gu, B, 2 * inter, hidden,
+                    nthreads))
+            return -1;
         swiglu(gu, act, B, inter);
-        q8_linear(act, w->down, w->down_scale, NULL, tmp, B, hidden, inter, nthreads);
+        if (project(wide, act, w->down, w->down_scale, NULL, tmp, B, hidden, inter, nthreads))
+            return -1;
         rms_norm(x, tmp, w->next_norm, h, B, hidden, eps);
     }
     return 0;
@@ -1090,6 +1112,126 @@ void gemm_bf16(const uint16_t *a, long lda, const uint32_t *w, float *cf, uint16
         }
     }
 }
+
+/* The sums of four vectors' 16 lanes: (sum a, sum b, sum c, sum d). */
+static inline __m128 sum4x16(__m512 a, __m512 b, __m512 c, __m512 d) {
+    /* 128-bit quarters: (a0 + a2, a1 + a3, b0 + b2, b1 + b3), the same for c and d */
+    __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+    __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
+    __m512 t = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88),  /* a, b, c, d quarters */
+                             _mm512_shuffle_f32x4(ab, cd, 0xDD));
+    t = _mm512_add_ps(t, _mm512_permute_ps(t, 0x4E));  /* each quarter: one vector's sum */
+    t = _mm512_add_ps(t, _mm512_permute_ps(t, 0xB1));
+    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_set_epi32(
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), t));
+}
+
+/* 32-element steps each int32 sum of q8_dots takes before it becomes float: a step adds at
+   most 2 * 127 * 32767 to a lane, so 128 (plus the last few) stay far below 2^31. */
+#define Q8_STEPS 128
+
+/* For RB rows of xq (int16, ld apart, zero past K) and one weight row w (int8), the sums
+   over k of xq[r][k] w[k], each as a vector of partial sums: out[r]. Four steps of 32 run
+   side by side (a vpdpwssd's result is needed ~4 cycles later). */
+static inline __attribute__((always_inline)) void q8_dots(const int16_t *xq, long ld,
+        const int8_t *w, long K, int RB, __m512 *out) {
+    for (int r = 0; r < RB; r++) out[r] = _mm512_setzero_ps();
+    for (long k0 = 0; k0 < K; k0 += 128 * Q8_STEPS) {
+        long k1 = k0 + 128 * Q8_STEPS < K ? k0 + 128 * Q8_STEPS : K, k = k0;
+        __m512i acc[4][4];
+        for (int r = 0; r < RB; r++)
+            for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_si512();
+        for (; k + 128 <= k1; k += 128)
+            for (int c = 0; c < 4; c++) {
+                const __m256i *wk = (const __m256i *)(w + k + 32 * c);
+                __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256(wk));
+                for (int r = 0; r < RB; r++) {
+                    __m512i xv = _mm512_loadu_si512(xq + r * ld + k + 32 * c);
+                    acc[r][c] = _mm512_dpwssd_epi32(acc[r][c], xv, wv);
+                }
+            }
+        for (; k < k1; k += 32) {  /* the last steps, the very last one masked */
+            __mmask32 m = k + 32 <= K ? 0xFFFFFFFFu : (__mmask32)((1ull << (K - k)) - 1);
+            __m512i wv = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, w + k));
+            for (int r = 0; r < RB; r++)
+                acc[r][0] = _mm512_dpwssd_epi32(acc[r][0], _mm512_loadu_si512(xq + r * ld + k), wv);
+        }
+        for (int r = 0; r < RB; r++)
+            for (int c = 0; c < 4; c++)
+                out[r] = _mm512_add_ps(out[r], _mm512_cvtepi32_ps(acc[r][c]));
+    }
+}
+
+/* y [M, N] = x [M, K] (float32) times q^T (int8 [N, K], scale [N] per row) + bias, as the
+   AVX2 library's q8_linear, but each row of x is first rounded to int16 at its own scale (its
+   largest value to 32767: as close to the float model as float activations, see quant.py) so
+   that one vpdpwssd multiplies 32 weights: two uops a 32 weights where widening them to float
+   took twelve. That kernel is bound by those uops from 2 rows, this one by memory up to 4.
+   Returns 0, or -1 without memory. */
+int q8_linear_vnni(const float *x, const int8_t *w, const float *scale, const float *bias,
+                   float *y, long M, long N, long K, int nthreads) {
+    long ld = (K + 31) / 32 * 32;
+    int16_t *xq = aligned_alloc(64, (size_t)(M * ld) * 2);
+    float *sx = malloc((size_t)M * sizeof(float));
+    if (xq == NULL || sx == NULL) {
+        free(xq);
+        free(sx);
+        return -1;
+    }
+    for (long m = 0; m < M; m++) {  /* each row to int16 at its own scale */
+        const float *xr = x + m * K;
+        __m512 mv = _mm512_setzero_ps();
+        long k = 0;
+        for (; k + 16 <= K; k += 16)
+            mv = _mm512_max_ps(mv, _mm512_abs_ps(_mm512_loadu_ps(xr + k)));
+        float mx = _mm512_reduce_max_ps(mv);
+        for (; k < K; k++) mx = fabsf(xr[k]) > mx ? fabsf(xr[k]) : mx;
+        float s = mx > 0.f ? mx / 32767.f : 1.f;
+        __m512 inv = _mm512_set1_ps(1.f / s);
+        int16_t *dst = xq + m * ld;
+        for (k = 0; k < ld; k += 16) {
+            __mmask16 in = k + 16 <= K ? 0xFFFF : k < K ? (__mmask16)((1u << (K - k)) - 1) : 0;
+            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(in, xr + k), inv));
+            _mm256_store_si256((__m256i *)(dst + k), _mm512_cvtsepi32_epi16(v));
+        }
+        sx[m] = s;
+    }
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (long n0 = 0; n0 < N; n0 += 4) {
+        int nw = N - n0 < 4 ? (int)(N - n0) : 4;
+        for (long m = 0; m < M;) {
+            int rb = M - m >= 4 ? 4 : (int)(M - m);
+            __m512 v[4][4];  /* [row][output] */
+            for (int j = 0; j < 4; j++) {
+                __m512 o[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                               _mm512_setzero_ps()};
+                if (j < nw) {
+                    const int16_t *xm = xq + m * ld;
+                    const int8_t *wn = w + (n0 + j) * K;
+                    switch (rb) {  /* a constant row count keeps the sums in registers */
+                        case 4: q8_dots(xm, ld, wn, K, 4, o); break;
+                        case 3: q8_dots(xm, ld, wn, K, 3, o); break;
+                        case 2: q8_dots(xm, ld, wn, K, 2, o); break;
+                        default: q8_dots(xm, ld, wn, K, 1, o);
+                    }
+                }
+                for (int r = 0; r < 4; r++) v[r][j] = o[r];
+            }
+            for (int r = 0; r < rb; r++) {
+                float d[4];
+                _mm_storeu_ps(d, sum4x16(v[r][0], v[r][1], v[r][2], v[r][3]));
+                for (int j = 0; j < nw; j++) {
+                    long n = n0 + j;
+                    y[(m + r) * N + n] = d[j] * sx[m + r] * scale[n] + (bias ? bias[n] : 0.f);
+                }
+            }
+            m += rb;
+        }
+    }
+    free(xq);
+    free(sx);
+    return 0;
+}
 """
 
 
@@ -1100,6 +1242,7 @@ def _cache_dir() -> Path:
 
 _FLAGS = ["-mavx2", "-mfma"]
 _BF16_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma"]
+_BF16_FLAGS += ["-mavx512vnni"]  # q8_linear_vnni: every CPU with AVX512-BF16 has it
 
 
 def _build(source: str, flags: list[str], gomp: Path, target: Path) -> None:
@@ -1123,7 +1266,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.rope.argtypes = [p, n, n, n, n, p, n, p]
     lib.decode_one.argtypes = [
         p, n, p, p, n, n, n, n, n, n, p, n,  # layers .. max_len
-        p, p, n, p, p, p, n, n, f, i, p, p, i,  # pos .. nthreads
+        p, p, n, p, p, p, n, n, f, i, p, p, p, i,  # pos .. nthreads
     ]  # fmt: skip
     for fn in (lib.q8_linear, lib.rms_norm, lib.rope):
         fn.restype = None
@@ -1142,6 +1285,8 @@ def _bind_bf16(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.pack_pairs.argtypes = [p, n, n, p]
     lib.gemm_bf16.argtypes = [p, n, p, p, p, n, n, n, i]
     lib.pack_pairs.restype = lib.gemm_bf16.restype = None
+    lib.q8_linear_vnni.argtypes = [p, p, p, p, p, n, n, n, i]
+    lib.q8_linear_vnni.restype = ctypes.c_int
     return lib
 
 
@@ -1180,16 +1325,28 @@ def load_bf16() -> ctypes.CDLL | None:
     return None if lib is None else _bind_bf16(lib)
 
 
-def q8_linear(lib: ctypes.CDLL, x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
-    """x: [M, K] float32 contiguous; q: [N, K] int8; scale, bias: [N] float32 -> [M, N]."""
+@functools.cache
+def q8_wide() -> ctypes.CDLL | None:
+    """The library whose ``q8_linear_vnni`` (int16 activations, AVX512-VNNI) serves decode's
+    int8 projections from three rows, or ``None`` where the CPU lacks it."""
+    capable = bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
+    return load_bf16() if capable else None
+
+
+def q8_linear(
+    lib: ctypes.CDLL, x: Tensor, q: Tensor, scale: Tensor, bias: Tensor | None, wide: bool = False
+) -> Tensor:
+    """x: [M, K] float32 contiguous; q: [N, K] int8; scale, bias: [N] float32 -> [M, N].
+    ``wide``: ``lib`` is :func:`q8_wide`'s, and its ``q8_linear_vnni`` runs it."""
     M, K = x.shape
     N = q.shape[0]
     y = torch.empty(M, N, dtype=torch.float32)
     b = None if bias is None else bias.data_ptr()
-    lib.q8_linear(
-        x.data_ptr(), q.data_ptr(), scale.data_ptr(), b, y.data_ptr(), M, N, K,
-        torch.get_num_threads(),
-    )  # fmt: skip
+    args = (x.data_ptr(), q.data_ptr(), scale.data_ptr(), b, y.data_ptr(), M, N, K)
+    if wide:
+        _check(lib.q8_linear_vnni(*args, torch.get_num_threads()), "q8_linear_vnni")
+    else:
+        lib.q8_linear(*args, torch.get_num_threads())
     return y
 
 
@@ -1325,11 +1482,15 @@ class DecodeOne:
     def __init__(
         self, lib: ctypes.CDLL, layers: list[LayerTensors], shape: tuple[int, ...], eps: float,
         rope: Tensor, bf16_lib: ctypes.CDLL | None = None, max_batch: int = DECODE_MAX_BATCH,
+        wide_lib: ctypes.CDLL | None = None,
     ) -> None:  # fmt: skip
         self._lib, self._eps, self._rope, self.max_batch = lib, eps, rope, max_batch
-        # over a bf16 pool, attention runs the bf16 library's paged_decode where there is one
+        # over a bf16 pool, attention runs the bf16 library's paged_decode where there is one;
+        # from three sequences, the projections its q8_linear_vnni where given (see q8_wide)
         fn = None if bf16_lib is None else bf16_lib.paged_decode
         self._bf_attention = None if fn is None else ctypes.cast(fn, ctypes.c_void_p).value
+        fn = None if wide_lib is None else wide_lib.q8_linear_vnni
+        self._wide = None if fn is None else ctypes.cast(fn, ctypes.c_void_p).value
         self._hidden, self._inter, self._H, self._Hkv, self._D = shape
         assert decode_fits(self._D)
         self._layers = (_Layer * len(layers))()
@@ -1361,7 +1522,7 @@ class DecodeOne:
             self._inter, self._H, self._Hkv, self._D, self._rope.data_ptr(), self._rope.shape[1],
             pos.data_ptr(), pool.data_ptr(), pool.stride(0), slots.data_ptr(), lens.data_ptr(),
             tables.data_ptr(), tables.shape[-1], pool.shape[2], self._eps, _bf16(pool),
-            self._bf_attention, self._scratch.data_ptr(), torch.get_num_threads(),
+            self._bf_attention, self._wide, self._scratch.data_ptr(), torch.get_num_threads(),
         ), "decode_one")  # fmt: skip
 
 

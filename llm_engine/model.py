@@ -187,8 +187,9 @@ class Transformer:
             if isinstance(w, Int8Weight) and w.gemm is not None:
                 max_batch = min(max_batch, w.full_min_rows - 1)
         return cpu_kernel.DecodeOne(
-            self.kernel, tensors, shape, cfg.rms_norm_eps, self.rope, bf16, max_batch
-        )
+            self.kernel, tensors, shape, cfg.rms_norm_eps, self.rope, bf16, max_batch,
+            cpu_kernel.q8_wide(),
+        )  # fmt: skip
 
     def forward(
         self, input_ids: Tensor, positions: Tensor, kv: KVCache, meta: AttnMeta | Parts

@@ -33,6 +33,49 @@ def test_q8_linear_matches_dequantized(lib: ctypes.CDLL, rows: int, k: int) -> N
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def wide_lib() -> ctypes.CDLL:
+    built = cpu_kernel.q8_wide()
+    if built is None:
+        pytest.skip("no AVX512-VNNI (or gcc) here: decode's projections stay on q8_linear")
+    return built
+
+
+@pytest.mark.parametrize(
+    ("rows", "n", "k"), [(1, 48, 576), (3, 48, 1536), (4, 49, 100), (5, 7, 77), (2, 6, 20)]
+)
+def test_q8_linear_vnni_matches_dequantized(
+    wide_lib: ctypes.CDLL, rows: int, n: int, k: int
+) -> None:
+    """Row blocks of 4, 3, 2 and 1, output groups of 4 and a last short one, K ending mid
+    step or shorter than one. Activations are rounded to int16 at each row's scale: 2^-15 of
+    its largest value, well inside the int8 weights' own error."""
+    torch.manual_seed(0)
+    w, x, bias = torch.randn(n, k), torch.randn(rows, k), torch.randn(n)
+    x[0, 3] = 40.0  # an outlier sets its row's scale; the other rows keep their own
+    q = quantize_int8(w, keep_full=False)
+    assert q.scale32 is not None
+    ref = x @ (q.q.float() * q.scale32[:, None]).T + bias
+    got = cpu_kernel.q8_linear(wide_lib, x, q.q, q.scale32, bias, wide=True)
+    assert got.shape == (rows, n)
+    err = (got - ref).abs().amax(dim=1) / ref.abs().amax(dim=1)
+    assert err[0] < 1e-3  # its step is 40 / 32767
+    assert (err[1:] < 1e-4).all()  # a step of ~4 / 32767
+
+
+def test_q8_linear_vnni_long_rows_do_not_overflow(wide_lib: ctypes.CDLL) -> None:
+    """Every weight at 127 and every activation at the row's largest value: 40,000 products
+    of 127 * 32767 each, ~20x what an int32 holds. The sums become float in time."""
+    k = 40_000
+    q = torch.full((5, k), 127, dtype=torch.int8)
+    scale = torch.full((5,), 1 / 127)
+    x = torch.ones(2, k)
+    x[1] = -0.5
+    got = cpu_kernel.q8_linear(wide_lib, x, q, scale, None, wide=True)
+    want = torch.tensor([[float(k)] * 5, [-k / 2] * 5])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
+
+
 def test_one_row_linear_uses_the_kernel(lib: ctypes.CDLL) -> None:
     torch.manual_seed(0)
     w, x = torch.randn(96, 64), torch.randn(1, 1, 64)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from llm_engine import quant
+from llm_engine import cpu_kernel, quant
 from llm_engine.quant import BF16_MIN_ROWS, FP16_MAX_ROWS, linear, quantize_int8
 from tests.corpus import SENTENCES
 
@@ -247,7 +247,10 @@ def test_one_call_decode_matches_layer_by_layer(
 def test_one_call_decode_of_several_sequences_matches_each_alone(smol_dir: Path) -> None:
     """Five sequences of different lengths decoded together in one call (their own positions,
     block tables and KV; the int8 kernel's 4-row and 1-row paths) give what each gives
-    alone."""
+    alone. From three rows, on CPUs with AVX512-VNNI, the projections round activations to
+    int16 (``q8_linear_vnni``; per row, ~2^-15 of its largest value, a step like bf16's for
+    the rows' outliers), alone they stay float: up to ~1.2e-3 of the logits apart after 30
+    layers, against O(1) for a sequence that read another's KV."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(smol_dir / "tokenizer.json"))
@@ -264,7 +267,8 @@ def test_one_call_decode_of_several_sequences_matches_each_alone(smol_dir: Path)
         alone, alone_logits = _greedy_decode(runner, [prompt], 16)
         assert together[i] == alone[0]
         scale = alone_logits.abs().max()
-        assert (together_logits[i] - alone_logits[0]).abs().max() < 1e-4 * scale
+        tolerance = 5e-3 if cpu_kernel.q8_wide() is not None else 1e-4
+        assert (together_logits[i] - alone_logits[0]).abs().max() < tolerance * scale
 
 
 def test_one_forward_serves_a_steps_decodes_and_prefill_chunks(smol_dir: Path) -> None:
