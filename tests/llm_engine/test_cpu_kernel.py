@@ -13,12 +13,16 @@ from llm_engine.model import apply_rope_
 from llm_engine.quant import linear, quantize_int8
 
 
+def _built(lib: ctypes.CDLL | None, instead: str) -> ctypes.CDLL:
+    """``lib``, or skip the test where it could not be built here (``instead``: what runs)."""
+    if lib is None:
+        pytest.skip(f"not built on this machine: {instead}")
+    return lib
+
+
 @pytest.fixture(scope="module")
-def lib() -> ctypes.CDLL:
-    built = cpu_kernel.load()
-    if built is None:
-        pytest.skip("no gcc, AVX2 or bundled libgomp here: torch's kernels serve instead")
-    return built
+def lib() -> ctypes.CDLL:  # gcc, AVX2, torch's bundled libgomp
+    return _built(cpu_kernel.load(), "torch's kernels serve instead")
 
 
 @pytest.mark.parametrize(("rows", "k"), [(1, 576), (1, 100), (2, 64), (3, 160), (7, 96)])
@@ -34,11 +38,8 @@ def test_q8_linear_matches_dequantized(lib: ctypes.CDLL, rows: int, k: int) -> N
 
 
 @pytest.fixture(scope="module")
-def wide_lib() -> ctypes.CDLL:
-    built = cpu_kernel.q8_wide()
-    if built is None:
-        pytest.skip("no AVX512-VNNI (or gcc) here: decode's projections stay on q8_linear")
-    return built
+def wide_lib() -> ctypes.CDLL:  # and AVX512-VNNI
+    return _built(cpu_kernel.q8_wide(), "decode's projections stay on q8_linear")
 
 
 @pytest.mark.parametrize(
@@ -185,11 +186,8 @@ def test_rope_matches_torch(lib: ctypes.CDLL) -> None:
 
 
 @pytest.fixture(scope="module")
-def bf16_lib() -> ctypes.CDLL:
-    built = cpu_kernel.load_bf16()
-    if built is None:
-        pytest.skip("no AVX512-BF16 (or gcc) here: prefill attention stays with torch's SDPA")
-    return built
+def bf16_lib() -> ctypes.CDLL:  # and AVX512-BF16
+    return _built(cpu_kernel.load_bf16(), "prefill attention stays with torch's SDPA")
 
 
 def _round_bf16(x: torch.Tensor) -> torch.Tensor:
