@@ -182,14 +182,14 @@ class Transformer:
             cfg.head_dim,
         )
         bf16 = cpu_kernel.bf16_decode(cfg.head_dim)  # its attention, over a bf16 pool
+        wide = cpu_kernel.q8_wide()  # its projections from 3 sequences (AVX512-VNNI)
         if max_batch is None:  # up to the batch where cpu_kernel's bf16 GEMM takes over
             w, max_batch = layers[0].qkv, cpu_kernel.DECODE_MAX_BATCH
-            if isinstance(w, Int8Weight) and w.gemm is not None:
+            if isinstance(w, Int8Weight) and w.gemm is not None and wide is None:
                 max_batch = min(max_batch, w.full_min_rows - 1)
         return cpu_kernel.DecodeOne(
-            self.kernel, tensors, shape, cfg.rms_norm_eps, self.rope, bf16, max_batch,
-            cpu_kernel.q8_wide(),
-        )  # fmt: skip
+            self.kernel, tensors, shape, cfg.rms_norm_eps, self.rope, bf16, max_batch, wide
+        )
 
     def forward(
         self, input_ids: Tensor, positions: Tensor, kv: KVCache, meta: AttnMeta | Parts

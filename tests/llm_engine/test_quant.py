@@ -191,8 +191,9 @@ def _greedy_decode(runner: Any, prompts: list[list[int]], n: int) -> tuple[list[
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16])
 def test_int8_decode_close_to_float(smol_dir: Path, batch: int, kv_dtype: torch.dtype) -> None:
     """int8 decode (both CPU kernels, head included), over a float32 or (the CPU default) a
-    bf16 KV pool, keeps SmolLM2's logits and greedy tokens; so do five sequences at once, which
-    go through the layer loop where the projections' bf16 GEMM beats decode_one there."""
+    bf16 KV pool, keeps SmolLM2's logits and greedy tokens; so do three and five sequences at
+    once: decode_one on int16 activations where the CPU has AVX512-VNNI, else five go through
+    the layer loop where the projections' bf16 GEMM beats decode_one."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(smol_dir / "tokenizer.json"))
