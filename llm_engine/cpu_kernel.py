@@ -1164,10 +1164,11 @@ static inline __attribute__((always_inline)) void q8_dots(const int16_t *xq, lon
 
 /* y [M, N] = x [M, K] (float32) times q^T (int8 [N, K], scale [N] per row) + bias, as the
    AVX2 library's q8_linear, but each row of x is first rounded to int16 at its own scale (its
-   largest value to 32767: as close to the float model as float activations, see quant.py) so
-   that one vpdpwssd multiplies 32 weights: two uops a 32 weights where widening them to float
-   took twelve. That kernel is bound by those uops from 2 rows, this one by memory up to 4.
-   Returns 0, or -1 without memory. */
+   largest value to 32767: SmolLM2's teacher-forced KL to the float model, int8 weights, 4.62e-3
+   against 4.66e-3 with float activations) so that one vpdpwssd multiplies 32 weights: two uops
+   a 32 weights where widening them to float took twelve. That kernel is bound by those uops
+   from 2 rows; this one reads the weights once for up to 4 rows, and past 4 it is bound by
+   reloading each row's x for every output. Returns 0, or -1 without memory. */
 int q8_linear_vnni(const float *x, const int8_t *w, const float *scale, const float *bias,
                    float *y, long M, long N, long K, int nthreads) {
     long ld = (K + 31) / 32 * 32;
