@@ -16,6 +16,7 @@ Measured on the 2-core Zen 4 box, SmolLM2-135M's 30 layers of packed bf16 projec
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import warnings
 
@@ -42,11 +43,7 @@ def _mapping(nbytes: int) -> Tensor | None:
 
 def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     """A zeroed CPU tensor on huge pages (plain ``torch.zeros`` where there are none)."""
-    numel = 1
-    for n in shape:
-        numel *= n
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
-    buf = _mapping(nbytes)
+    buf = _mapping(math.prod(shape) * torch.empty((), dtype=dtype).element_size())
     if buf is None:
         return torch.zeros(shape, dtype=dtype)
     return buf.view(dtype).view(shape)
@@ -86,9 +83,3 @@ class Arena:
             self._used += _footprint(t)
             self._placed[key] = copy
         return self._placed[key]
-
-
-def gather(tensors: list[Tensor]) -> list[Tensor]:
-    """Copies of ``tensors`` in one huge-page mapping (see :class:`Arena`)."""
-    arena = Arena(tensors)
-    return [arena.place(t) for t in tensors]

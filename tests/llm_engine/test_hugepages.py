@@ -35,11 +35,12 @@ def _mapping_of(t: torch.Tensor) -> dict[str, str]:
     return fields
 
 
-def test_gather_copies_into_one_mapping() -> None:
+def test_arena_copies_into_one_mapping() -> None:
     torch.manual_seed(0)
     a, b = torch.randn(300, 7), torch.randint(-127, 128, (5, 33), dtype=torch.int8)
     c = torch.randn(11).to(torch.bfloat16)
-    out = hugepages.gather([a, b, a, c])
+    arena = hugepages.Arena([a, b, a, c])
+    out = [arena.place(t) for t in (a, b, a, c)]
     for got, want in zip(out, [a, b, a, c], strict=True):
         assert got.dtype == want.dtype and got.shape == want.shape and got.is_contiguous()
         assert torch.equal(got, want)
@@ -66,8 +67,7 @@ def test_zeros_is_a_zeroed_writable_tensor() -> None:
 def test_engine_weights_and_pool_may_use_huge_pages(smol_dir: Path) -> None:
     runner = _runner(smol_dir, quant=True, kv_dtype=torch.bfloat16)
     runner.model.to_huge_pages()
-    pool = hugepages.zeros(tuple(runner.kv.kv.shape), runner.kv.kv.dtype)
-    for t in (runner.model.w.layers[0].qkv.q, runner.model.w.embed, pool):
+    for t in (runner.model.w.layers[0].qkv.q, runner.model.w.embed, runner.kv.kv):
         assert _mapping_of(t).get("THPeligible") == "1"
 
 
