@@ -63,6 +63,7 @@ class Sizes:
     turn: int = 40  # tokens per user turn
     reply: int = 48  # tokens per assistant reply (10 rounds grow the history to ~950 tokens)
     probe: int = 16  # decode tokens of HF's dtype probe
+    sampled_batch: int = 8  # sampled replies decoded together in the sampling figure
 
 
 QUICK = Sizes(short=16, long=128, batch=8, summary=16, rounds=3, conversations=1, reply=16, probe=8)
@@ -217,24 +218,70 @@ def parley_weight_bytes(engine: Any) -> int:
 # --- Parley -----------------------------------------------------------------------------------
 
 
-async def parley_turn(conv: Any, text: str, n: int) -> tuple[float, float]:
-    """Append a user turn and generate ``n`` tokens: (time to first token, decode tokens/s)."""
+async def parley_turn(conv: Any, text: str, n: int, seed: int | None = None) -> tuple[float, float]:
+    """Append a user turn and generate ``n`` tokens, greedy or (with ``seed``) sampled as API
+    clients ask: (time to first token, decode tokens/s)."""
     from llm_engine import SamplingParams
 
+    params = SamplingParams(max_tokens=n, ignore_eos=True)
+    if seed is not None:
+        params = SamplingParams(
+            max_tokens=n, ignore_eos=True, temperature=1.0, top_p=0.95, seed=seed
+        )
     t0 = perf_counter()
     times = []
     turn = {"role": "user", "content": text}  # prefilled with the assistant header in one pass
-    async for delta in conv.generate(SamplingParams(max_tokens=n, ignore_eos=True), messages=turn):
+    async for delta in conv.generate(params, messages=turn):
         times += [perf_counter()] * len(delta.token_ids)
     return timing(t0, times)
 
 
-async def parley_reply(engine: Any, text: str, n: int) -> tuple[float, float]:
+async def parley_reply(
+    engine: Any, text: str, n: int, seed: int | None = None
+) -> tuple[float, float]:
     conv = engine.open_conversation(SYSTEM)
     try:
-        return await parley_turn(conv, text, n)
+        return await parley_turn(conv, text, n, seed)
     finally:
         await conv.close()
+
+
+def textbook_sample_row(logits: Any, params: Any, seen: list[int], gen: Any) -> int:
+    """The baseline sampler: HF's way (a sort of the vocabulary for top-p, torch.multinomial)."""
+    import torch
+
+    from llm_engine.sampling import apply_repetition_penalty
+
+    logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if params.greedy:
+        return int(logits.argmax())
+    logits = logits / params.temperature
+    if params.top_p < 1.0:
+        ordered, order = torch.sort(logits, descending=True)
+        probs = ordered.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= params.top_p
+        logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+    return int(torch.multinomial(logits.softmax(-1), 1, generator=gen))
+
+
+async def parley_sampling(engine: Any, n: int, batch: int) -> Result:
+    """Decode tokens/s of sampled replies (temperature 1, top-p 0.95), alone and ``batch`` at a
+    time, with the engine's sampler and with the textbook one swapped in, interleaved."""
+    import llm_engine.sampling as sampling
+
+    ours, runs = sampling.sample_row, {"ours": [], "textbook": [], "ours_b": [], "textbook_b": []}
+    try:
+        for i in range(3):
+            for key, fn in (("ours", ours), ("textbook", textbook_sample_row)):
+                sampling.sample_row = fn
+                runs[key].append((await parley_reply(engine, SHORT_PROMPT, n, seed=i))[1])
+                t0 = perf_counter()
+                replies = (parley_reply(engine, SHORT_PROMPT, n, seed=i + j) for j in range(batch))
+                await asyncio.gather(*replies)
+                runs[key + "_b"].append(batch * n / (perf_counter() - t0))
+    finally:
+        sampling.sample_row = ours
+    return {key: statistics.median(v) for key, v in runs.items()}
 
 
 async def parley_summaries(engine: Any, docs: list[str], n: int) -> float:
@@ -311,6 +358,7 @@ async def parley_main(w: Workload) -> Result:
         runs = [await parley_rounds(engine, turns, s.reply) for turns in w.turns]
         r["rounds"], r["history"] = per_round([ttfts for ttfts, _ in runs]), runs[0][1]
         progress(r, "batch_tps", "batch1_tps", "rounds")
+        r["sampling"] = await parley_sampling(engine, s.short, s.sampled_batch)
         r["abort_s"], r["abort_extra"] = await parley_abort(engine)
         r["blocks"] = (base, engine.free_blocks())
     return r
@@ -552,6 +600,7 @@ def report(w: Workload, results: list[Result], bandwidth: float) -> None:
             f"ceiling {ceiling:6.1f} tok/s, decode {best:6.1f} = {best / ceiling:4.0%}"
         )
     if ours:
+        report_sampling(w, ours)
         base, after = ours["blocks"]
         print(
             f"\n## Abort: engine stopped {ours['abort_s'] * 1e3:.1f} ms after the cancel, "
@@ -559,6 +608,19 @@ def report(w: Workload, results: list[Result], bandwidth: float) -> None:
             f"≈ {1e3 / ours['short_tps']:.1f} ms, target: within one); free blocks {after}/{base}"
             " after closing (target: all back)"
         )
+
+
+def report_sampling(w: Workload, ours: Result) -> None:
+    f, b = ours["sampling"], w.sizes.sampled_batch
+    print(
+        f"\n## Sampled replies (temperature 1, top-p 0.95, as API clients ask), decode tok/s,"
+        f" median of 3 interleaved\n"
+        f"  1 reply:   Parley's sampler {f['ours']:6.1f}, textbook (sort + multinomial)"
+        f" {f['textbook']:6.1f} = {f['ours'] / f['textbook']:.2f}x;"
+        f" greedy {ours['short_tps']:.1f}\n"
+        f"  {b} replies: Parley's sampler {f['ours_b']:6.1f}, textbook {f['textbook_b']:6.1f}"
+        f" = {f['ours_b'] / f['textbook_b']:.2f}x"
+    )
 
 
 def cpu_name() -> str:

@@ -1,0 +1,119 @@
+"""Sampling (llm_engine.sampling) against HF transformers' logits processors, and its draw
+against the distribution it draws from. Pure functions over tensors: no engine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llm_engine.config import SamplingParams
+from llm_engine.sampling import apply_repetition_penalty, candidates, draw, sample_row
+
+V = 49152  # SmolLM2's vocabulary: top-p's widening runs through all its stages
+
+
+def _logits(kind: str, seed: int) -> torch.Tensor:
+    """[V] logits: peaked like a language model's, or so flat that top-p keeps thousands."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "flat":
+        return torch.randn(V, generator=g) * 0.5
+    base = torch.randn(V, generator=g) * 2.0
+    top = torch.randperm(V, generator=g)[:40]
+    return base.index_add(0, top, torch.linspace(12.0, 4.0, 40))
+
+
+def _hf(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """HF's distribution: its temperature, top-k and top-p warpers in generate()'s order."""
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    scores, ids = logits[None].clone(), torch.zeros(1, 1, dtype=torch.long)
+    scores = TemperatureLogitsWarper(p.temperature)(ids, scores)
+    if p.top_k:
+        scores = TopKLogitsWarper(p.top_k)(ids, scores)
+    if p.top_p < 1.0:
+        scores = TopPLogitsWarper(p.top_p)(ids, scores)
+    return scores[0].double().softmax(0)
+
+
+def _ours(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    ids, probs = candidates(logits, p)
+    return probs if ids is None else torch.zeros(V, dtype=torch.float64).index_copy(0, ids, probs)
+
+
+@pytest.mark.parametrize("kind", ["peaked", "flat"])
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"),
+    [(1.0, 0, 1.0), (0.7, 0, 0.9), (1.0, 0, 0.95), (1.3, 0, 0.5), (1.0, 50, 1.0),
+     (0.8, 50, 0.9), (1.0, 5000, 0.99), (1.0, 3, 1.0)],
+)  # fmt: skip
+def test_distribution_equals_hf_warpers(kind: str, temperature: float, top_k: int, top_p: float):
+    for seed in range(3):
+        logits = _logits(kind, seed)
+        p = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+        ours, hf = _ours(logits, p), _hf(logits, p)
+        assert torch.equal(ours > 0, hf > 0), "a different set of candidates"
+        torch.testing.assert_close(ours, hf, rtol=1e-5, atol=1e-9)
+
+
+def test_top_p_widens_until_the_nucleus_fits() -> None:
+    """Nuclei inside the first 64 logits, inside 1,024, and past both (the whole vocabulary)."""
+    g = torch.Generator().manual_seed(7)
+    plateau = torch.full((V,), -5.0).index_fill(0, torch.randperm(V, generator=g)[:300], 5.0)
+    plateau += torch.rand(V, generator=g) * 0.01  # ~300 likely tokens: a nucleus of ~270
+    sizes = []
+    for logits, top_p in ((_logits("peaked", 7), 0.5), (plateau, 0.9), (_logits("flat", 7), 0.9)):
+        p = SamplingParams(temperature=1.0, top_p=top_p)
+        ours, hf = _ours(logits, p), _hf(logits, p)
+        assert torch.equal(ours > 0, hf > 0)
+        sizes.append(int((ours > 0).sum()))
+    assert sizes[0] <= 64 < sizes[1] <= 1024 < sizes[2]
+
+
+def test_top_k_keeps_ties_with_the_kth() -> None:
+    logits = torch.tensor([5.0, 3.0, 3.0, 3.0, 1.0, 0.0] + [-9.0] * 10)
+    ids, probs = candidates(logits, SamplingParams(temperature=1.0, top_k=2))
+    assert ids is not None and sorted(ids.tolist()) == [0, 1, 2, 3]
+    assert float(probs.sum()) == pytest.approx(1.0)
+
+
+def test_draw_follows_the_distribution_and_never_a_zero() -> None:
+    probs = torch.tensor([0.5, 0.0, 0.25, 0.125, 0.0, 0.125], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(3)
+    n = 40_000
+    counts = torch.bincount(torch.tensor([draw(probs, gen) for _ in range(n)]), minlength=6)
+    assert counts[1] == 0 and counts[4] == 0
+    expected = probs * n
+    sigma = (expected * (1 - probs)).sqrt()
+    assert bool(((counts - expected).abs() <= 5 * sigma + 1e-9).all()), counts.tolist()
+
+
+def test_draw_repeats_with_the_seed() -> None:
+    probs = torch.rand(1000, dtype=torch.float64)
+    probs /= probs.sum()
+    a = [draw(probs, torch.Generator().manual_seed(11)) for _ in range(5)]
+    b = [draw(probs, torch.Generator().manual_seed(11)) for _ in range(5)]
+    assert a == b
+
+
+def test_sample_row_stays_in_top_k_and_top_p() -> None:
+    logits = _logits("peaked", 1)
+    top3 = set(torch.topk(logits, 3).indices.tolist())
+    gen = torch.Generator().manual_seed(0)
+    p = SamplingParams(temperature=2.0, top_k=3, seed=0)
+    assert {sample_row(logits, p, [], gen) for _ in range(200)} == top3
+    p = SamplingParams(temperature=1.0, top_p=0.3, seed=0)
+    kept = set(torch.nonzero(_hf(logits, p)).squeeze(1).tolist())
+    assert {sample_row(logits, p, [], gen) for _ in range(200)} <= kept
+
+
+def test_repetition_penalty_equals_hf() -> None:
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    logits = _logits("peaked", 2)
+    seen = [5, 17, 17, 300, int(logits.argmax()), V - 1]
+    hf = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([seen]), logits[None].clone())[0]
+    torch.testing.assert_close(apply_repetition_penalty(logits, seen, 1.3), hf)
