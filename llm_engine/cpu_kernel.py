@@ -36,9 +36,9 @@ widening bf16 for every FMA and ran at ~25 GFLOP/s; this one is 2-3.5x faster (4
 at 350 tokens of context, 30 layers' pools: 1.6 -> 0.8 ms a layer, then bound by memory: it
 prefetches the next 16 keys' rows to L2, as the pool's blocks cross 4 KB pages where the
 hardware prefetcher stops). With AVX512-VNNI, its ``q8_linear_vnni`` serves ``decode_one``'s
-projections from three sequences: each activation row rounded to int16 at its own scale, one
-``vpdpwssd`` multiplies 32 int8 weights, where the AVX2 kernel's widening to float made three
-rows compute-bound (and it ran them as two passes over the weights).
+projections from two sequences: each activation row rounded to int16 at its own scale, one
+``vpdpwssd`` multiplies 32 int8 weights, where the AVX2 kernel's widening to float made two
+rows compute-bound (and it ran three as two passes over the weights).
 """
 
 from __future__ import annotations
@@ -472,13 +472,14 @@ typedef int (*attention_fn)(const float *, long, const void *, const long *, con
 typedef int (*linear_fn)(const float *, const int8_t *, const float *, const float *, float *,
                          long, long, long, int);
 
-/* q8_linear, or for 3+ rows `wide` where given (the bf16 library's q8_linear_vnni): there
-   q8_linear runs 2 rows and then 1, reading the weights twice; at 1 or 2 rows it was as fast
-   or faster (decode steps at 400 tokens of context, same process: 1 row 5.36 vs 5.97 ms, 2 rows
-   8.31 vs 8.22, 3 rows 10.75 vs 8.37). Returns 0, or -1 when `wide` ran out of memory. */
+/* q8_linear, or for 2+ rows `wide` where given (the bf16 library's q8_linear_vnni): from 2
+   rows q8_linear is bound by widening int8 to float. Decode steps at 400 tokens of context,
+   same process, q8_linear vs wide: Zen 4, 1 row 5.36 vs 5.97 ms, 2 rows 8.31 vs 8.22, 3 rows
+   10.75 vs 8.37; Zen 5 (whole 512-bit units), 2 rows 5.58 / 6.09 / 5.83 vs 4.91 / 5.78 / 5.30
+   (alternating processes). Returns 0, or -1 when `wide` ran out of memory. */
 static int project(linear_fn wide, const float *x, const int8_t *w, const float *scale,
                    const float *bias, float *y, long M, long N, long K, int nthreads) {
-    if (wide && M >= 3) return wide(x, w, scale, bias, y, M, N, K, nthreads);
+    if (wide && M >= 2) return wide(x, w, scale, bias, y, M, N, K, nthreads);
     q8_linear(x, w, scale, bias, y, M, N, K, nthreads);
     return 0;
 }
@@ -490,7 +491,7 @@ static int project(linear_fn wide, const float *x, const int8_t *w, const float 
    0's K/V pool (float32, or bf16 with bf), layers layer_stride elements apart; per sequence
    pos: the token's position, slot: where its K/V go, lens: pos + 1, tables: [B, nb] block
    tables. bf_attention: the bf16 library's paged_decode, for a bf16 pool, or NULL (this
-   library's); wide: its q8_linear_vnni for 3+ sequences, or NULL (q8_linear). scratch:
+   library's); wide: its q8_linear_vnni for 2+ sequences, or NULL (q8_linear). scratch:
    B ((2 H + 2 Hkv) D + 3 inter + hidden) floats. The same math as Transformer.forward (q, k,
    v heads in one matmul, K then V in the pool). Returns 0, or -1 when attention or `wide` ran
    out of memory. */
@@ -1329,7 +1330,7 @@ def load_bf16() -> ctypes.CDLL | None:
 @functools.cache
 def q8_wide() -> ctypes.CDLL | None:
     """The library whose ``q8_linear_vnni`` (int16 activations, AVX512-VNNI) serves decode's
-    int8 projections from three rows, or ``None`` where the CPU lacks it."""
+    int8 projections from two rows, or ``None`` where the CPU lacks it."""
     capable = bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
     return load_bf16() if capable else None
 
@@ -1449,7 +1450,7 @@ def prefill_fits(head_dim: int) -> bool:
 # 15.8, 4: 13.0 vs 16.9, 6: 19.7 vs 23.2, 8: 26.4 vs 27.9; torch's GEMM wins from 12. Where
 # the projections run on this module's bf16 GEMM instead, it wins from 4 rows
 # (``quant.GEMM_BF16_MIN_ROWS``) and decode_one stops below that, unless its projections run
-# on ``q8_linear_vnni`` from 3 rows (:func:`q8_wide`): then decode_one vs the layer loop on the
+# on ``q8_linear_vnni`` from 2 rows (:func:`q8_wide`): then decode_one vs the layer loop on the
 # bf16 GEMM, 360 tokens of context: B=4 8.8 vs 13.2 ms, 6: 12.6 vs 15.4, 8: 16.0 vs 16.2.
 DECODE_MAX_BATCH = 8
 
@@ -1489,7 +1490,7 @@ class DecodeOne:
     ) -> None:  # fmt: skip
         self._lib, self._eps, self._rope, self.max_batch = lib, eps, rope, max_batch
         # over a bf16 pool, attention runs the bf16 library's paged_decode where there is one;
-        # from three sequences, the projections its q8_linear_vnni where given (see q8_wide)
+        # from two sequences, the projections its q8_linear_vnni where given (see q8_wide)
         fn = None if bf16_lib is None else bf16_lib.paged_decode
         self._bf_attention = None if fn is None else ctypes.cast(fn, ctypes.c_void_p).value
         fn = None if wide_lib is None else wide_lib.q8_linear_vnni

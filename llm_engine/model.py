@@ -182,7 +182,7 @@ class Transformer:
             cfg.head_dim,
         )
         bf16 = cpu_kernel.bf16_decode(cfg.head_dim)  # its attention, over a bf16 pool
-        wide = cpu_kernel.q8_wide()  # its projections from 3 sequences (AVX512-VNNI)
+        wide = cpu_kernel.q8_wide()  # its projections from 2 sequences (AVX512-VNNI)
         if max_batch is None:  # up to the batch where cpu_kernel's bf16 GEMM takes over
             w, max_batch = layers[0].qkv, cpu_kernel.DECODE_MAX_BATCH
             if isinstance(w, Int8Weight) and w.gemm is not None and wide is None:

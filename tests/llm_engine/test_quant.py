@@ -187,11 +187,11 @@ def _greedy_decode(runner: Any, prompts: list[list[int]], n: int) -> tuple[list[
     return [s.tokens for s in seqs], first
 
 
-@pytest.mark.parametrize("batch", [1, 3, 5])
+@pytest.mark.parametrize("batch", [1, 2, 5])
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16])
 def test_int8_decode_close_to_float(smol_dir: Path, batch: int, kv_dtype: torch.dtype) -> None:
     """int8 decode (both CPU kernels, head included), over a float32 or (the CPU default) a
-    bf16 KV pool, keeps SmolLM2's logits and greedy tokens; so do three and five sequences at
+    bf16 KV pool, keeps SmolLM2's logits and greedy tokens; so do two and five sequences at
     once: decode_one on int16 activations where the CPU has AVX512-VNNI, else five go through
     the layer loop where the projections' bf16 GEMM beats decode_one."""
     from tokenizers import Tokenizer
