@@ -223,11 +223,10 @@ async def parley_turn(conv: Any, text: str, n: int, seed: int | None = None) -> 
     clients ask: (time to first token, decode tokens/s)."""
     from llm_engine import SamplingParams
 
-    params = SamplingParams(max_tokens=n, ignore_eos=True)
+    sampled: dict[str, Any] = {}
     if seed is not None:
-        params = SamplingParams(
-            max_tokens=n, ignore_eos=True, temperature=1.0, top_p=0.95, seed=seed
-        )
+        sampled = {"temperature": 1.0, "top_p": 0.95, "seed": seed}
+    params = SamplingParams(max_tokens=n, ignore_eos=True, **sampled)
     t0 = perf_counter()
     times = []
     turn = {"role": "user", "content": text}  # prefilled with the assistant header in one pass
@@ -269,7 +268,8 @@ async def parley_sampling(engine: Any, n: int, batch: int) -> Result:
     time, with the engine's sampler and with the textbook one swapped in, interleaved."""
     import llm_engine.sampling as sampling
 
-    ours, runs = sampling.sample_row, {"ours": [], "textbook": [], "ours_b": [], "textbook_b": []}
+    ours = sampling.sample_row
+    runs: dict[str, list[float]] = {"ours": [], "textbook": [], "ours_b": [], "textbook_b": []}
     try:
         for i in range(3):
             for key, fn in (("ours", ours), ("textbook", textbook_sample_row)):

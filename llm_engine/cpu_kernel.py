@@ -1106,7 +1106,8 @@ static inline __attribute__((always_inline)) void gemm_rows(const uint16_t *a, l
    (two blocks, the whole next tile at once) lost 8 %, so it gets none. */
 void gemm_bf16(const uint16_t *a, long lda, const uint32_t *w, float *cf, uint16_t *cb,
                long M, long N, long K, int nthreads) {
-    long P = K / 2;
+    long P = K / 2, blocks = (M + 7) / 8;
+    long part = blocks >= 3 ? P * 128 / (blocks - 1) : 0, step = part * 256 / P;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (long t = 0; t < N / 32; t++) {
         const uint32_t *wt = w + t * P * 32;
@@ -1115,11 +1116,9 @@ void gemm_bf16(const uint16_t *a, long lda, const uint32_t *w, float *cf, uint16
             float *cfm = cf ? cf + m * N + t * 32 : NULL;
             uint16_t *cbm = cb ? cb + m * N + t * 32 : NULL;
             int rb = M - m >= 8 ? 8 : M - m >= 4 ? 4 : M - m >= 2 ? 2 : 1;
-            long blocks = (M + 7) / 8, part = P * 128 / (blocks - 1 > 0 ? blocks - 1 : 1);
             const char *pf = NULL;  /* block j >= 1 prefetches part j - 1 of the next tile */
             if (blocks >= 3 && m >= 8 && m % 8 == 0)
                 pf = (const char *)(wt + P * 32) + (m / 8 - 1) * part;
-            long step = part * 256 / P;
             switch (rb) {  /* a constant row count keeps the sums in registers */
                 case 8: gemm_rows(am, lda, wt, P, 8, cfm, cbm, N, pf, step); break;
                 case 4: gemm_rows(am, lda, wt, P, 4, cfm, cbm, N, pf, step); break;
