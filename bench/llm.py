@@ -7,7 +7,7 @@ DynamicCache reused across turns) and with llama.cpp on the packaged Q4_1 GGUF w
   2. long reply (1,024 tokens): decode tokens/s;
   3. 50 summaries of ~300-token texts all at once: total tokens/s (and Parley batch-50 vs batch-1);
   4. a 10-round conversation of ~40-token user turns, the system prompt already cached: time to
-     first token per round (the median of 3 conversations with different turns, since one
+     first token per round (the median of 5 conversations with different turns, since one
      round is one noisy sample).
 Also the memory-bandwidth ceiling of each backend's weights, the bound the batch's prompts
 alone put on scenario 3 at this CPU's measured GEMM rate, the bound attention over a growing
@@ -59,7 +59,7 @@ class Sizes:
     summary: int = 64  # tokens per summary
     doc: int = 300  # tokens per text to summarise
     rounds: int = 10  # conversation rounds
-    conversations: int = 3  # each round's figure is the median over this many conversations
+    conversations: int = 5  # each round's figure is the median over this many conversations
     turn: int = 40  # tokens per user turn
     reply: int = 48  # tokens per assistant reply (10 rounds grow the history to ~950 tokens)
     probe: int = 16  # decode tokens of HF's dtype probe
