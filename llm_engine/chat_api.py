@@ -13,8 +13,9 @@ parts), ``stream``, ``stream_options.include_usage``, ``max_tokens`` /
 ``max_completion_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``, ``n == 1``, and the
 common extensions ``top_k`` and ``repetition_penalty``. ``usage.prompt_tokens_details.
 cached_tokens`` reports how many prompt tokens were reused. Anything else that would change
-the output (tools, logprobs, non-zero penalties, non-text content) is refused with a clear
-``InvalidRequest`` rather than silently ignored.
+the output (tools, logprobs, logit biases, non-zero penalties, non-text content or output) is
+refused with a clear ``InvalidRequest`` rather than silently ignored; such parameters sent at
+their defaults (as some clients always send them) are accepted.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ if TYPE_CHECKING:
 _IGNORED_IF_DEFAULT = {
     "frequency_penalty": 0,
     "presence_penalty": 0,
+    "logit_bias": {},
     "logprobs": False,
+    "top_logprobs": 0,
+    "modalities": ["text"],
     "parallel_tool_calls": None,
     "tool_choice": "none",
     "user": None,

@@ -37,9 +37,10 @@ def client(api):
 
 async def test_sdk_streaming_equals_non_streaming(client):
     messages = [SYSTEM, {"role": "user", "content": "Name three colors."}]
-    full = await client.chat.completions.create(
-        model="smollm2", messages=messages, max_tokens=24, temperature=0
-    )
+    full = await client.chat.completions.create(  # options at their defaults, as some send
+        model="smollm2", messages=messages, max_tokens=24, temperature=0, logit_bias={},
+        frequency_penalty=0, modalities=["text"], logprobs=False, top_logprobs=0,
+    )  # fmt: skip
     text = full.choices[0].message.content
     assert text and full.usage.completion_tokens > 0 and full.usage.prompt_tokens > 10
     stream = await client.chat.completions.create(
@@ -116,6 +117,9 @@ async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
         ('{"messages": [{"role": "user", "content": "hi"}], "frobnicate": 1}', "frobnicate"),
         ('{"messages": [{"role": "user", "content": "hi"}], "tools": [{}]}', "tools"),
         ('{"messages": [{"role": "user", "content": "hi"}], "n": 2}', "n"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"7": 5}}', "logit_bias"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}', "top_logprobs"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "modalities": ["x"]}', "modalities"),
         ("[1, 2]", None),
     ],
 )
