@@ -536,18 +536,20 @@ _BF16_SOURCE = r"""
 #define KB 16 /* keys per register block of the scores */
 #define RG 8  /* rows per register block of p V: 16 accumulators with two 16-wide column tiles */
 
-/* e^x for x <= 0, 16 lanes, to ~5e-5 relative: 2^n 2^f with a degree-4 series of 2^f on
-   [-1/2, 1/2]. The probabilities are rounded to bf16 (2^-9) after. */
+/* e^x for x <= 0, 16 lanes, to 2.1e-4 relative: 2^n 2^f with a cubic fit of 2^f on
+   [-1/2, 1/2] (relative error weighted). Every caller rounds the result, or what it scales,
+   to bf16 (2^-9, ten times coarser); the quartic it replaced (5.6e-5) cost 1-2 % more of
+   prefill attention (46 rows over 900 and 1,900 keys, 30 layers, same process, the order
+   alternated: 5.45 -> 5.36 and 11.05 -> 10.95 ms). */
 static inline __m512 exp16(__m512 x) {
     __m512 t = _mm512_mul_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)),
                              _mm512_set1_ps(1.44269504088896341f));
     __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(t, n);
-    __m512 p = _mm512_set1_ps(9.6181291e-3f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    __m512 p = _mm512_set1_ps(5.485438e-2f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4182249e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9324851e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.99998755f));
     return _mm512_scalef_ps(p, n);
 }
 
