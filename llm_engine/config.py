@@ -96,8 +96,9 @@ class EngineConfig:
     ``dtype="auto"``: float32 activations on CPU, bfloat16 on CUDA. ``quant="auto"``:
     int8 weight-only for decode on CPU, none elsewhere. It keeps a float copy of each weight for
     prefill (bfloat16 where the CPU multiplies it natively, else float32) and an fp16 copy for
-    the big weights and small batches (see :mod:`llm_engine.quant`); the decode of up to
-    eight sequences runs in :mod:`llm_engine.cpu_kernel` where gcc builds it, and so do
+    the big weights and small batches (see :mod:`llm_engine.quant`); decode steps run in
+    :mod:`llm_engine.cpu_kernel` where gcc builds it (up to eight sequences, or any number
+    where the CPU has AVX512-BF16), and so do
     prefill's projections (its own bf16 GEMM), attention and norms, in bfloat16 too, where the
     CPU has AVX512-BF16. ``"none"`` gives
     HF-comparable float32 math throughout.

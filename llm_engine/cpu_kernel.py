@@ -1,6 +1,7 @@
 """Small AVX2 kernels for decode on CPU, built on first use: int8-weight matrix x vector
 products, paged decode attention, RMSNorm, rope, and ``decode_one``, which chains them through
-every layer for up to eight sequences' new tokens (one call per step, not ~15 per layer).
+every layer for a decode step's new tokens (one call per step, not ~15 per layer): up to eight
+sequences on int8 weights, any number where the AVX512-BF16 library's GEMM takes over.
 
     y[m, n] = scale[n] * sum_k x[m, k] * q[n, k]  (+ bias[n]);  x, y float32, q int8
 
@@ -406,8 +407,9 @@ int paged_decode(const float *q, long q_stride, const void *pool, const long *ta
 /* act [B, inter] = silu(gate) * up of gu [B, 2 inter] (gate, then up), silu(g) = g / (1 + e^-g)
    as torch computes it (e^-g capped at e^88). libm's expf, one at a time, cost ~7% of a
    decode step. */
-static void swiglu(const float *gu, float *act, long B, long inter) {
+static void swiglu(const float *gu, float *act, long B, long inter, int nthreads) {
     const __m256 one = _mm256_set1_ps(1.f), cap = _mm256_set1_ps(88.f);
+    #pragma omp parallel for num_threads(nthreads) if (B >= 8) schedule(static)
     for (long b = 0; b < B; b++) {
         const float *g = gu + b * 2 * inter, *u = g + inter;
         float *a = act + b * inter;
@@ -459,10 +461,12 @@ void rope(float *x, long rows, long stride, long heads, long D, const float *tab
     }
 }
 
-/* One layer's weights for decode_one: int8 rows with float32 scales (see q8_linear). */
+/* One layer's weights for decode_one: int8 rows with float32 scales (see q8_linear), and
+   the same weights as bf16 pairs for the bf16 library's GEMM (pack_pairs), or NULL. */
 typedef struct {
     const int8_t *qkv, *o, *gate_up, *down;
     const float *qkv_scale, *o_scale, *gate_up_scale, *down_scale;
+    const uint32_t *qkv_bf, *o_bf, *gate_up_bf, *down_bf;
     const float *qkv_bias;  /* or NULL */
     const float *mlp_norm, *next_norm;  /* next: the next layer's attention norm, or the final */
 } Layer;
@@ -471,15 +475,31 @@ typedef int (*attention_fn)(const float *, long, const void *, const long *, con
                             float *, long, long, long, long, long, long, float, int, int);
 typedef int (*linear_fn)(const float *, const int8_t *, const float *, const float *, float *,
                          long, long, long, int);
+typedef void (*gemm_fn)(const float *, const uint32_t *, const float *, float *, uint16_t *,
+                        long, long, long, int);
+
+/* How decode_one runs its projections: int8 rows (q8_linear, or `wide` from 2 rows), or from
+   gemm_rows rows the bf16 library's GEMM over the layers' bf16 pairs, x rounded into xb. */
+typedef struct {
+    linear_fn wide;
+    gemm_fn gemm;
+    long gemm_rows;
+    uint16_t *xb;
+} Projector;
 
 /* q8_linear, or for 2+ rows `wide` where given (the bf16 library's q8_linear_vnni): from 2
    rows q8_linear is bound by widening int8 to float. Decode steps at 400 tokens of context,
    same process, q8_linear vs wide: Zen 4, 1 row 5.36 vs 5.97 ms, 2 rows 8.31 vs 8.22, 3 rows
    10.75 vs 8.37; Zen 5 (whole 512-bit units), 2 rows 5.58 / 6.09 / 5.83 vs 4.91 / 5.78 / 5.30
    (alternating processes). Returns 0, or -1 when `wide` ran out of memory. */
-static int project(linear_fn wide, const float *x, const int8_t *w, const float *scale,
-                   const float *bias, float *y, long M, long N, long K, int nthreads) {
-    if (wide && M >= 2) return wide(x, w, scale, bias, y, M, N, K, nthreads);
+static int project(const Projector *pr, const float *x, const int8_t *w, const float *scale,
+                   const uint32_t *wb, const float *bias, float *y, long M, long N, long K,
+                   int nthreads) {
+    if (pr->gemm && wb && M >= pr->gemm_rows) {
+        pr->gemm(x, wb, bias, y, pr->xb, M, N, K, nthreads);
+        return 0;
+    }
+    if (pr->wide && M >= 2) return pr->wide(x, w, scale, bias, y, M, N, K, nthreads);
     q8_linear(x, w, scale, bias, y, M, N, K, nthreads);
     return 0;
 }
@@ -491,36 +511,41 @@ static int project(linear_fn wide, const float *x, const int8_t *w, const float 
    0's K/V pool (float32, or bf16 with bf), layers layer_stride elements apart; per sequence
    pos: the token's position, slot: where its K/V go, lens: pos + 1, tables: [B, nb] block
    tables. bf_attention: the bf16 library's paged_decode, for a bf16 pool, or NULL (this
-   library's); wide: its q8_linear_vnni for 2+ sequences, or NULL (q8_linear). scratch:
-   B ((2 H + 2 Hkv) D + 3 inter + hidden) floats. The same math as Transformer.forward (q, k,
-   v heads in one matmul, K then V in the pool). Returns 0, or -1 when attention or `wide` ran
-   out of memory. */
+   library's); wide: its q8_linear_vnni for 2+ sequences, or NULL (q8_linear); gemm: its
+   linear_bf16, for gemm_rows sequences or more, or NULL. scratch: B ((2 H + 2 Hkv) D +
+   3 inter + hidden + max(hidden, H D, inter) / 2) floats. The same math as
+   Transformer.forward (q, k, v heads in one matmul, K then V in the pool). Returns 0, or -1
+   when attention or `wide` ran out of memory. */
 int decode_one(const Layer *layers, long L, float *x, float *h, long B, long hidden,
                 long inter, long H, long Hkv, long D, const float *rope_table, long max_len,
                 const long *pos, void *pool, long layer_stride, const long *slot,
                 const long *lens, const long *tables, long nb, long bs, float eps, int bf,
-                attention_fn bf_attention, linear_fn wide, float *scratch, int nthreads) {
+                attention_fn bf_attention, linear_fn wide, gemm_fn gemm, long gemm_rows,
+                float *scratch, int nthreads) {
     attention_fn attention = bf && bf_attention ? bf_attention : paged_decode;
     long nq = (H + 2 * Hkv) * D, row = 2 * Hkv * D;
     float *qkv = scratch, *attn = qkv + B * nq, *gu = attn + B * H * D, *act = gu + B * 2 * inter;
     float *tmp = act + B * inter, scale = 1.f / sqrtf((float)D);
+    Projector pr = {wide, gemm, gemm_rows, (uint16_t *)(tmp + B * hidden)};
     for (long l = 0; l < L; l++) {
         const Layer *w = layers + l;
         void *p = (char *)pool + l * layer_stride * (bf ? 2 : 4);
-        if (project(wide, h, w->qkv, w->qkv_scale, w->qkv_bias, qkv, B, nq, hidden, nthreads))
+        if (project(&pr, h, w->qkv, w->qkv_scale, w->qkv_bf, w->qkv_bias, qkv, B, nq, hidden,
+                    nthreads))
             return -1;
         rope(qkv, B, nq, H + Hkv, D, rope_table, max_len, pos);
         for (long b = 0; b < B; b++) kv_store(p, slot[b] * row, qkv + b * nq + H * D, row, bf);
         if (attention(qkv, nq, p, tables, lens, attn, B, H, Hkv, D, nb, bs, scale, bf, nthreads))
             return -1;
-        if (project(wide, attn, w->o, w->o_scale, NULL, tmp, B, hidden, H * D, nthreads))
+        if (project(&pr, attn, w->o, w->o_scale, w->o_bf, NULL, tmp, B, hidden, H * D, nthreads))
             return -1;
         rms_norm(x, tmp, w->mlp_norm, h, B, hidden, eps);
-        if (project(wide, h, w->gate_up, w->gate_up_scale, NULL, gu, B, 2 * inter, hidden,
-                    nthreads))
+        if (project(&pr, h, w->gate_up, w->gate_up_scale, w->gate_up_bf, NULL, gu, B, 2 * inter,
+                    hidden, nthreads))
             return -1;
-        swiglu(gu, act, B, inter);
-        if (project(wide, act, w->down, w->down_scale, NULL, tmp, B, hidden, inter, nthreads))
+        swiglu(gu, act, B, inter, nthreads);
+        if (project(&pr, act, w->down, w->down_scale, w->down_bf, NULL, tmp, B, hidden, inter,
+                    nthreads))
             return -1;
         rms_norm(x, tmp, w->next_norm, h, B, hidden, eps);
     }
@@ -1132,6 +1157,24 @@ void gemm_bf16(const uint16_t *a, long lda, const uint32_t *w, float *cf, uint16
     }
 }
 
+/* y [M, N] = x [M, K] (float32, rounded to bf16 into xb: [M, K] scratch) times a packed
+   weight (pack_pairs) + bias (or NULL): decode_one's projections from many rows, where the
+   GEMM runs at 2-3x q8_linear_vnni's rate (SmolLM2's 30 layers, same process: 8 rows 4.7 vs
+   7.2 ms, 16 rows 6.9 vs 15.5, 48 rows 12.4 vs 39.1). */
+void linear_bf16(const float *x, const uint32_t *w, const float *bias, float *y, uint16_t *xb,
+                 long M, long N, long K, int nthreads) {
+    for (long m = 0; m < M; m++)
+        for (long k = 0; k < K; k += 16) {
+            __mmask16 in = K - k >= 16 ? 0xFFFF : (__mmask16)((1u << (K - k)) - 1);
+            __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(in, x + m * K + k));
+            _mm256_mask_storeu_epi16(xb + m * K + k, in, (__m256i)v);
+        }
+    gemm_bf16(xb, K, w, y, NULL, M, N, K, nthreads);
+    if (bias)
+        for (long m = 0; m < M; m++)
+            for (long n = 0; n < N; n++) y[m * N + n] += bias[n];
+}
+
 /* The sums of four vectors' 16 lanes: (sum a, sum b, sum c, sum d). */
 static inline __m128 sum4x16(__m512 a, __m512 b, __m512 c, __m512 d) {
     /* 128-bit quarters: (a0 + a2, a1 + a3, b0 + b2, b1 + b3), the same for c and d */
@@ -1286,7 +1329,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.rope.argtypes = [p, n, n, n, n, p, n, p]
     lib.decode_one.argtypes = [
         p, n, p, p, n, n, n, n, n, n, p, n,  # layers .. max_len
-        p, p, n, p, p, p, n, n, f, i, p, p, p, i,  # pos .. nthreads
+        p, p, n, p, p, p, n, n, f, i, p, p, p, n, p, i,  # pos .. nthreads
     ]  # fmt: skip
     for fn in (lib.q8_linear, lib.rms_norm, lib.rope):
         fn.restype = None
@@ -1307,6 +1350,8 @@ def _bind_bf16(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.pack_pairs.restype = lib.gemm_bf16.restype = None
     lib.q8_linear_vnni.argtypes = [p, p, p, p, p, n, n, n, i]
     lib.q8_linear_vnni.restype = ctypes.c_int
+    lib.linear_bf16.argtypes = [p, p, p, p, p, n, n, n, i]
+    lib.linear_bf16.restype = None
     return lib
 
 
@@ -1471,6 +1516,13 @@ def prefill_fits(head_dim: int) -> bool:
 # on ``q8_linear_vnni`` from 2 rows (:func:`q8_wide`): then decode_one vs the layer loop on the
 # bf16 GEMM, 360 tokens of context: B=4 8.8 vs 13.2 ms, 6: 12.6 vs 15.4, 8: 16.0 vs 16.2.
 DECODE_MAX_BATCH = 8
+# Where the layers have bf16 pairs for the bf16 library's GEMM, decode_one runs their
+# projections on it from DECODE_MAX_BATCH + 1 sequences (at 8 the int8 rows still tie it:
+# whole forwards, same process, 11.7 vs 11.7 ms; at 5, 8.9 vs 11.4) and takes any batch: the
+# layer loop had spent ~300 Python calls a step around the same GEMM. Whole forwards (head
+# included) at 360 tokens of context, Zen 5, same process, interleaved, layer loop vs one
+# call: 9 sequences 16.2 vs 14.2 ms a step, 16: 18.1 vs 16.3, 48: 37.4 vs 36.6.
+DECODE_GEMM_MAX_BATCH = 1 << 16
 
 
 class _Layer(ctypes.Structure):
@@ -1478,14 +1530,17 @@ class _Layer(ctypes.Structure):
         (name, ctypes.c_void_p)
         for name in (
             "qkv", "o", "gate_up", "down", "qkv_scale", "o_scale", "gate_up_scale",
-            "down_scale", "qkv_bias", "mlp_norm", "next_norm",
+            "down_scale", "qkv_bf", "o_bf", "gate_up_bf", "down_bf", "qkv_bias", "mlp_norm",
+            "next_norm",
         )
     ]  # fmt: skip
 
 
 @dataclass(slots=True)
 class LayerTensors:
-    """What ``decode_one`` reads of a layer: int8 weights [N, K] with float32 scales [N]."""
+    """What ``decode_one`` reads of a layer: int8 weights [N, K] with float32 scales [N],
+    and where its projections may run on the bf16 GEMM, the same weights packed for it
+    (:func:`pack_pairs`; q/k/v, o, gate/up, down)."""
 
     qkv: tuple[Tensor, Tensor]
     o: tuple[Tensor, Tensor]
@@ -1494,25 +1549,29 @@ class LayerTensors:
     qkv_bias: Tensor | None  # float32 [N]
     mlp_norm: Tensor
     next_norm: Tensor  # the next layer's attention norm, or the final norm
+    packed: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
 
 class DecodeOne:
     """``decode_one`` bound to a model's tensors (they must outlive it): one call per step
     runs every layer for up to ``max_batch`` sequences' new tokens. All tensors float32
-    (weights int8), CPU, contiguous."""
+    (weights int8, or bf16 pairs), CPU, contiguous. From ``gemm_rows`` sequences, where the
+    layers carry packed bf16 weights, the projections run on ``gemm_lib``'s bf16 GEMM."""
 
     def __init__(
         self, lib: ctypes.CDLL, layers: list[LayerTensors], shape: tuple[int, ...], eps: float,
         rope: Tensor, bf16_lib: ctypes.CDLL | None = None, max_batch: int = DECODE_MAX_BATCH,
-        wide_lib: ctypes.CDLL | None = None,
+        wide_lib: ctypes.CDLL | None = None, gemm_lib: ctypes.CDLL | None = None,
+        gemm_rows: int = DECODE_MAX_BATCH + 1,
     ) -> None:  # fmt: skip
         self._lib, self._eps, self._rope, self.max_batch = lib, eps, rope, max_batch
         # over a bf16 pool, attention runs the bf16 library's paged_decode where there is one;
         # from two sequences, the projections its q8_linear_vnni where given (see q8_wide)
-        fn = None if bf16_lib is None else bf16_lib.paged_decode
-        self._bf_attention = None if fn is None else ctypes.cast(fn, ctypes.c_void_p).value
-        fn = None if wide_lib is None else wide_lib.q8_linear_vnni
-        self._wide = None if fn is None else ctypes.cast(fn, ctypes.c_void_p).value
+        self._bf_attention = _address(bf16_lib, "paged_decode")
+        self._wide = _address(wide_lib, "q8_linear_vnni")
+        packed = all(t.packed is not None for t in layers)
+        self._gemm = _address(gemm_lib, "linear_bf16") if packed else None
+        self._gemm_rows = gemm_rows
         self._hidden, self._inter, self._H, self._Hkv, self._D = shape
         assert decode_fits(self._D)
         self._layers = (_Layer * len(layers))()
@@ -1522,11 +1581,16 @@ class DecodeOne:
                 assert weight.dtype == torch.int8 and scale.dtype == torch.float32
                 setattr(slot, name, weight.data_ptr())
                 setattr(slot, f"{name}_scale", scale.data_ptr())
+            if self._gemm is not None and t.packed is not None:
+                for name, pairs in zip(("qkv", "o", "gate_up", "down"), t.packed, strict=True):
+                    setattr(slot, f"{name}_bf", pairs.data_ptr())
             slot.qkv_bias = None if t.qkv_bias is None else t.qkv_bias.data_ptr()
             slot.mlp_norm, slot.next_norm = t.mlp_norm.data_ptr(), t.next_norm.data_ptr()
-        H, Hkv, D, inter = self._H, self._Hkv, self._D, self._inter
-        per_row = (2 * H + 2 * Hkv) * D + 3 * inter + self._hidden
-        self._scratch = torch.empty(max_batch * per_row)
+        H, Hkv, D, hidden, inter = self._H, self._Hkv, self._D, self._hidden, self._inter
+        # floats a sequence needs: q/k/v, attention, gate/up, SwiGLU, a residual's worth, and
+        # (as bf16) the widest input a GEMM rounds
+        self._per_row = (2 * H + 2 * Hkv) * D + 3 * inter + hidden + max(hidden, H * D, inter)
+        self._scratch = torch.empty(0)  # grown to the largest batch so far (see __call__)
 
     def __call__(
         self, x: Tensor, h: Tensor, pool: Tensor, pos: Tensor, slots: Tensor, tables: Tensor,
@@ -1539,13 +1603,21 @@ class DecodeOne:
         B = x.shape[0]
         assert self.max_batch >= B
         assert pool.is_contiguous() and tables.is_contiguous() and pos.is_contiguous()
+        if self._scratch.numel() < B * self._per_row:  # once per new largest batch
+            self._scratch = torch.empty(min(2 * B, self.max_batch) * self._per_row)
         _check(self._lib.decode_one(
             self._layers, len(self._layers), x.data_ptr(), h.data_ptr(), B, self._hidden,
             self._inter, self._H, self._Hkv, self._D, self._rope.data_ptr(), self._rope.shape[1],
             pos.data_ptr(), pool.data_ptr(), pool.stride(0), slots.data_ptr(), lens.data_ptr(),
             tables.data_ptr(), tables.shape[-1], pool.shape[2], self._eps, _bf16(pool),
-            self._bf_attention, self._wide, self._scratch.data_ptr(), torch.get_num_threads(),
+            self._bf_attention, self._wide, self._gemm, self._gemm_rows,
+            self._scratch.data_ptr(), torch.get_num_threads(),
         ), "decode_one")  # fmt: skip
+
+
+def _address(lib: ctypes.CDLL | None, name: str) -> int | None:
+    """The address of ``lib``'s function ``name`` (for a C caller), or None without ``lib``."""
+    return None if lib is None else ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
 
 
 def rms_norm(lib: ctypes.CDLL, x: Tensor, r: Tensor | None, w: Tensor, eps: float) -> Tensor:

@@ -4,9 +4,10 @@ x -> embed -> L x [x += o(attn(rope(q), rope(k), v)); x += down(silu(gate) * up)
 
 RMSNorm, rotary embeddings (rotate-half layout, the checkpoint's base and scaling),
 grouped-query attention over the paged KV pool, SwiGLU, optional q/k/v bias, tied or untied head.
-Q/K/V and gate/up projections are fused into one matmul each. On CPU with int8 weights, the
-decode step of up to eight sequences runs every layer in one C call (``cpu_kernel.decode_one``,
-the same math over the same kernels): the ops' Python calls had cost a fifth of the step.
+Q/K/V and gate/up projections are fused into one matmul each. On CPU with int8 weights, a
+decode step runs every layer in one C call (``cpu_kernel.decode_one``, the same math over the
+same kernels; up to eight sequences on int8 weights, more on the bf16 GEMM where the CPU has
+one): the ops' Python calls had cost a fifth of the step.
 Where prefill's projections run as bf16 GEMMs, the activations between them stay bf16 and
 the norms and SwiGLU are one C call each.
 """
@@ -84,6 +85,17 @@ def _kernel_weight(w: Tensor | Int8Weight) -> tuple[Tensor, Tensor] | None:
     return None
 
 
+def _gemm_weights(lw: LayerWeights) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """A layer's q/k/v, o, gate/up and down as bf16 pairs packed for cpu_kernel's GEMM, or
+    None where one is not."""
+    ws = [w.full if isinstance(w, Int8Weight) and w.gemm is not None else None
+          for w in (lw.qkv, lw.o, lw.gate_up, lw.down)]  # fmt: skip
+    qkv, o, gate_up, down = ws
+    if qkv is None or o is None or gate_up is None or down is None:
+        return None
+    return qkv, o, gate_up, down
+
+
 def _plain(value: object) -> bool:
     """Whether ``value`` is a tensor in plain contiguous memory (not oneDNN's blocked kind)."""
     return isinstance(value, Tensor) and value.layout == torch.strided and value.is_contiguous()
@@ -159,9 +171,10 @@ class Transformer:
             self._decode_one = self._bind_decode_one(self._decode_one.max_batch)
 
     def _bind_decode_one(self, max_batch: int | None = None) -> cpu_kernel.DecodeOne | None:
-        """The one-call decode of up to ``max_batch`` sequences (default: up to where the
-        projections' GEMM is faster), where every projection runs on the C kernel (float32
-        CPU, int8 weights); None elsewhere."""
+        """The one-call decode of up to ``max_batch`` sequences, where every projection runs
+        on the C kernel (float32 CPU, int8 weights); None elsewhere. Where the weights also
+        have bf16 copies for cpu_kernel's GEMM, its projections switch to that GEMM where it
+        is faster, and it serves any batch (default); else it stops there."""
         cfg, layers = self.cfg, self.w.layers
         if self.kernel is None or not cpu_kernel.decode_fits(cfg.head_dim):
             return None
@@ -173,7 +186,10 @@ class Transformer:
                 return None
             qkv, o, gate_up, down = (w for w in ws if w is not None)
             nxt = layers[i + 1].attn_norm if i + 1 < len(layers) else self.w.norm
-            tensors.append(cpu_kernel.LayerTensors(qkv, o, gate_up, down, bias, lw.mlp_norm, nxt))
+            packed = _gemm_weights(lw)
+            tensors.append(
+                cpu_kernel.LayerTensors(qkv, o, gate_up, down, bias, lw.mlp_norm, nxt, packed)
+            )
         shape = (
             cfg.hidden_size,
             cfg.intermediate_size,
@@ -183,13 +199,20 @@ class Transformer:
         )
         bf16 = cpu_kernel.bf16_decode(cfg.head_dim)  # its attention, over a bf16 pool
         wide = cpu_kernel.q8_wide()  # its projections from 2 sequences (AVX512-VNNI)
-        if max_batch is None:  # up to the batch where cpu_kernel's bf16 GEMM takes over
-            w, max_batch = layers[0].qkv, cpu_kernel.DECODE_MAX_BATCH
-            if isinstance(w, Int8Weight) and w.gemm is not None and wide is None:
-                max_batch = min(max_batch, w.full_min_rows - 1)
+        w = layers[0].qkv
+        every = all(t.packed is not None for t in tensors)
+        gemm = w.gemm if every and isinstance(w, Int8Weight) else None
+        # the GEMM takes over past where int8 rows on q8_linear_vnni stay faster, or without
+        # it where linear() would hand the rows to the GEMM (see quant)
+        gemm_rows = cpu_kernel.DECODE_MAX_BATCH + 1
+        if wide is None and isinstance(w, Int8Weight) and w.gemm is not None:
+            gemm_rows = w.full_min_rows
+        if max_batch is None:  # without the GEMM, the layer loop's linear() runs many rows
+            max_batch = cpu_kernel.DECODE_GEMM_MAX_BATCH if gemm else cpu_kernel.DECODE_MAX_BATCH
         return cpu_kernel.DecodeOne(
-            self.kernel, tensors, shape, cfg.rms_norm_eps, self.rope, bf16, max_batch, wide
-        )
+            self.kernel, tensors, shape, cfg.rms_norm_eps, self.rope, bf16, max_batch, wide,
+            gemm, gemm_rows,
+        )  # fmt: skip
 
     def forward(
         self, input_ids: Tensor, positions: Tensor, kv: KVCache, meta: AttnMeta | Parts

@@ -47,9 +47,9 @@ BF16_MIN_ROWS = 32  # native bf16 GEMM, plain weight: below this no faster than 
 PACKED_BF16_MIN_ROWS = 8  # native bf16 GEMM, prepacked weight (see the module docstring)
 # cpu_kernel's bf16 GEMM: whole SmolLM2 decode steps at 361 tokens of context, bf16 pool, same
 # process (Zen 4, 2 threads), decode_one's int8 rows vs the layer loop on this GEMM: 3 rows
-# 11.7 vs 12.8 ms, 4: 13.3 vs 11.8, 6: 20.1 vs 15.4, 8: 24.0 vs 14.1. Where decode_one's
-# projections run on cpu_kernel's q8_linear_vnni, decode_one serves up to 8 all the same (see
-# cpu_kernel.DECODE_MAX_BATCH); prefill chunks take this GEMM from here either way.
+# 11.7 vs 12.8 ms, 4: 13.3 vs 11.8, 6: 20.1 vs 15.4, 8: 24.0 vs 14.1. decode_one runs this
+# GEMM itself from here, or where its int8 projections run on cpu_kernel's q8_linear_vnni,
+# from 9 rows (see cpu_kernel.DECODE_MAX_BATCH); prefill chunks take it from here either way.
 GEMM_BF16_MIN_ROWS = 4
 FBGEMM_MIN_ELEMS = 1 << 20  # one-row matmuls use fbgemm only for weights this big (N * K)
 KERNEL_MAX_ROWS = 1  # at 2+ rows fbgemm's fp16 GEMM caught up with cpu_kernel
