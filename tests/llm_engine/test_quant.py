@@ -247,14 +247,18 @@ def test_one_call_decode_matches_layer_by_layer(
     assert (got_logits - want_logits).abs().max() < 1e-3 * scale
 
 
-def test_one_call_decode_of_many_sequences_tracks_the_float_model(smol_dir: Path) -> None:
+@pytest.mark.parametrize("model", ["smol", "qwen"])
+def test_one_call_decode_of_many_sequences_tracks_the_float_model(
+    smol_dir: Path, qwen_dir: Path, model: str
+) -> None:
     """Past the rows where int8 weights win, decode_one runs its projections on the bf16
     GEMM itself (where the weights have bf16 copies for it) and serves any batch. Twelve
     sequences of different lengths (the GEMM's 8-row and 4-row blocks) must land as close to
     the float32 model as the layer loop running the same GEMM op by op, or closer: the loop
     rounds o's, gate/up's and down's outputs to bf16, the C call keeps them float32 (SmolLM2:
-    a row's largest logit error 0.17-0.39 against the loop's 0.17-0.52, scale ~23). A
-    sequence reading another's KV, or a wrong weight, is off by O(scale)."""
+    a row's largest logit error 0.17-0.39 against the loop's 0.17-0.52, scale ~23). Qwen:
+    q/k/v bias added after the GEMM. A sequence reading another's KV, a wrong weight or a
+    lost bias is off by O(scale)."""
     from tokenizers import Tokenizer
 
     if cpu_kernel.load_bf16() is None:
@@ -262,12 +266,13 @@ def test_one_call_decode_of_many_sequences_tracks_the_float_model(smol_dir: Path
     tok = Tokenizer.from_file(str(smol_dir / "tokenizer.json"))
     text = "the cat sat on a mat while one two three dogs ran far away"
     prompts = [tok.encode(text.rsplit(" ", 11 - i)[0]).ids for i in range(12)]
-    fused = _runner(smol_dir, quant=True, kv_dtype=torch.bfloat16, blocks=96)
+    model_dir = smol_dir if model == "smol" else qwen_dir
+    fused = _runner(model_dir, quant=True, kv_dtype=torch.bfloat16, blocks=96)
     one = fused.model._decode_one
     assert one is not None and one.max_batch >= len(prompts) and one._gemm is not None
-    layered = _runner(smol_dir, quant=True, kv_dtype=torch.bfloat16, blocks=96)
+    layered = _runner(model_dir, quant=True, kv_dtype=torch.bfloat16, blocks=96)
     layered.model._decode_one = None
-    _, ref = _greedy_decode(_runner(smol_dir, quant=False, blocks=96), prompts, 1)
+    _, ref = _greedy_decode(_runner(model_dir, quant=False, blocks=96), prompts, 1)
     _, got = _greedy_decode(fused, prompts, 1)
     _, loop = _greedy_decode(layered, prompts, 1)
     got_err, loop_err = ((x - ref).abs().amax(-1) for x in (got, loop))  # per sequence
