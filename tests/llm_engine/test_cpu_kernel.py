@@ -332,7 +332,8 @@ def test_silu_mul_of_a_bf16_gemm_output(bf16_lib: ctypes.CDLL) -> None:
     assert (got != want.bfloat16()).float().mean() < 0.01
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8, 15, 52])  # every row block: 8, 4, 2, 1
+# row blocks: 1 | 3 | 8, 2 | 8, 4 | 8, 7 | 6, 6, 5 | 8, 8, 8, 7, 7, 7, 7: every size 1-8
+@pytest.mark.parametrize("rows", [1, 3, 10, 12, 15, 17, 52])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gemm_bf16_matches_torch(bf16_lib: ctypes.CDLL, rows: int, dtype: torch.dtype) -> None:
     """x @ w.T over bf16 inputs with float32 sums, from the packed weight: torch's product of
