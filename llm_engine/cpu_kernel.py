@@ -34,9 +34,10 @@ pools (:func:`decode_attention` picks it): a decode query has only its GQA group
 so there the keys lie along the lanes, 16 keys' dot products summed across lanes at once, and
 p V takes two keys' V rows at a time as bf16 pairs. Its float32 AVX2 twin spent three uops
 widening bf16 for every FMA and ran at ~25 GFLOP/s; this one is 2-3.5x faster (48 sequences
-at 350 tokens of context, 30 layers' pools: 1.6 -> 0.8 ms a layer, then bound by memory: it
-prefetches the next 16 keys' rows to L2, as the pool's blocks cross 4 KB pages where the
-hardware prefetcher stops). With AVX512-VNNI, its ``q8_linear_vnni`` serves ``decode_one``'s
+at 350 tokens of context, 30 layers' pools: 1.6 -> 0.8 ms a layer, then bound by memory; the
+pool's blocks cross 4 KB pages, where the hardware prefetcher stops, so it reads each task's
+rows ahead itself, with loads: Zen 5 left its prefetch instructions idle, see ``touch``).
+With AVX512-VNNI, its ``q8_linear_vnni`` serves ``decode_one``'s
 projections from two sequences: each activation row rounded to int16 at its own scale, one
 ``vpdpwssd`` multiplies 32 int8 weights, where the AVX2 kernel's widening to float made two
 rows compute-bound (and it ran three as two passes over the weights).
@@ -878,6 +879,21 @@ static inline __mmask16 first(long n) {
     return n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
 }
 
+/* Load one byte of each cache line of p[0, bytes): the lines come in from memory together.
+   Decode attention read its rows at 20-23 GB/s of the ~47 a streaming sum reads here (Zen 5,
+   2 threads) while it prefetched the next 16 keys' rows to L2 (prefetcht1) a group ahead;
+   prefetching a task's whole rows at its start changed nothing, loading them took it to
+   30-37 GB/s. 30 layers' pools, same process, order alternated, before -> after: 48
+   sequences of 360 tokens 17.7 -> 12.0 ms, 16 of 360 5.8 -> 4.2, 8 of 900 7.6 -> 6.0, 4 of
+   2,000 8.6 -> 6.6, 1 of 4,000 4.0 -> 3.0; 1 of 900 (already split over both threads) and
+   short contexts unchanged. With blocks scattered over the pool: 48 x 360 20.3 -> 13.4. */
+static inline void touch(const void *p, long bytes) {
+    for (long e = 0; e < bytes; e += 64) (void)*((volatile const char *)p + e);
+}
+
+/* Bytes of K/V rows decode attention reads ahead of its scores (see touch): within L2. */
+#define DECODE_AHEAD (512 * 1024)
+
 /* paged_decode of the AVX2 library (same arguments, same result up to rounding) over a bf16
    pool (bf must be 1) with bf16 products and float32 sums, as prefill_attention: one query
    token per sequence, split like flash-decoding. Returns 0, -1 when its buffers could not be
@@ -945,11 +961,11 @@ int paged_decode(const float *q, long q_stride, const void *pool, const long *ta
                 if (++in == bs) in = 0, blk++;
             }
             const __m512bh *qs = qb + b * H * P32;
+            long ahead = DECODE_AHEAD / (row * 2);  /* keys read ahead of the scores */
+            for (long i = 0; i < ahead && i < n; i++) touch(kr[i], row * 2);
             for (long j = 0; j < np; j += 16) {  /* scores: 16 keys, every head */
                 __mmask16 valid = first(n - j);
-                for (long i = j + 16; i < j + 32 && i < n; i++)  /* the next group's K and V, */
-                    for (long e = 0; e < row; e += 32)  /* to L2: blocks cross 4 KB pages */
-                        _mm_prefetch((const char *)(kr[i] + e), _MM_HINT_T1);
+                for (long i = j + ahead; i < j + ahead + 16 && i < n; i++) touch(kr[i], row * 2);
                 for (long h = 0; h < H; h++) {
                     __m512 v;
                     long off = h / G * D;
