@@ -208,7 +208,8 @@ class Transformer:
         if wide is None and isinstance(w, Int8Weight) and w.gemm is not None:
             gemm_rows = w.full_min_rows
         if max_batch is None:  # without the GEMM, the layer loop's linear() runs many rows
-            max_batch = cpu_kernel.DECODE_GEMM_MAX_BATCH if gemm else cpu_kernel.DECODE_MAX_BATCH
+            many = gemm is not None
+            max_batch = cpu_kernel.DECODE_GEMM_MAX_BATCH if many else cpu_kernel.DECODE_MAX_BATCH
         return cpu_kernel.DecodeOne(
             self.kernel, tensors, shape, cfg.rms_norm_eps, self.rope, bf16, max_batch, wide,
             gemm, gemm_rows,
