@@ -1581,16 +1581,17 @@ class LayerTensors:
 class DecodeOne:
     """``decode_one`` bound to a model's tensors (they must outlive it): one call per step
     runs every layer for up to ``max_batch`` sequences' new tokens. All tensors float32
-    (weights int8, or bf16 pairs), CPU, contiguous. From ``gemm_rows`` sequences, where the
-    layers carry packed bf16 weights, the projections run on ``gemm_lib``'s bf16 GEMM."""
+    (weights int8, or bf16 pairs), CPU, contiguous. From ``gemm_rows`` sequences, where every
+    layer carries packed bf16 weights, the projections run on ``gemm_lib``'s bf16 GEMM, and
+    ``max_batch`` defaults to any batch (else to :data:`DECODE_MAX_BATCH`)."""
 
     def __init__(
         self, lib: ctypes.CDLL, layers: list[LayerTensors], shape: tuple[int, ...], eps: float,
-        rope: Tensor, bf16_lib: ctypes.CDLL | None = None, max_batch: int = DECODE_MAX_BATCH,
+        rope: Tensor, bf16_lib: ctypes.CDLL | None = None, max_batch: int | None = None,
         wide_lib: ctypes.CDLL | None = None, gemm_lib: ctypes.CDLL | None = None,
         gemm_rows: int = DECODE_MAX_BATCH + 1,
     ) -> None:  # fmt: skip
-        self._lib, self._eps, self._rope, self.max_batch = lib, eps, rope, max_batch
+        self._lib, self._eps, self._rope = lib, eps, rope
         # over a bf16 pool, attention runs the bf16 library's paged_decode where there is one;
         # from two sequences, the projections its q8_linear_vnni where given (see q8_wide)
         self._bf_attention = _address(bf16_lib, "paged_decode")
@@ -1598,6 +1599,9 @@ class DecodeOne:
         packed = all(t.packed is not None for t in layers)
         self._gemm = _address(gemm_lib, "linear_bf16") if packed else None
         self._gemm_rows = gemm_rows
+        if max_batch is None:  # without the GEMM, the layer loop's linear() runs many rows
+            max_batch = DECODE_MAX_BATCH if self._gemm is None else DECODE_GEMM_MAX_BATCH
+        self.max_batch = max_batch
         self._hidden, self._inter, self._H, self._Hkv, self._D = shape
         assert decode_fits(self._D)
         self._layers = (_Layer * len(layers))()
@@ -1614,8 +1618,9 @@ class DecodeOne:
             slot.mlp_norm, slot.next_norm = t.mlp_norm.data_ptr(), t.next_norm.data_ptr()
         H, Hkv, D, hidden, inter = self._H, self._Hkv, self._D, self._hidden, self._inter
         # floats a sequence needs: q/k/v, attention, gate/up, SwiGLU, a residual's worth, and
-        # (as bf16) the widest input a GEMM rounds
-        self._per_row = (2 * H + 2 * Hkv) * D + 3 * inter + hidden + max(hidden, H * D, inter)
+        # (as bf16, two to a float) the widest input a GEMM rounds
+        widest = max(hidden, H * D, inter)
+        self._per_row = (2 * H + 2 * Hkv) * D + 3 * inter + hidden + (widest + 1) // 2
         self._scratch = torch.empty(0)  # grown to the largest batch so far (see __call__)
 
     def __call__(

@@ -200,16 +200,12 @@ class Transformer:
         bf16 = cpu_kernel.bf16_decode(cfg.head_dim)  # its attention, over a bf16 pool
         wide = cpu_kernel.q8_wide()  # its projections from 2 sequences (AVX512-VNNI)
         w = layers[0].qkv
-        every = all(t.packed is not None for t in tensors)
-        gemm = w.gemm if every and isinstance(w, Int8Weight) else None
+        gemm = w.gemm if isinstance(w, Int8Weight) else None  # where every layer is packed
         # the GEMM takes over past where int8 rows on q8_linear_vnni stay faster, or without
         # it where linear() would hand the rows to the GEMM (see quant)
         gemm_rows = cpu_kernel.DECODE_MAX_BATCH + 1
-        if wide is None and isinstance(w, Int8Weight) and w.gemm is not None:
+        if wide is None and isinstance(w, Int8Weight) and gemm is not None:
             gemm_rows = w.full_min_rows
-        if max_batch is None:  # without the GEMM, the layer loop's linear() runs many rows
-            many = gemm is not None
-            max_batch = cpu_kernel.DECODE_GEMM_MAX_BATCH if many else cpu_kernel.DECODE_MAX_BATCH
         return cpu_kernel.DecodeOne(
             self.kernel, tensors, shape, cfg.rms_norm_eps, self.rope, bf16, max_batch, wide,
             gemm, gemm_rows,
