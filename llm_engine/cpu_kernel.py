@@ -1532,13 +1532,14 @@ def prefill_fits(head_dim: int) -> bool:
     return head_dim % 32 == 0 and head_dim <= 256
 
 
-# Sequences decoded together through ``decode_one`` (more go through torch's ops). Its int8
+# Sequences decoded together on int8 weights through ``decode_one`` (more go through torch's
+# ops, unless its projections run on this module's bf16 GEMM: see below). Its int8
 # kernel is compute-bound from 2 rows on; torch's path (fbgemm fp16 below 8 rows, oneDNN bf16
 # from 8) reads 2 bytes a weight. Whole decode steps of SmolLM2 at 361 tokens of context,
 # bf16 pool, 2 threads, same process (Zen 4): B=1 5.4 vs 7.5 ms, 2: 7.3 vs 14.9, 3: 10.7 vs
 # 15.8, 4: 13.0 vs 16.9, 6: 19.7 vs 23.2, 8: 26.4 vs 27.9; torch's GEMM wins from 12. Where
 # the projections run on this module's bf16 GEMM instead, it wins from 4 rows
-# (``quant.GEMM_BF16_MIN_ROWS``) and decode_one stops below that, unless its projections run
+# (``quant.GEMM_BF16_MIN_ROWS``) and decode_one's int8 rows stop below that, unless they run
 # on ``q8_linear_vnni`` from 2 rows (:func:`q8_wide`): then decode_one vs the layer loop on the
 # bf16 GEMM, 360 tokens of context: B=4 8.8 vs 13.2 ms, 6: 12.6 vs 15.4, 8: 16.0 vs 16.2.
 DECODE_MAX_BATCH = 8
