@@ -6,6 +6,7 @@ imports torch, so the scheduler and its tests can use them freely.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from llm_engine.errors import InvalidRequest, ModelLoadError
 SUPPORTED_ARCHS = ("llama", "qwen2")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTS = ("auto", "none", "int8")
+DEVICE = re.compile(r"(cpu|cuda)(:\d+)?")  # the devices the engine runs on, as torch names them
 
 
 @dataclass(slots=True)
@@ -91,7 +93,8 @@ class EngineConfig:
     ``model_dir`` is an HF-style directory (config.json, *.safetensors, tokenizer.json) or a
     ``.gguf`` file (converted in memory). ``num_blocks * block_size`` tokens of KV fit in the pool;
     ``max_batch`` sequences decode together; ``max_step_tokens`` bounds the tokens computed per
-    step (prefill chunks are cut to fit it).
+    step (prefill chunks are cut to fit it). ``device`` is ``"cpu"``, ``"cuda"`` or ``"cuda:N"``;
+    one torch cannot use fails the engine's load with a ``ModelLoadError`` saying why.
 
     ``dtype="auto"``: float32 activations on CPU, bfloat16 on CUDA. ``quant="auto"``:
     int8 weight-only for decode on CPU, none elsewhere. It keeps a float copy of each weight for
@@ -128,6 +131,8 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         self.model_dir = Path(self.model_dir)
+        if not DEVICE.fullmatch(self.device):
+            raise InvalidRequest(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.quant not in QUANTS:
             raise InvalidRequest(f"quant must be one of {QUANTS}, got {self.quant!r}")
         if self.dtype not in DTYPES:

@@ -21,7 +21,13 @@ import torch
 
 from llm_engine.config import EngineConfig, SamplingParams
 from llm_engine.conversation import Conversation, Delta, post
-from llm_engine.errors import ContextLengthExceeded, EngineClosed, EngineError, InvalidRequest
+from llm_engine.errors import (
+    ContextLengthExceeded,
+    EngineClosed,
+    EngineError,
+    InvalidRequest,
+    ModelLoadError,
+)
 from llm_engine.history import AppendPlan, History, common_prefix_len
 from llm_engine.kv_cache import KVCache
 from llm_engine.model import Transformer
@@ -47,6 +53,19 @@ class _Reply:
 
     def fail(self, err: BaseException) -> None:
         post(self.loop, _settle, self.future, None, err)
+
+
+def _check_device(device: str) -> None:
+    """Raise :class:`ModelLoadError` saying why torch cannot use ``device``, if it cannot."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        why = "no GPU is visible" if torch.version.cuda else "this torch is built without CUDA"
+        raise ModelLoadError(f"device {device!r} asked for, but {why} (torch {torch.__version__})")
+    if (dev.index or 0) >= torch.cuda.device_count():
+        seen = torch.cuda.device_count()
+        raise ModelLoadError(f"device {device!r} asked for, but torch sees {seen} CUDA device(s)")
 
 
 def _settle(fut: asyncio.Future[Any], value: Any, err: BaseException | None) -> None:
@@ -136,6 +155,7 @@ class Engine:
 
     def _load(self) -> None:
         config = self.config
+        _check_device(config.device)
         dtype = _DTYPES[config.resolved_dtype()]
         loaded = load_model(config.model_dir, dtype, config.device)
         mc = self.model_config = loaded.config

@@ -83,6 +83,20 @@ def test_bad_engine_config(tmp_path: Path) -> None:
         EngineConfig(model_dir=tmp_path, kv_dtype="int8")
     with pytest.raises(InvalidRequest):
         EngineConfig(model_dir=tmp_path, num_blocks=0)
+    for device in ("tpu", "gpu", "cuda:x", ""):
+        with pytest.raises(InvalidRequest, match="device"):
+            EngineConfig(model_dir=tmp_path, device=device)
+
+
+def test_a_device_torch_cannot_use_is_a_load_error(qwen_dir: Path) -> None:
+    """One past the GPUs torch sees: on a CPU-only torch, any CUDA device."""
+    import torch
+
+    from llm_engine import Engine
+
+    device = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(ModelLoadError, match=f"device '{device}' asked for, but"):
+        Engine(EngineConfig(model_dir=qwen_dir, device=device))
 
 
 def test_kv_dtype_follows_the_quantization(tmp_path: Path) -> None:

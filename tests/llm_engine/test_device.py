@@ -1,0 +1,239 @@
+"""The engine as it runs on a GPU: torch's ops throughout, SDPA for attention.
+
+``EngineConfig(device="cuda")`` resolves to bfloat16 weights and K/V with no quantization,
+the "bf16" setting here. The CPU kernels serve float32 activations over float32 or bf16 pools
+only, so on CPU these tests drive every torch op the CUDA path runs: batched decode with
+padding masks, chunked prefill over a gathered context, steps that mix the two. The "fp32"
+setting runs the same ops at float32 (a float16 pool), where rounding is small enough to
+compare runs tightly. Where torch sees a GPU, every test runs there too: the CUDA check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from llm_engine import Engine, EngineConfig
+from tests.conftest import _checked
+from tests.corpus import SENTENCES
+from tests.llm_engine.helpers import greedy, hf_logits, next_logits
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+QUESTION = "What is the capital of France? Tell me about the history of the city."
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    dtype: str
+    kv_dtype: str
+    # Each shape of a matmul rounds differently, so two runs of one greedy reply (alone and
+    # batched, chunked and whole) may part at a near tie: only where the top logit led the
+    # runner-up by less than `margin`. Until they part, their next-token distributions
+    # differ by at most `kl`. Measured on SmolLM2 (4 prompts, 24 steps alone and batched):
+    # bf16 up to 4e-3, fp32 up to 6e-7; a decode mask that let each sequence see one padded
+    # key too many gave 4e-3 to 2e-2.
+    margin: float
+    kl: float
+
+
+SETTINGS = {
+    "bf16": Setting("bfloat16", "bfloat16", margin=1.0, kl=2e-2),
+    "fp32": Setting("float32", "float16", margin=0.05, kl=1e-5),
+}
+
+
+@pytest.fixture(scope="module", params=[(d, s) for d in DEVICES for s in SETTINGS], ids="-".join)
+def device_engine_module(request: pytest.FixtureRequest, smol_dir: Path) -> Iterator[Engine]:
+    device, name = request.param
+    setting = SETTINGS[name]
+    config = EngineConfig(
+        model_dir=smol_dir,
+        device=device,
+        dtype=setting.dtype,
+        kv_dtype=setting.kv_dtype,
+        quant="none",
+        num_blocks=128,
+        block_size=16,
+        max_batch=8,
+        max_step_tokens=64,  # prompts of a few sentences prefill in chunks
+    )
+    engine = Engine(config)
+    engine.start()
+    yield engine
+    engine.close()
+
+
+def _setting(engine: Any) -> Setting:
+    return next(s for s in SETTINGS.values() if s.dtype == engine.config.dtype)
+
+
+@pytest.fixture
+def engine(device_engine_module: Engine) -> Iterator[Any]:
+    yield from _checked(device_engine_module)
+
+
+def _kl(ref: torch.Tensor, got: torch.Tensor) -> torch.Tensor:
+    """KL(ref || got) of the softmaxes of logits [..., V], per row."""
+    p, q = ref.float().log_softmax(-1), got.float().log_softmax(-1)
+    return (p.exp() * (p - q)).sum(-1)
+
+
+def _prompt(engine: Any, text: str) -> list[int]:
+    tok, message = engine.tokenizer, {"role": "user", "content": text}
+    return list(tok.encode(tok.render([message], add_generation_prompt=True)))
+
+
+async def _margins(engine: Any, prompt: list[int], reply: list[int]) -> list[float]:
+    """How far each token of ``reply`` led the runner-up when it was picked (teacher forced)."""
+    conv = engine.open_conversation()
+    try:
+        await conv.append_tokens(prompt + reply)
+
+        def fn(st: Any) -> torch.Tensor:
+            return engine.runner.all_logits(st.seq, len(prompt) - 1, len(reply)).float().cpu()
+
+        top2 = (await engine._call(fn, conv._state)).topk(2, dim=-1).values
+    finally:
+        await conv.close()
+    return (top2[:, 0] - top2[:, 1]).tolist()
+
+
+async def _agree(engine: Any, prompt: list[int], reply: list[int], other: list[int]) -> int:
+    """Assert that ``other`` repeats the greedy ``reply`` to ``prompt``, or parts from it only
+    where the reply's token led the runner-up by less than the setting's margin. Returns
+    how many tokens they share."""
+    margin = _setting(engine).margin
+    parted = next((i for i, (a, b) in enumerate(zip(reply, other, strict=True)) if a != b), None)
+    if parted is not None:
+        lead = (await _margins(engine, prompt, reply))[parted]
+        assert lead < margin, f"token {parted} differs, though it led by {lead:.2f}"
+    return len(reply) if parted is None else parted
+
+
+def test_cuda_resolves_to_the_configuration_tested_here(tmp_path: Path) -> None:
+    cfg = EngineConfig(model_dir=tmp_path, device="cuda")
+    resolved = (cfg.resolved_dtype(), cfg.resolved_quant(), cfg.resolved_kv_dtype())
+    assert resolved == ("bfloat16", "none", "bfloat16")
+
+
+async def test_attention_runs_through_torch(engine: Any) -> None:
+    """No CPU kernel attends here, so the tests below cover the torch path."""
+    runner, setting = engine.runner, _setting(engine)
+    assert runner.model.w.embed.dtype == getattr(torch, setting.dtype)
+    assert runner.kv.kv.dtype == getattr(torch, setting.kv_dtype)
+    assert runner._attn_kernel is None and runner._prefill_kernel is None
+    assert runner.model._decode_one is None
+
+
+async def test_logits_are_as_close_to_float32_as_hfs_in_the_same_dtype(
+    engine: Any, hf_smol: Any
+) -> None:
+    """Rounding moves every logit; the engine must move them no more than HF's own forward in
+    the engine's dtype does (mean KL over all positions, and the next token's after a prefill
+    in three parts: fresh, a chunk over resident context, a one-token decode), give or take
+    the setting's KL."""
+    device, dtype = engine.runner.device, getattr(torch, engine.config.dtype)
+    ids = _prompt(engine, QUESTION)
+    ref = hf_logits(hf_smol, ids)
+    hf_same = copy.deepcopy(hf_smol).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        hf_dtype = hf_same(torch.tensor([ids], device=device)).logits[0].float().cpu()
+    conv = engine.open_conversation()
+    try:
+        await conv.append_tokens(ids[:5])
+        await conv.append_tokens(ids[5:-1])
+        await conv.append_tokens(ids[-1:])
+        last = (await next_logits(engine, conv)).float().cpu()
+
+        def every(st: Any) -> torch.Tensor:
+            return engine.runner.all_logits(st.seq, 0, len(ids)).float().cpu()
+
+        full = await engine._call(every, conv._state)
+    finally:
+        await conv.close()
+    budget, slack = _kl(ref, hf_dtype), _setting(engine).kl
+    assert _kl(ref, full).mean() <= 2 * budget.mean() + slack
+    assert _kl(ref[-1], last) <= 2 * budget.mean() + budget[-1] + slack
+
+
+@contextlib.contextmanager
+def _step_logits(engine: Any) -> Iterator[dict[int, list[torch.Tensor]]]:
+    """The logits each step hands to sampling, per conversation id, while in the block."""
+    seen: dict[int, list[torch.Tensor]] = defaultdict(list)
+    emit = engine._emit
+
+    def record(seqs: list[Any], logits: torch.Tensor) -> None:
+        for seq, row in zip(seqs, logits.float().cpu(), strict=True):
+            seen[seq.seq_id].append(row)
+        emit(seqs, logits)
+
+    engine._emit = record
+    try:
+        yield seen
+    finally:
+        del engine._emit
+
+
+async def test_concurrent_generations_equal_their_single_stream(engine: Any) -> None:
+    """Prompts of different lengths (one over a step's 64 tokens, so its prefill is chunked
+    and shares steps with the others' decodes) decode together as they do alone: the same
+    distributions at every step, up to rounding, until (if ever) a near tie parts them."""
+    long_text = " ".join(SENTENCES[:6])
+    prompts = [_prompt(engine, t) for t in (QUESTION, "Name a color.", long_text, "Count to 5.")]
+    assert max(map(len, prompts)) > engine.config.max_step_tokens
+
+    async def run(ids: list[int]) -> tuple[int, list[int]]:
+        conv = engine.open_conversation()
+        try:
+            await conv.append_tokens(ids)
+            return conv.id, (await greedy(conv, 24))[0]
+        finally:
+            await conv.close()
+
+    with _step_logits(engine) as logits:
+        alone = [await run(ids) for ids in prompts]
+        together = await asyncio.gather(*(run(ids) for ids in prompts))
+    for ids, (a, one), (b, many) in zip(prompts, alone, together, strict=True):
+        same = await _agree(engine, ids, one, many) + 1  # the step that parts them compares too
+        kl = _kl(torch.stack(logits[a][:same]), torch.stack(logits[b][:same]))
+        assert kl.max() <= _setting(engine).kl, f"step {int(kl.argmax())}: {float(kl.max()):.1e}"
+
+
+async def test_turn_by_turn_equals_recompute_and_truncate_equals_fresh(engine: Any) -> None:
+    """A turn prefilled over resident history predicts as the history prefilled whole; a reply
+    truncated away and generated again comes out as a fresh conversation's on that history."""
+    a = engine.open_conversation("You are a helpful assistant.")
+    b = engine.open_conversation()
+    c = engine.open_conversation()
+    try:
+        await a.append({"role": "user", "content": "Tell me about the moon."})
+        reply, _ = await greedy(a, 16, add_generation_prompt=True)
+        asked = len(a.tokens) - len(reply)
+        turn_2 = {"role": "user", "content": "And about the sun?"}
+        await a.append(turn_2)
+        closed = engine.tokenizer.render([turn_2])
+        header = engine.tokenizer.render([turn_2], add_generation_prompt=True)[len(closed) :]
+        await a.append_tokens(engine.tokenizer.encode(header))
+        await b.append_tokens(list(a.tokens))  # the whole history in one prefill
+        turn, whole = await next_logits(engine, a), await next_logits(engine, b)
+        assert _kl(whole, turn) <= _setting(engine).kl
+
+        await a.truncate(asked)  # back to before the reply: it must come out again
+        again, _ = await greedy(a, 16)
+        await c.append_tokens(list(a.tokens)[:asked])
+        fresh, _ = await greedy(c, 16)
+        prompt = list(a.tokens)
+        await _agree(engine, prompt, fresh, again)
+        await _agree(engine, prompt, fresh, reply)
+    finally:
+        for conv in (a, b, c):
+            await conv.close()
