@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.llm_engine.helpers import checked_engine
 from voice import assets
 from voice.asr import SAMPLE_RATE, Transcriber
 from voice.tts import Synthesizer
@@ -97,21 +98,9 @@ def smol_engine_session(smol_dir: Path) -> Iterator[object]:
     yield from _engine(smol_dir, num_blocks=256, block_size=16, max_batch=8)
 
 
-def _checked(engine: object) -> Iterator[object]:
-    from llm_engine.engine import Engine
-
-    assert isinstance(engine, Engine)
-    baseline = engine.config.num_blocks
-    yield engine
-    assert engine.running, "the engine thread died during the test"
-    leftover = [st.conv for st in engine._convs.values()]
-    assert not leftover, f"test left {len(leftover)} conversation(s) open"
-    assert engine.free_blocks() == baseline, "KV blocks leaked"
-
-
 @pytest.fixture
 def smol_engine(smol_engine_session: object) -> Iterator[object]:
-    yield from _checked(smol_engine_session)
+    yield from checked_engine(smol_engine_session)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _checked, _engine
+from tests.conftest import _engine
+from tests.llm_engine.helpers import checked_engine
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +59,7 @@ def qwen_engine_session(qwen_dir: Path) -> Iterator[object]:
 
 @pytest.fixture
 def qwen_engine(qwen_engine_session: object) -> Iterator[object]:
-    yield from _checked(qwen_engine_session)
+    yield from checked_engine(qwen_engine_session)
 
 
 @pytest.fixture(scope="session")

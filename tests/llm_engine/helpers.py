@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from llm_engine import SamplingParams
+
+
+def checked_engine(engine: object) -> Iterator[object]:
+    """Yield ``engine`` to one test, then check the test left it running, with no
+    conversation open and every KV block back in the pool."""
+    from llm_engine.engine import Engine
+
+    assert isinstance(engine, Engine)
+    baseline = engine.config.num_blocks
+    yield engine
+    assert engine.running, "the engine thread died during the test"
+    leftover = [st.conv for st in engine._convs.values()]
+    assert not leftover, f"test left {len(leftover)} conversation(s) open"
+    assert engine.free_blocks() == baseline, "KV blocks leaked"
 
 
 async def next_logits(engine: Any, conv: Any) -> torch.Tensor:

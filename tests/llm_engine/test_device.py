@@ -6,6 +6,10 @@ only, so on CPU these tests drive every torch op the CUDA path runs: batched dec
 padding masks, chunked prefill over a gathered context, steps that mix the two. The "fp32"
 setting runs the same ops at float32 (a float16 pool), where rounding is small enough to
 compare runs tightly. Where torch sees a GPU, every test runs there too: the CUDA check.
+
+The module needs no other test fixture: on a GPU machine without the model packages,
+``bench/cuda_check.py run`` runs it alone (``--noconftest``) over a model of its own, named by
+``PARLEY_TEST_LLM_DIR``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import os
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,12 +28,17 @@ import pytest
 import torch
 
 from llm_engine import Engine, EngineConfig
-from tests.conftest import _checked
-from tests.corpus import SENTENCES
-from tests.llm_engine.helpers import greedy, hf_logits, next_logits
+from tests.llm_engine.helpers import checked_engine, greedy, hf_logits, next_logits
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 QUESTION = "What is the capital of France? Tell me about the history of the city."
+STORY = (
+    "The train left the station at dawn, and the fields beyond the window were still grey. "
+    "A woman in the next seat unfolded a map of the coast and traced a road with her finger. "
+    "By noon the hills had given way to marshes, and the air smelled of salt and wet grass. "
+    "The conductor walked through the carriage twice, calling out towns nobody got off at. "
+    "When the sea finally appeared, it was flat and silver under a low sky."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +61,30 @@ SETTINGS = {
 }
 
 
+@pytest.fixture(scope="module")
+def llm_dir() -> Path:
+    """SmolLM2 as the engine loads it, or the model ``PARLEY_TEST_LLM_DIR`` names."""
+    if path := os.environ.get("PARLEY_TEST_LLM_DIR"):
+        return Path(path)
+    from voice import assets
+
+    spec = assets.load_registry()["smollm2-135m-instruct"]
+    return assets.ensure(spec, assets.default_cache_dir())
+
+
+@pytest.fixture(scope="module")
+def hf_model(llm_dir: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.float32).eval()
+
+
 @pytest.fixture(scope="module", params=[(d, s) for d in DEVICES for s in SETTINGS], ids="-".join)
-def device_engine_module(request: pytest.FixtureRequest, smol_dir: Path) -> Iterator[Engine]:
+def device_engine_module(request: pytest.FixtureRequest, llm_dir: Path) -> Iterator[Engine]:
     device, name = request.param
     setting = SETTINGS[name]
     config = EngineConfig(
-        model_dir=smol_dir,
+        model_dir=llm_dir,
         device=device,
         dtype=setting.dtype,
         kv_dtype=setting.kv_dtype,
@@ -78,7 +106,7 @@ def _setting(engine: Any) -> Setting:
 
 @pytest.fixture
 def engine(device_engine_module: Engine) -> Iterator[Any]:
-    yield from _checked(device_engine_module)
+    yield from checked_engine(device_engine_module)
 
 
 def _kl(ref: torch.Tensor, got: torch.Tensor) -> torch.Tensor:
@@ -134,19 +162,21 @@ async def test_attention_runs_through_torch(engine: Any) -> None:
     assert runner.model._decode_one is None
 
 
-async def test_logits_are_as_close_to_float32_as_hfs_in_the_same_dtype(
-    engine: Any, hf_smol: Any
+async def test_logits_are_as_close_to_float32_as_hfs_at_the_same_precision(
+    engine: Any, hf_model: Any
 ) -> None:
-    """Rounding moves every logit; the engine must move them no more than HF's own forward in
-    the engine's dtype does (mean KL over all positions, and the next token's after a prefill
-    in three parts: fresh, a chunk over resident context, a one-token decode), give or take
-    the setting's KL."""
-    device, dtype = engine.runner.device, getattr(torch, engine.config.dtype)
+    """Rounding moves every logit; the engine must move them little more than HF's forward in
+    the engine's lowest precision does (KL against HF in float32: the mean over all
+    positions, and the next token's after a prefill in three parts: fresh, a chunk over
+    resident context, a one-token decode). Measured, as a share of HF's: 0.72 in bf16 (on
+    SmolLM2 and on random weights), 0.04-0.07 at float32 over a float16 pool."""
+    device, setting = engine.runner.device, _setting(engine)
     ids = _prompt(engine, QUESTION)
-    ref = hf_logits(hf_smol, ids)
-    hf_same = copy.deepcopy(hf_smol).to(device=device, dtype=dtype)
+    ref = hf_logits(hf_model, ids)
+    lowest = getattr(torch, setting.kv_dtype)  # the pool's: never finer than the weights' here
+    hf = copy.deepcopy(hf_model).to(device=device, dtype=lowest)
     with torch.no_grad():
-        hf_dtype = hf_same(torch.tensor([ids], device=device)).logits[0].float().cpu()
+        hf_low = hf(torch.tensor([ids], device=device)).logits[0].float().cpu()
     conv = engine.open_conversation()
     try:
         await conv.append_tokens(ids[:5])
@@ -160,9 +190,9 @@ async def test_logits_are_as_close_to_float32_as_hfs_in_the_same_dtype(
         full = await engine._call(every, conv._state)
     finally:
         await conv.close()
-    budget, slack = _kl(ref, hf_dtype), _setting(engine).kl
-    assert _kl(ref, full).mean() <= 2 * budget.mean() + slack
-    assert _kl(ref[-1], last) <= 2 * budget.mean() + budget[-1] + slack
+    budget = _kl(ref, hf_low)
+    assert _kl(ref, full).mean() <= 1.5 * budget.mean()
+    assert _kl(ref[-1], last) <= 1.5 * budget.mean() + budget[-1]
 
 
 @contextlib.contextmanager
@@ -187,8 +217,7 @@ async def test_concurrent_generations_equal_their_single_stream(engine: Any) -> 
     """Prompts of different lengths (one over a step's 64 tokens, so its prefill is chunked
     and shares steps with the others' decodes) decode together as they do alone: the same
     distributions at every step, up to rounding, until (if ever) a near tie parts them."""
-    long_text = " ".join(SENTENCES[:6])
-    prompts = [_prompt(engine, t) for t in (QUESTION, "Name a color.", long_text, "Count to 5.")]
+    prompts = [_prompt(engine, t) for t in (QUESTION, "Name a color.", STORY, "Count to 5.")]
     assert max(map(len, prompts)) > engine.config.max_step_tokens
 
     async def run(ids: list[int]) -> tuple[int, list[int]]:
