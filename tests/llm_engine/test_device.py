@@ -7,9 +7,9 @@ padding masks, chunked prefill over a gathered context, steps that mix the two. 
 setting runs the same ops at float32 (a float16 pool), where rounding is small enough to
 compare runs tightly. Where torch sees a GPU, every test runs there too: the CUDA check.
 
-The module needs no other test fixture: on a GPU machine without the model packages,
-``bench/cuda_check.py run`` runs it alone (``--noconftest``) over a model of its own, named by
-``PARLEY_TEST_LLM_DIR``.
+With ``PARLEY_TEST_LLM_DIR`` naming a model, the module needs no other test fixture: on a GPU
+machine without the model packages, ``bench/cuda_check.py run`` runs it alone
+(``--noconftest``) over a model of its own.
 """
 
 from __future__ import annotations
@@ -61,19 +61,20 @@ SETTINGS = {
 }
 
 
-@pytest.fixture(scope="module")
-def llm_dir() -> Path:
-    """SmolLM2 as the engine loads it, or the model ``PARLEY_TEST_LLM_DIR`` names."""
-    if path := os.environ.get("PARLEY_TEST_LLM_DIR"):
-        return Path(path)
-    from voice import assets
-
-    spec = assets.load_registry()["smollm2-135m-instruct"]
-    return assets.ensure(spec, assets.default_cache_dir())
+# PARLEY_TEST_LLM_DIR: a model of the check's own (bench/cuda_check.py); else the suite's
+# SmolLM2 and its HF copy, loaded once for every module (tests/conftest.py, llm_engine's)
+OWN_MODEL = os.environ.get("PARLEY_TEST_LLM_DIR")
 
 
 @pytest.fixture(scope="module")
-def hf_model(llm_dir: Path) -> Any:
+def llm_dir(request: pytest.FixtureRequest) -> Path:
+    return Path(OWN_MODEL) if OWN_MODEL else request.getfixturevalue("smol_dir")
+
+
+@pytest.fixture(scope="module")
+def hf_model(request: pytest.FixtureRequest, llm_dir: Path) -> Any:
+    if not OWN_MODEL:
+        return request.getfixturevalue("hf_smol")
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.float32).eval()
