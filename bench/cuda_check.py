@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata as md
 import os
 import shutil
 import subprocess
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
-WHEELS = ("pytest-asyncio==1.5.0",)
+WHEELS = ("pytest-asyncio",)  # what the GPU image lacks, at the versions installed here
 INIT_STD = 0.1  # 0.02 (SmolLM2's) leaves logits near uniform: top-2 margins of ~0.08, not ~0.3
 
 
@@ -53,7 +54,7 @@ def prepare(out: Path) -> None:
     for name in FILES:
         shutil.copy(smol / name, out / name)
     pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
-    subprocess.run([*pip, "-d", str(out), *WHEELS], check=True)
+    subprocess.run([*pip, "-d", str(out), *(f"{w}=={md.version(w)}" for w in WHEELS)], check=True)
     print(f"{out}: {sorted(p.name for p in out.iterdir())}")
 
 
