@@ -15,7 +15,9 @@ common extensions ``top_k`` and ``repetition_penalty``. ``usage.prompt_tokens_de
 cached_tokens`` reports how many prompt tokens were reused. Anything else that would change
 the output (tools, logprobs, logit biases, non-zero penalties, non-text content or output) is
 refused with a clear ``InvalidRequest`` rather than silently ignored; such parameters sent at
-their defaults (as some clients always send them) are accepted.
+their defaults (as some clients always send them) are accepted, ``null`` stands for a
+parameter's default, and bookkeeping that changes no output (``user``, ``store``,
+``metadata``, ...) is accepted and ignored.
 """
 
 from __future__ import annotations
@@ -42,17 +44,23 @@ _IGNORED_IF_DEFAULT = {
     "logprobs": False,
     "top_logprobs": 0,
     "modalities": ["text"],
-    "parallel_tool_calls": None,
-    "tool_choice": "none",
-    "user": None,
-    "store": False,
-    "metadata": None,
-    "service_tier": None,
 }
+# bookkeeping for the caller that changes nothing in the output: accepted with any value of its
+# type and ignored (clients such as chat front ends send ``user`` with every request)
+_BOOKKEEPING: dict[str, type] = {
+    "user": str,
+    "store": bool,
+    "metadata": dict,
+    "service_tier": str,
+    "prompt_cache_key": str,
+    "safety_identifier": str,
+}
+_KIND_NAMES = {str: "string", bool: "boolean", dict: "JSON object"}
 _KNOWN = {
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
     "temperature", "top_p", "seed", "stop", "n", "top_k", "repetition_penalty",
-    "response_format", "tools", *_IGNORED_IF_DEFAULT,
+    "response_format", "tools", "tool_choice", "parallel_tool_calls",
+    *_IGNORED_IF_DEFAULT, *_BOOKKEEPING,
 }  # fmt: skip
 
 
@@ -80,6 +88,15 @@ def _number(body: dict[str, Any], key: str, lo: float, hi: float) -> float | Non
     if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
         raise RequestError(f"'{key}' must be a number in [{lo}, {hi}]", key)
     return float(value)
+
+
+def _flag(body: dict[str, Any], key: str, param: str | None = None) -> bool:
+    value = body.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise RequestError(f"'{param or key}' must be a boolean", param or key)
+    return value
 
 
 def _content(message: Any, i: int) -> str:
@@ -149,10 +166,20 @@ def _check_unsupported(body: dict[str, Any]) -> None:
     if unknown := sorted(set(body) - _KNOWN):
         raise RequestError(f"unsupported parameter(s): {', '.join(unknown)}", unknown[0])
     for key, default in _IGNORED_IF_DEFAULT.items():
-        if body.get(key, default) not in (default, None):
+        if body.get(key, default) != default:
             raise RequestError(f"'{key}' is not supported (only its default)", key)
+    for key, kind in _BOOKKEEPING.items():
+        if key in body and not isinstance(body[key], kind):
+            raise RequestError(f"'{key}' must be a {_KIND_NAMES[kind]}", key)
     if body.get("tools"):
         raise RequestError("tools are not supported", "tools")
+    # without tools, "auto" and "none" both mean a plain reply; forcing a tool cannot be served
+    if body.get("tool_choice", "none") not in ("none", "auto"):
+        raise RequestError(
+            "tool_choice must be 'none' or 'auto': tools are not supported", "tool_choice"
+        )
+    if not isinstance(body.get("parallel_tool_calls", False), bool):
+        raise RequestError("'parallel_tool_calls' must be a boolean", "parallel_tool_calls")
     fmt = body.get("response_format")
     if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
         raise RequestError("only response_format {'type': 'text'} is supported", "response_format")
@@ -164,6 +191,7 @@ def parse_chat_request(body: Any, default_max_tokens: int = 512) -> ChatRequest:
     """Validate a decoded JSON body; raise :class:`RequestError` naming the bad parameter."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
+    body = {k: v for k, v in body.items() if v is not None}  # null means "the default"
     _check_unsupported(body)
     messages = _messages(body.get("messages"))
     temperature = _number(body, "temperature", 0, 2)
@@ -191,8 +219,8 @@ def parse_chat_request(body: Any, default_max_tokens: int = 512) -> ChatRequest:
         messages=messages,
         params=params,
         model=str(body.get("model") or ""),
-        stream=bool(body.get("stream", False)),
-        include_usage=bool(stream_options.get("include_usage", False)),
+        stream=_flag(body, "stream"),
+        include_usage=_flag(stream_options, "include_usage", "stream_options.include_usage"),
     )
 
 

@@ -39,7 +39,9 @@ async def test_sdk_streaming_equals_non_streaming(client):
     messages = [SYSTEM, {"role": "user", "content": "Name three colors."}]
     full = await client.chat.completions.create(  # options at their defaults, as some send
         model="smollm2", messages=messages, max_tokens=24, temperature=0, logit_bias={},
-        frequency_penalty=0, modalities=["text"], logprobs=False, top_logprobs=0,
+        frequency_penalty=0, modalities=["text"], logprobs=False, top_logprobs=0, n=None,
+        tool_choice="auto", parallel_tool_calls=False, user="caller-17", store=False,
+        metadata={"call": "17"}, extra_body={"prompt_cache_key": "k", "stop": None},
     )  # fmt: skip
     text = full.choices[0].message.content
     assert text and full.usage.completion_tokens > 0 and full.usage.prompt_tokens > 10
@@ -120,6 +122,17 @@ async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
         ('{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"7": 5}}', "logit_bias"),
         ('{"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}', "top_logprobs"),
         ('{"messages": [{"role": "user", "content": "hi"}], "modalities": ["x"]}', "modalities"),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"}',
+            "tool_choice",
+        ),
+        ('{"messages": [{"role": "user", "content": "hi"}], "user": 17}', "user"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream"),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}],'
+            ' "stream_options": {"include_usage": 1}}',
+            "stream_options.include_usage",
+        ),
         ("[1, 2]", None),
     ],
 )
