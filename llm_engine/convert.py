@@ -5,11 +5,15 @@ engine. Weights are dequantized to float32 with the ``gguf`` package; for llama-
 Q/K row permutation that llama.cpp's converter applies (interleaved -> rotate-half rotary
 layout) is undone. The tokenizer is rebuilt with the ``tokenizers`` library from the GGUF's
 byte-level BPE vocabulary and merges, with the pre-tokenizer that ``tokenizer.ggml.pre`` names.
+Rope scaling becomes HF's ``rope_scaling``: the ``rope.scaling.*`` keys (linear, yarn) directly,
+and the ``rope_freqs`` table that llama.cpp keeps instead of llama3's parameters as longrope with
+those divisors (see :mod:`llm_engine.rope`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,11 +146,53 @@ def _hf_config(meta: dict[str, Any]) -> dict[str, Any]:
         "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
         "torch_dtype": "float32",
     }
-    if key("rope.scaling.type") == "linear":
-        cfg["rope_scaling"] = {"rope_type": "linear", "factor": float(key("rope.scaling.factor"))}
+    if (scaling := _rope_scaling(key)) is not None:
+        cfg["rope_scaling"] = scaling
     if arch == "qwen2":
         cfg["use_sliding_window"] = False
     return cfg
+
+
+def _rope_scaling(key: Callable[..., Any]) -> dict[str, Any] | None:
+    """HF's ``rope_scaling`` for the GGUF's ``rope.scaling.*`` keys (llama.cpp's names)."""
+    kind = key("rope.scaling.type") or "none"
+    if kind == "none":
+        return None
+    if kind == "linear":
+        return {"rope_type": "linear", "factor": float(key("rope.scaling.factor"))}
+    if kind == "yarn":
+        factor = float(key("rope.scaling.factor"))
+        yarn: dict[str, Any] = {
+            "rope_type": "yarn",
+            "factor": factor,
+            "original_max_position_embeddings": int(key("rope.scaling.original_context_length")),
+        }
+        for name in ("beta_fast", "beta_slow"):
+            if key(f"rope.scaling.yarn_{name}") is not None:
+                yarn[name] = float(key(f"rope.scaling.yarn_{name}"))
+        if (attn := key("rope.scaling.attn_factor")) is not None:  # llama.cpp scales YaRN's own
+            yarn["attention_factor"] = float(attn) * (
+                1 + 0.1 * math.log(factor) if factor > 1 else 1
+            )
+        return yarn
+    raise ModelLoadError(f"GGUF rope scaling {kind!r} is not supported (none, linear, yarn)")
+
+
+def _freq_factors(factors: np.ndarray, cfg: dict[str, Any]) -> dict[str, Any]:
+    """llama.cpp keeps llama3 scaling only as a table that divides each rotary frequency; HF
+    expresses the same as longrope with equal short and long factors and no cos/sin scale."""
+    if cfg.get("rope_scaling"):
+        raise ModelLoadError("GGUF file has both a rope_freqs table and rope.scaling keys")
+    table = [float(x) for x in np.asarray(factors, dtype=np.float32).reshape(-1)]
+    if len(table) != cfg["head_dim"] // 2:
+        raise ModelLoadError(f"rope_freqs has {len(table)} entries for head_dim {cfg['head_dim']}")
+    return {
+        "rope_type": "longrope",
+        "short_factor": table,
+        "long_factor": table,
+        "original_max_position_embeddings": cfg["max_position_embeddings"],
+        "attention_factor": 1.0,
+    }
 
 
 def _unpermute_rotary(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -166,9 +212,7 @@ def _hf_tensors(reader: Any, cfg: dict[str, Any], progress: Progress | None) -> 
     out: dict[str, np.ndarray] = {}
     for i, t in enumerate(reader.tensors):
         if t.name == "rope_freqs.weight":  # llama3-style scaling lives only in this table
-            raise ModelLoadError(
-                "GGUF files with a rope_freqs table (llama3 rope scaling) are not supported yet"
-            )
+            cfg["rope_scaling"] = _freq_factors(dequantize(t.data, t.tensor_type), cfg)
         name = _hf_name(t.name)
         if name is not None:
             w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from llm_engine import cpu_kernel, hugepages
+from llm_engine import cpu_kernel, hugepages, rope
 from llm_engine.config import ModelConfig
 from llm_engine.kv_cache import AttnMeta, KVCache, Parts, attend
 from llm_engine.quant import Int8Weight, linear, quantize_int8
@@ -48,34 +47,15 @@ class ModelWeights:
     lm_head: Tensor | Int8Weight  # [vocab, hidden]; the embedding itself when tied
 
 
-def rope_inv_freq(cfg: ModelConfig) -> Tensor:
-    """Inverse frequencies [D/2] with the checkpoint's rope scaling (default, linear, llama3)."""
-    D = cfg.head_dim
-    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
-    scaling = cfg.rope_scaling or {}
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind == "linear":
-        inv = inv / float(scaling["factor"])
-    elif kind == "llama3":
-        factor = float(scaling["factor"])
-        lo, hi = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
-        old = float(scaling["original_max_position_embeddings"])
-        wavelen = 2 * math.pi / inv
-        smooth = (old / wavelen - lo) / (hi - lo)
-        scaled = torch.where(wavelen > old / lo, inv / factor, inv)
-        mid = (1 - smooth) * scaled / factor + smooth * scaled
-        is_mid = (wavelen >= old / hi) & (wavelen <= old / lo)
-        inv = torch.where(is_mid, mid, scaled)
-    elif kind not in ("default", None):
-        raise NotImplementedError(f"rope scaling {kind!r} is not supported")
-    return inv
-
-
 def rope_tables(cfg: ModelConfig, max_len: int, dtype: torch.dtype, device: str) -> Tensor:
-    """cos and sin for every position: [2, max_len, D], computed in fp32 as HF does."""
-    freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), rope_inv_freq(cfg))
+    """cos and sin for every position: [2, max_len, D], computed in fp32 as HF does, scaled by
+    the rope scaling's attention factor (YaRN's; 1 for the others)."""
+    inv, scale = rope.inv_freq(
+        cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.max_position_embeddings
+    )
+    freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv)
     emb = torch.cat((freqs, freqs), dim=-1)  # [max_len, D]
-    return torch.stack((emb.cos(), emb.sin())).to(dtype=dtype, device=device)
+    return torch.stack((emb.cos() * scale, emb.sin() * scale)).to(dtype=dtype, device=device)
 
 
 def _kernel_weight(w: Tensor | Int8Weight) -> tuple[Tensor, Tensor] | None:

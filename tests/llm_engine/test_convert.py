@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from llm_engine.errors import ModelLoadError
+from tests.llm_engine.helpers import write_gguf
 
 TEXTS = [
     "Hello world 12345 don't  stop\n\n  ok",
@@ -86,77 +87,6 @@ def test_missing_or_bad_file(tmp_path: Path) -> None:
         convert_gguf(bad, tmp_path / "out")
 
 
-def _permute(w: Any, n_head: int) -> Any:  # llama.cpp convert_hf_to_gguf's Q/K permutation
-    return (
-        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
-
-
-_GGUF_NAMES = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.q_proj.bias": "attn_q.bias",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.k_proj.bias": "attn_k.bias",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.v_proj.bias": "attn_v.bias",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
-
-
-def _write_gguf(hf_dir: Path, arch: str, pre: str, smol_gguf: Path, out: Path) -> dict[str, Any]:
-    """Write an HF checkpoint as a GGUF file the way llama.cpp's converter does."""
-    import gguf
-    from safetensors.numpy import load_file
-
-    cfg = json.loads((hf_dir / "config.json").read_text())
-    tensors = load_file(str(hf_dir / "model.safetensors"))
-    src = gguf.GGUFReader(str(smol_gguf))
-    w = gguf.GGUFWriter(str(out), arch)
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
-    w.add_rope_freq_base(cfg.get("rope_theta") or cfg["rope_parameters"]["rope_theta"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
-    w.add_token_list(src.fields["tokenizer.ggml.tokens"].contents())
-    w.add_token_types(src.fields["tokenizer.ggml.token_type"].contents())
-    w.add_token_merges(src.fields["tokenizer.ggml.merges"].contents())
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_chat_template(src.fields["tokenizer.chat_template"].contents())
-    heads = {"q": cfg["num_attention_heads"], "k": cfg["num_key_value_heads"]}
-    for name, t in tensors.items():
-        if name == "model.embed_tokens.weight":
-            gname = "token_embd.weight"
-        elif name == "model.norm.weight":
-            gname = "output_norm.weight"
-        elif name == "lm_head.weight":
-            gname = "output.weight"
-        else:
-            _, _, i, rest = name.split(".", 3)
-            gname = f"blk.{i}.{_GGUF_NAMES[rest]}"
-            proj = rest.split(".")[1][0] if rest.startswith("self_attn.") else ""
-            if arch == "llama" and proj in heads:
-                t = _permute(t, heads[proj])
-        w.add_tensor(gname, np.ascontiguousarray(t))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return tensors
-
-
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 def test_gguf_roundtrip_restores_hf_weights(
     arch: str, qwen_dir: Path, smol_gguf: Path, tmp_path: Path
@@ -168,7 +98,7 @@ def test_gguf_roundtrip_restores_hf_weights(
     from llm_engine.convert import convert_gguf
 
     pre = "qwen2" if arch == "qwen2" else "smollm"
-    original = _write_gguf(qwen_dir, arch, pre, smol_gguf, tmp_path / "m.gguf")
+    original = write_gguf(qwen_dir, arch, pre, smol_gguf, tmp_path / "m.gguf")
     convert_gguf(tmp_path / "m.gguf", tmp_path / "out")
     restored = load_file(str(tmp_path / "out" / "model.safetensors"))
     assert set(restored) == set(original)
@@ -187,7 +117,7 @@ async def test_engine_loads_gguf_path_directly(
     from llm_engine import Engine, EngineConfig
     from tests.llm_engine.helpers import hf_logits, next_logits
 
-    _write_gguf(qwen_dir, "qwen2", "qwen2", smol_gguf, tmp_path / "m.gguf")
+    write_gguf(qwen_dir, "qwen2", "qwen2", smol_gguf, tmp_path / "m.gguf")
     engine = Engine(EngineConfig(model_dir=tmp_path / "m.gguf", quant="none", num_blocks=16))
     engine.start()
     try:
