@@ -81,6 +81,14 @@ class BlockManager:
             table.append(bid)
         return len(usable) * self.block_size
 
+    def share(self, table: list[int]) -> list[int]:
+        """A second table over ``table``'s blocks (one more reference each): it reads the same
+        KV, and either table writing into a shared partial block copies it first."""
+        for bid in table:
+            assert self.blocks[bid].ref_count > 0, f"sharing free block {bid}"
+            self.blocks[bid].ref_count += 1
+        return list(table)
+
     # --- growth ----------------------------------------------------------------------------
 
     def _needs_copy(self, table: list[int], num_cached: int) -> bool:

@@ -152,6 +152,17 @@ class Conversation:
         eng = self._engine
         await eng._call(lambda st: eng._truncate(st, n_tokens), self._state)
 
+    async def fork(self, n_tokens: int | None = None) -> Conversation:
+        """A new conversation holding this one's first ``n_tokens`` tokens (all by default) and
+        their messages, sharing their KV blocks: nothing is recomputed, and either one writing
+        into a shared block copies it first, so neither sees the other's later tokens. For
+        branching a conversation (another reply to the same history, another caller on the
+        same script) without giving up this one's cache. Not while this one generates."""
+        eng = self._engine
+        forked = await eng._call(lambda st: eng._fork(st, n_tokens), self._state)
+        assert isinstance(forked, Conversation)
+        return forked
+
     async def close(self) -> None:
         """Abort any generation and free the conversation's KV. Idempotent."""
         if self._state.closed:

@@ -235,15 +235,12 @@ class Engine:
             history.add_tokens(ids, self.tokenizer.token_bytes)
             history.add_messages(messages, open_last=False)
         with self._lock:
-            self._next_id += 1
-            state = ConvState(Sequence(self._next_id), history)
-            state.conv = Conversation(self, state)
-            self._convs[state.seq.seq_id] = state
+            state, conv = self._new_state(history)
             self.scheduler.add(state.seq)
             if ids:
                 self.scheduler.extend(state.seq, ids)
         self._commands.put(lambda: None)  # wake the engine thread
-        return state.conv
+        return conv
 
     def free_blocks(self) -> int:
         """Blocks of the KV pool not held by any sequence (a consistent snapshot)."""
@@ -352,6 +349,28 @@ class Engine:
 
     def _await_prefill(self, state: ConvState) -> object:
         return _DEFER
+
+    def _fork(self, state: ConvState, n: int | None) -> Conversation:
+        self._busy_check(state)
+        n = len(state.seq.tokens) if n is None else n
+        if not 0 <= n <= len(state.seq.tokens):
+            raise InvalidRequest(
+                f"cannot fork at {n} tokens: conversation has {len(state.seq.tokens)}"
+            )
+        history = state.history.copy()
+        history.truncate(n)
+        forked, conv = self._new_state(history)
+        self.scheduler.fork(state.seq, forked.seq, n)
+        return conv
+
+    def _new_state(self, history: History) -> tuple[ConvState, Conversation]:
+        """A conversation registered under a fresh id (with the lock held); the caller adds
+        its sequence to the scheduler."""
+        self._next_id += 1
+        state = ConvState(Sequence(self._next_id), history)
+        state.conv = Conversation(self, state)
+        self._convs[state.seq.seq_id] = state
+        return state, state.conv
 
     def _truncate(self, state: ConvState, n: int) -> None:
         self._busy_check(state)

@@ -111,6 +111,16 @@ class History:
         start = self._ends[keep - 1] if keep else 0
         return AppendPlan(keep, full[start:].decode("utf-8"))
 
+    def copy(self) -> History:
+        """An independent copy (same template)."""
+        other = History(self._render)
+        other.tokens, other._ends = list(self.tokens), list(self._ends)
+        other._bytes = bytearray(self._bytes)
+        other._entries = [
+            _Entry(dict(e.message), e.content_start, e.end, e.closed) for e in self._entries
+        ]
+        return other
+
     # --- mutation ------------------------------------------------------------------------
 
     def add_tokens(self, ids: list[int], token_bytes: Callable[[int], bytes]) -> None:

@@ -77,6 +77,19 @@ class Scheduler:
         self._drop_kv(seq)
         del self.seqs[seq.seq_id]
 
+    def fork(self, src: Sequence, dst: Sequence, n_tokens: int) -> None:
+        """Add ``dst`` as a copy of ``src``'s first ``n_tokens`` tokens that shares their KV
+        blocks (nothing recomputed; what ``src`` had not computed yet is requested)."""
+        assert 0 <= n_tokens <= len(src.tokens) and not dst.tokens
+        dst.tokens = src.tokens[:n_tokens]
+        dst.num_cached = min(n_tokens, src.num_cached)
+        dst.block_table = self.blocks.share(
+            src.block_table[: self.blocks.blocks_for(dst.num_cached)]
+        )
+        self.add(dst)
+        if dst.num_uncached:
+            self.request(dst)
+
     def extend(self, seq: Sequence, tokens: list[int]) -> None:
         """Append tokens and ask for them to be computed."""
         seq.tokens.extend(tokens)

@@ -114,3 +114,17 @@ def test_freed_blocks_keep_hash_until_reused() -> None:
     bm.free(b)
     bm.free(other)
     assert bm.num_free == 4
+
+
+def test_shared_table_copies_its_partial_block_on_write() -> None:
+    bm = BlockManager(num_blocks=8, block_size=4)
+    a: list[int] = []
+    bm.grow(a, 0, 10)  # 2 full blocks and one holding 2 tokens
+    b = bm.share(a)
+    assert b == a and [bm.blocks[i].ref_count for i in a] == [2, 2, 2] and bm.num_free == 5
+    copies = bm.grow(b, 10, 1)  # b writes token 10 into the shared partial block
+    assert copies == [(a[2], b[2])] and b[2] != a[2] and b[:2] == a[:2]
+    assert bm.grow(a, 10, 1) == []  # a holds its partial block alone again
+    bm.free(a)
+    bm.free(b)
+    assert bm.num_free == 8

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 from typing import Any
 
+import pytest
 import torch
 
 from llm_engine import SamplingParams
+from llm_engine.errors import InvalidRequest
 from tests.llm_engine.helpers import greedy, hf_logits, next_logits
 
 SYSTEM = "You are a helpful assistant who answers briefly."
@@ -350,3 +352,49 @@ async def test_paused_holds_decoding_but_not_a_live_turns_first_token(smol_engin
             await task
         await talker.close()
         await caller.close()
+
+
+async def test_fork_shares_the_kv_and_the_branches_stay_apart(smol_engine: Any) -> None:
+    async def script(conv: Any, branch: str) -> tuple[list[int], str]:
+        await conv.append({"role": "user", "content": TURNS[0]})
+        await greedy(conv, 9)  # the reply ends inside a block: the fork shares a partial one
+        return await answer(conv, branch)
+
+    async def answer(conv: Any, turn: str) -> tuple[list[int], str]:
+        await conv.append({"role": "user", "content": turn})
+        return await greedy(conv, 8)
+
+    want = {}
+    for turn in (TURNS[1], TURNS[2]):  # each branch as a conversation of its own
+        async with smol_engine.open_conversation(SYSTEM) as solo:
+            want[turn] = await script(solo, turn)
+
+    conv = smol_engine.open_conversation(SYSTEM)
+    await conv.append({"role": "user", "content": TURNS[0]})
+    await greedy(conv, 9)
+    free = smol_engine.free_blocks()
+    fork = await conv.fork()
+    try:
+        assert fork.tokens == conv.tokens and fork.messages == conv.messages
+        assert fork.num_cached == conv.num_cached  # nothing computed again
+        await fork.prefilled()  # the reply's last token, not computed by conv either
+        held = -(-len(conv.tokens) // smol_engine.config.block_size)
+        assert held >= 3 and free - smol_engine.free_blocks() <= 1  # a copy of the partial one
+        got = await asyncio.gather(answer(conv, TURNS[1]), answer(fork, TURNS[2]))
+        assert list(got) == [want[TURNS[1]], want[TURNS[2]]]
+
+        n = len(fork.tokens) // 2
+        early = await fork.fork(n)  # inside the first reply: it stays open, as truncate leaves it
+        async with early:
+            await fork.truncate(n)
+            assert early.tokens == fork.tokens and early.messages == fork.messages
+        with pytest.raises(InvalidRequest, match="cannot fork"):
+            await conv.fork(len(conv.tokens) + 1)
+        gen = conv.generate(SamplingParams(max_tokens=50, ignore_eos=True))
+        await anext(gen)
+        with pytest.raises(InvalidRequest, match="generating"):
+            await conv.fork()
+        await gen.aclose()
+    finally:
+        await conv.close()
+        await fork.close()
