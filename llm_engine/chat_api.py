@@ -3,10 +3,11 @@
 That API re-sends the whole history on every turn. Re-tokenizing it would lose the KV cache of
 the engine's own replies (their generated tokens rarely equal a fresh tokenization of their
 text), so each request is matched against the resident conversations instead: the one sharing
-the most leading messages is reused, and :meth:`Conversation.set_messages` keeps every token
-whose bytes the new rendering still contains (the engine's replies are recognised by their
-text) and prefills only what is new. A client replaying a conversation turn by turn therefore
-gets the flat time to first token of a native conversation.
+the most leading messages is reused (or, when the request branches off it, forked: see
+:meth:`ChatService._slot_for`), and :meth:`Conversation.set_messages` keeps every token whose
+bytes the new rendering still contains (the engine's replies are recognised by their text) and
+prefills only what is new. A client replaying a conversation turn by turn therefore gets the
+flat time to first token of a native conversation.
 
 Supported subset (documented in the README): ``model``, ``messages`` (string content or text
 parts), ``stream``, ``stream_options.include_usage``, ``max_tokens`` /
@@ -265,6 +266,15 @@ def _shared_messages(a: list[dict[str, Any]], b: list[dict[str, str]]) -> int:
     return n
 
 
+def _continues(held: list[dict[str, Any]], request: list[dict[str, str]], shared: int) -> bool:
+    """Whether ``request`` continues the conversation that holds ``held``: it repeats all of
+    it, or all but the last reply, which it carries in its own wording (clients may trim it)."""
+    if shared == len(held):
+        return True
+    edited_reply = shared + 1 == len(held) and held[-1]["role"] == "assistant"
+    return edited_reply and len(request) > shared and request[shared]["role"] == "assistant"
+
+
 class ChatService:
     """Serves chat completions from one engine, keeping API conversations resident.
 
@@ -278,7 +288,8 @@ class ChatService:
         self.max_conversations = max_conversations
         self._slots: list[_Slot] = []
 
-    def _pick(self, messages: list[dict[str, str]]) -> _Slot | None:
+    def _pick(self, messages: list[dict[str, str]]) -> tuple[_Slot | None, int]:
+        """The idle slot sharing the most leading messages with ``messages``, and how many."""
         best, best_n = None, 0
         for slot in self._slots:
             if slot.lock.locked() or slot.conv.closed:
@@ -286,7 +297,26 @@ class ChatService:
             n = _shared_messages(slot.conv.messages, messages)
             if n > best_n or (n == best_n and best is not None and slot.used > best.used):
                 best, best_n = slot, n
-        return best
+        return best, best_n
+
+    async def _slot_for(self, messages: list[dict[str, str]]) -> _Slot:
+        """A resident conversation to answer ``messages`` from. One the request continues is
+        reused. One it branches off (another caller on the same system prompt or script,
+        another reply to the same turn) is forked: the copy shares its KV and takes the
+        request, and the original stays for whoever it serves, instead of being rewritten
+        and recomputed when that client comes back."""
+        best, shared = self._pick(messages)
+        if best is not None and _continues(best.conv.messages, messages, shared):
+            return best
+        if best is not None:
+            async with best.lock:  # idle when picked, and nothing awaited since
+                conv = await best.conv.fork()
+        else:
+            conv = self.engine.open_conversation()
+        await self._trim(room=1)
+        slot = _Slot(conv)  # listed only now: nothing awaited before complete() locks it
+        self._slots.append(slot)
+        return slot
 
     async def close(self) -> None:
         """Close every resident API conversation (frees their KV)."""
@@ -294,10 +324,13 @@ class ChatService:
         for slot in slots:
             await slot.conv.close()
 
-    async def _trim(self) -> None:
+    async def _trim(self, room: int = 0) -> None:
+        """Close the least recently used idle slots until ``room`` more fit."""
         idle = sorted((s for s in self._slots if not s.lock.locked()), key=lambda s: s.used)
-        while len(self._slots) > self.max_conversations and idle:
+        while len(self._slots) + room > self.max_conversations and idle:
             slot = idle.pop(0)
+            if slot.lock.locked() or slot not in self._slots:
+                continue  # taken by a request, or trimmed by another, while we awaited
             self._slots.remove(slot)
             await slot.conv.close()
 
@@ -306,11 +339,7 @@ class ChatService:
 
         Closing the iterator (client gone) aborts the generation within one engine step.
         """
-        slot = self._pick(request.messages)
-        if slot is None:
-            slot = _Slot(self.engine.open_conversation())
-            self._slots.append(slot)
-            await self._trim()
+        slot = await self._slot_for(request.messages)
         async with slot.lock:
             slot.used = time.monotonic()
             before = slot.conv.tokens

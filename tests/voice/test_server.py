@@ -96,6 +96,38 @@ async def test_replayed_history_reuses_the_engines_own_reply(client, smol_engine
     assert r2.choices[0].message.content == fresh
 
 
+async def test_callers_on_one_system_prompt_keep_their_own_cache(client, smol_engine):
+    """Caller B's first turn shares only the system prompt with caller A's conversation: it
+    must branch off it, not rewrite it, so A's next turn still finds all of its history."""
+
+    async def turn(messages):
+        r = await client.chat.completions.create(
+            model="smollm2", messages=messages, max_tokens=12, temperature=0
+        )
+        return r.choices[0].message.content, r.usage
+
+    def then(messages, reply, user):
+        return [
+            *messages,
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": user},
+        ]
+
+    a1 = [SYSTEM, {"role": "user", "content": "Tell me one fact about the moon."}]
+    b1 = [SYSTEM, {"role": "user", "content": "Name a large animal."}]
+    reply_a, usage_a = await turn(a1)
+    reply_b, usage_b = await turn(b1)
+    system = smol_engine.tokenizer.encode(smol_engine.tokenizer.render([SYSTEM]))
+    assert usage_b.prompt_tokens_details.cached_tokens >= len(system)  # A's, shared
+    for messages, reply, usage, user in [
+        (a1, reply_a, usage_a, "And one about the sun?"),
+        (b1, reply_b, usage_b, "Where does it live?"),
+    ]:
+        _, again = await turn(then(messages, reply, user))
+        kept = usage.prompt_tokens + usage.completion_tokens - 1  # all but the reply's last
+        assert again.prompt_tokens_details.cached_tokens >= kept
+
+
 async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
     async with (
         aiohttp.ClientSession() as http,
