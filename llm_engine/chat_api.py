@@ -289,28 +289,32 @@ class ChatService:
         self._slots: list[_Slot] = []
 
     def _pick(self, messages: list[dict[str, str]]) -> tuple[_Slot | None, int]:
-        """The idle slot sharing the most leading messages with ``messages``, and how many."""
-        best, best_n = None, 0
+        """The slot sharing the most leading messages with ``messages`` (ties: an idle one,
+        then the latest used), and how many."""
+        best, best_key = None, (0, False, 0.0)
         for slot in self._slots:
-            if slot.lock.locked() or slot.conv.closed:
+            if slot.conv.closed:
                 continue
             n = _shared_messages(slot.conv.messages, messages)
-            if n > best_n or (n == best_n and best is not None and slot.used > best.used):
-                best, best_n = slot, n
-        return best, best_n
+            key = (n, not slot.lock.locked(), slot.used)
+            if n > 0 and key > best_key:
+                best, best_key = slot, key
+        return best, best_key[0]
 
     async def _slot_for(self, messages: list[dict[str, str]]) -> _Slot:
         """A resident conversation to answer ``messages`` from. One the request continues is
         reused. One it branches off (another caller on the same system prompt or script,
         another reply to the same turn) is forked: the copy shares its KV and takes the
         request, and the original stays for whoever it serves, instead of being rewritten
-        and recomputed when that client comes back."""
+        and recomputed when that client comes back. So is one still answering an earlier
+        request: a caller who interrupts sends the history with what it heard while the old
+        reply may still stream, and must not wait for it or prefill the history again."""
         best, shared = self._pick(messages)
-        if best is not None and _continues(best.conv.messages, messages, shared):
+        idle = best is not None and not best.lock.locked()
+        if idle and best is not None and _continues(best.conv.messages, messages, shared):
             return best
         if best is not None:
-            async with best.lock:  # idle when picked, and nothing awaited since
-                conv = await best.conv.fork()
+            conv = await best.conv.fork()
         else:
             conv = self.engine.open_conversation()
         await self._trim(room=1)

@@ -157,7 +157,8 @@ class Conversation:
         their messages, sharing their KV blocks: nothing is recomputed, and either one writing
         into a shared block copies it first, so neither sees the other's later tokens. For
         branching a conversation (another reply to the same history, another caller on the
-        same script) without giving up this one's cache. Not while this one generates."""
+        same script) without giving up this one's cache. A generating conversation forks as it
+        stands when the engine applies the fork; its generation goes on undisturbed."""
         eng = self._engine
         forked = await eng._call(lambda st: eng._fork(st, n_tokens), self._state)
         assert isinstance(forked, Conversation)

@@ -351,7 +351,8 @@ class Engine:
         return _DEFER
 
     def _fork(self, state: ConvState, n: int | None) -> Conversation:
-        self._busy_check(state)
+        # a generation only appends, so the tokens there are now stay as they are: a
+        # generating conversation forks too (at most the tokens it has so far)
         n = len(state.seq.tokens) if n is None else n
         if not 0 <= n <= len(state.seq.tokens):
             raise InvalidRequest(

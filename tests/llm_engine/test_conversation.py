@@ -390,11 +390,34 @@ async def test_fork_shares_the_kv_and_the_branches_stay_apart(smol_engine: Any) 
             assert early.tokens == fork.tokens and early.messages == fork.messages
         with pytest.raises(InvalidRequest, match="cannot fork"):
             await conv.fork(len(conv.tokens) + 1)
-        gen = conv.generate(SamplingParams(max_tokens=50, ignore_eos=True))
-        await anext(gen)
-        with pytest.raises(InvalidRequest, match="generating"):
-            await conv.fork()
-        await gen.aclose()
     finally:
         await conv.close()
         await fork.close()
+
+
+async def test_fork_while_generating_leaves_the_generation_undisturbed(smol_engine: Any) -> None:
+    async with smol_engine.open_conversation(SYSTEM) as solo:
+        await solo.append({"role": "user", "content": TURNS[0]})
+        want = await greedy(solo, 24)
+
+    conv = smol_engine.open_conversation(SYSTEM)
+    await conv.append({"role": "user", "content": TURNS[0]})
+    ids, text, forks = [], "", []
+    try:
+        async for d in conv.generate(SamplingParams(max_tokens=24, ignore_eos=True)):
+            ids, text = ids + d.token_ids, text + d.text
+            if len(ids) in (5, 11):  # the reply as it stands when the engine applies the fork
+                forks.append((await conv.fork(), len(ids), text))
+        assert ids == want[0]
+        prompt = len(conv.tokens) - len(ids)
+        for fork, received, heard in forks:  # each holds what the conversation held then
+            n = len(fork.tokens)
+            assert fork.tokens == conv.tokens[:n] and prompt + received <= n < len(conv.tokens)
+            reply = fork.messages[-1]
+            assert reply["role"] == "assistant" and reply["content"].startswith(heard)
+            rest, _ = await greedy(fork, len(conv.tokens) - n, add_generation_prompt=False)
+            assert rest == conv.tokens[n:]  # it goes on with the reply as the original did
+    finally:
+        await conv.close()
+        for fork, _, _ in forks:
+            await fork.close()

@@ -128,6 +128,37 @@ async def test_callers_on_one_system_prompt_keep_their_own_cache(client, smol_en
         assert again.prompt_tokens_details.cached_tokens >= kept
 
 
+async def test_interrupting_request_reuses_the_history_while_the_old_reply_streams(
+    api, client, smol_engine
+):
+    """A caller who barges in sends the history with the words it heard while the old reply
+    still streams: the new request must not wait for it, nor prefill the history again."""
+    history = [SYSTEM, {"role": "user", "content": "Write a long story about a dragon."}]
+    body = {"messages": history, "max_tokens": 300, "temperature": 0, "stream": True}
+    prompt = smol_engine.tokenizer.render(history, add_generation_prompt=True)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(api[0] + "/v1/chat/completions", data=json.dumps(body)) as r,
+    ):
+        heard, streamed = "", 0
+        while streamed < 9:
+            line = (await r.content.readline()).decode()
+            if line.startswith("data: {"):
+                heard += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                streamed += 1
+        turn = [
+            *history,
+            {"role": "assistant", "content": heard},
+            {"role": "user", "content": "Stop. What is its name?"},
+        ]
+        reply = await client.chat.completions.create(
+            model="smollm2", messages=turn, max_tokens=8, temperature=0
+        )
+    assert reply.choices[0].message.content
+    held = len(smol_engine.tokenizer.encode(prompt)) + streamed
+    assert reply.usage.prompt_tokens_details.cached_tokens >= held - 2  # the heard words too
+
+
 async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
     async with (
         aiohttp.ClientSession() as http,
