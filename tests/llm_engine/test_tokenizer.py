@@ -9,7 +9,7 @@ import pytest
 
 from llm_engine.errors import InvalidRequest
 from llm_engine.history import History
-from llm_engine.tokenizer import StreamDecoder, Tokenizer, validate_messages
+from llm_engine.tokenizer import Message, StreamDecoder, Tokenizer, validate_messages
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +150,57 @@ def test_history_partial_superseded_without_truncate(tok: Tokenizer) -> None:
     _apply(h, tok, plan.text, plan.keep)
     h.add_messages(final, open_last=False)
     assert h.messages == final
+
+
+def _replace(h: History, tok: Tokenizer, messages: list[dict[str, str]]) -> None:
+    plan = h.plan_replace(messages)
+    _apply(h, tok, plan.text, plan.keep)
+    h.replace_messages(messages)
+
+
+def _located(h: History) -> list[tuple[str, str, int, int, bool]]:
+    return [
+        (e.message["role"], e.message["content"], e.content_start, e.end, e.closed)
+        for e in h._entries
+    ]
+
+
+def test_history_replace_locates_every_message_as_from_scratch(tok: Tokenizer) -> None:
+    """An API client re-sends the history each turn: the messages kept from the previous
+    request keep their offsets, the rest are located anew, and the result equals locating
+    them all in a fresh history, also when an earlier message was edited."""
+    turns = [{"role": "system", "content": "Be brief."}]
+    h = _history(tok)
+    for i, words in enumerate(["Hi", "Hello there.", "Name a color.", "Blue.", "Why?"]):
+        turns.append({"role": "user" if i % 2 == 0 else "assistant", "content": words})
+        _replace(h, tok, turns)
+        fresh = _history(tok)
+        _replace(fresh, tok, turns)
+        assert _located(h) == _located(fresh) and h.tokens == fresh.tokens
+    turns[2] = {"role": "assistant", "content": "Hey."}  # the client edited a reply
+    _replace(h, tok, turns)
+    fresh = _history(tok)
+    _replace(fresh, tok, turns)
+    assert _located(h) == _located(fresh) and h.tokens == fresh.tokens
+
+
+def test_history_replace_takes_the_new_wording_where_the_template_hides_it() -> None:
+    """Templates that trim content (Llama 3's) render "Hi " and "Hi" alike: the bytes stay,
+    and the message list must still read as the client sent it."""
+
+    def render(
+        messages: list[Message], add_generation_prompt: bool = False, open_last: bool = False
+    ) -> str:
+        last = len(messages) - 1
+        return "".join(
+            f"<{m['role']}>{m['content'].strip()}" + ("" if open_last and i == last else "</>")
+            for i, m in enumerate(messages)
+        ) + ("<assistant>" if add_generation_prompt else "")
+
+    h = History(render)
+    for messages in ([{"role": "user", "content": "Hi "}], [{"role": "user", "content": "Hi"}]):
+        plan = h.plan_replace(messages)
+        h.truncate(plan.keep)
+        h.add_tokens(list(plan.text.encode()), lambda t: bytes([t]))
+        h.replace_messages(messages)
+        assert h.messages == messages
