@@ -8,7 +8,8 @@ DynamicCache reused across turns) and with llama.cpp on the packaged Q4_1 GGUF w
   3. 50 summaries of ~300-token texts all at once: total tokens/s (and Parley batch-50 vs batch-1);
   4. a 10-round conversation of ~40-token user turns, the system prompt already cached: time to
      first token per round (the median of 5 conversations with different turns, since one
-     round is one noisy sample).
+     round is one noisy sample); for Parley also the same rounds through its chat completions
+     service, the whole history re-sent every turn as OpenAI clients do (in process, no HTTP).
 Also the memory-bandwidth ceiling of each backend's weights, the bound the batch's prompts
 alone put on scenario 3 at this CPU's measured GEMM rate, the bound attention over a growing
 history puts on scenario 4's last/1st, and an abort check. No asserts:
@@ -48,6 +49,7 @@ MODEL = "smollm2-135m-instruct"
 SYSTEM = "You are a helpful assistant."
 SHORT_PROMPT = "Give me one tip for a good night's sleep."
 PARLEY, HF, HF_RESEND, LLAMA = "Parley", "HF transformers", "HF re-send history", "llama.cpp"
+PARLEY_API = "Parley via the API"
 
 # BATCH_LAST: each backend runs the batch after its other scenarios. The batch is the one that
 # first touches hundreds of MB (Parley's KV pool: ~660 MB), and on the VMs these figures come
@@ -310,6 +312,32 @@ async def parley_rounds(engine: Any, turns: list[str], n: int) -> tuple[list[flo
     return ttfts, lengths
 
 
+async def parley_api_rounds(engine: Any, turns: list[str], n: int) -> list[float]:
+    """:func:`parley_rounds` through the chat completions service: every request re-sends the
+    whole history, the replies as the client received them. Time to the first text per round.
+    Nothing is resident before round 1, so it prefills the system prompt too."""
+    from llm_engine import SamplingParams
+    from llm_engine.chat_api import ChatRequest, ChatService, Completion
+
+    service = ChatService(engine, MODEL)
+    messages = [{"role": "system", "content": SYSTEM}]
+    ttfts = []
+    try:
+        for text in turns:
+            messages.append({"role": "user", "content": text})
+            params = SamplingParams(max_tokens=n, ignore_eos=True)
+            t0, first, reply = perf_counter(), 0.0, ""
+            async for piece in service.complete(
+                ChatRequest(list(messages), params, MODEL), Completion()
+            ):
+                first, reply = first or perf_counter(), reply + piece
+            ttfts.append(first - t0)
+            messages.append({"role": "assistant", "content": reply})
+    finally:
+        await service.close()
+    return ttfts
+
+
 async def parley_abort(engine: Any, after: int = 8) -> tuple[float, int]:
     """Cancel a generation after ``after`` tokens: (seconds until the engine applied the abort,
     tokens the conversation gained after the cancel)."""
@@ -363,6 +391,7 @@ async def parley_main(w: Workload) -> Result:
         # the batch last (BATCH_LAST)
         runs = [await parley_rounds(engine, turns, s.reply) for turns in w.turns]
         r["rounds"], r["history"] = per_round([ttfts for ttfts, _ in runs]), runs[0][1]
+        r["rounds_api"] = per_round([await parley_api_rounds(engine, t, s.reply) for t in w.turns])
         r["sampling"] = await parley_sampling(engine, s.short, s.sampled_batch)
         r["abort_s"], r["abort_extra"] = await parley_abort(engine)
         r["batch1_tps"] = await parley_summaries(engine, w.docs[:1], s.summary)
@@ -537,6 +566,7 @@ def figures(results: list[Result], key: str) -> dict[str, Any]:
 
 def report_rounds(w: Workload, results: list[Result], n: int) -> None:
     cols = figures(results, "rounds")
+    cols.update((PARLEY_API, r["rounds_api"]) for r in results if "rounds_api" in r)
     cols.update((HF_RESEND, r["rounds_resend"]) for r in results if "rounds_resend" in r)
     history = results[0]["history"]  # Parley's tokens before each round
     print(f"\n## 4. Conversation: time to first token per round, ms (median of {n} conversations)")
