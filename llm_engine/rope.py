@@ -22,11 +22,6 @@ from llm_engine.errors import ModelLoadError
 SUPPORTED = ("default", "linear", "llama3", "yarn", "longrope")
 
 
-def scaling_kind(scaling: dict[str, Any] | None) -> str:
-    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type")) or "default"
-    return str(kind)
-
-
 def inv_freq(
     head_dim: int, theta: float, scaling: dict[str, Any] | None, max_positions: int
 ) -> tuple[Tensor, float]:
@@ -34,7 +29,7 @@ def inv_freq(
 
     Raises :class:`ModelLoadError` naming what is unsupported or missing."""
     s = scaling or {}
-    kind = scaling_kind(scaling)
+    kind = str(s.get("rope_type", s.get("type")) or "default")  # "type": older configs
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
     base = 1.0 / (theta**exponents)
     try:
