@@ -72,3 +72,30 @@ async def test_concurrent_live_requests_over_capacity_all_finish(tiny_pool: Any)
     assert results == [8] * len(TOPICS)
     assert tiny_pool.running
     assert tiny_pool.free_blocks() == tiny_pool.config.num_blocks
+
+
+async def test_forks_over_capacity_evict_recompute_and_match_big_pool(
+    tiny_pool: Any, smol_engine: Any
+) -> None:
+    """Forks of one conversation answer different turns at once in a pool too small for them
+    all: evicting a sequence whose blocks a sibling still holds frees only its own, and every
+    fork still answers as in a big pool."""
+
+    async def scenario(engine: Any) -> list[tuple[list[int], str]]:
+        root = engine.open_conversation("You are brief.")
+        forks: list[Any] = []
+        try:
+            await _turn(root, TOPICS[0])
+            topics = TOPICS[1:4]
+            forks = [await root.fork() for _ in topics]
+            turns = (_turn(f, t) for f, t in zip(forks, topics, strict=True))
+            return list(await asyncio.gather(*turns))
+        finally:
+            for conv in [root, *forks]:
+                await conv.close()
+
+    want = await scenario(smol_engine)
+    evicted_before = tiny_pool.scheduler.num_evicted
+    assert await scenario(tiny_pool) == want
+    assert tiny_pool.scheduler.num_evicted > evicted_before
+    assert tiny_pool.free_blocks() == tiny_pool.config.num_blocks
