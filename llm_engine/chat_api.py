@@ -11,10 +11,11 @@ flat time to first token of a native conversation.
 
 Supported subset (documented in the README): ``model``, ``messages`` (string content or text
 parts), ``stream``, ``stream_options.include_usage``, ``max_tokens`` /
-``max_completion_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``, ``n == 1``, and the
-common extensions ``top_k`` and ``repetition_penalty``. ``usage.prompt_tokens_details.
+``max_completion_tokens``, ``temperature``, ``top_p``, ``frequency_penalty``,
+``presence_penalty``, ``seed``, ``stop``, ``n == 1``, and the common extensions ``top_k`` and
+``repetition_penalty``. ``usage.prompt_tokens_details.
 cached_tokens`` reports how many prompt tokens were reused. Anything else that would change
-the output (tools, logprobs, logit biases, non-zero penalties, non-text content or output) is
+the output (tools, logprobs, logit biases, non-text content or output) is
 refused with a clear ``InvalidRequest`` rather than silently ignored; such parameters sent at
 their defaults (as some clients always send them) are accepted, ``null`` stands for a
 parameter's default, and bookkeeping that changes no output (``user``, ``store``,
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
     from llm_engine.engine import Engine
 
 _IGNORED_IF_DEFAULT = {
-    "frequency_penalty": 0,
-    "presence_penalty": 0,
     "logit_bias": {},
     "logprobs": False,
     "top_logprobs": 0,
@@ -60,7 +59,8 @@ _KIND_NAMES = {str: "string", bool: "boolean", dict: "JSON object"}
 _KNOWN = {
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
     "temperature", "top_p", "seed", "stop", "n", "top_k", "repetition_penalty",
-    "response_format", "tools", "tool_choice", "parallel_tool_calls",
+    "frequency_penalty", "presence_penalty", "response_format", "tools", "tool_choice",
+    "parallel_tool_calls",
     *_IGNORED_IF_DEFAULT, *_BOOKKEEPING,
 }  # fmt: skip
 
@@ -204,6 +204,8 @@ def parse_chat_request(body: Any, default_max_tokens: int = 512) -> ChatRequest:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise RequestError("'seed' must be an integer", "seed")
     penalty = _number(body, "repetition_penalty", 0.01, 10)
+    frequency = _number(body, "frequency_penalty", -2, 2)
+    presence = _number(body, "presence_penalty", -2, 2)
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise RequestError("'stream_options' must be an object", "stream_options")
@@ -213,6 +215,8 @@ def parse_chat_request(body: Any, default_max_tokens: int = 512) -> ChatRequest:
         top_p=1.0 if top_p is None or top_p == 0 else top_p,
         top_k=top_k,
         repetition_penalty=1.0 if penalty is None else penalty,
+        frequency_penalty=frequency or 0.0,
+        presence_penalty=presence or 0.0,
         seed=seed,
         stop=_stop(body.get("stop")),
     )

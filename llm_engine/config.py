@@ -176,6 +176,8 @@ class SamplingParams:
     top_k: int = 0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0  # OpenAI's: minus this per earlier use in the reply
+    presence_penalty: float = 0.0  # OpenAI's: minus this once a token is in the reply
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
@@ -192,9 +194,20 @@ class SamplingParams:
             raise InvalidRequest("top_p must be in (0, 1]")
         if self.repetition_penalty <= 0:
             raise InvalidRequest("repetition_penalty must be > 0")
+        if not (-2 <= self.frequency_penalty <= 2 and -2 <= self.presence_penalty <= 2):
+            raise InvalidRequest("frequency_penalty and presence_penalty must be in [-2, 2]")
         if any(not s for s in self.stop):
             raise InvalidRequest("stop strings must be non-empty")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
+
+    @property
+    def penalized(self) -> bool:
+        """Whether the tokens before this one change its logits."""
+        return (
+            self.repetition_penalty != 1.0
+            or self.frequency_penalty != 0.0
+            or self.presence_penalty != 0.0
+        )

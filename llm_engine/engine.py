@@ -521,11 +521,9 @@ class Engine:
         gens = [st.gen for st in states]
         assert all(g is not None for g in gens)
         params = [g.params for g in gens]  # type: ignore[union-attr]
-        seen = [
-            s.tokens if p.repetition_penalty != 1.0 else []
-            for s, p in zip(seqs, params, strict=True)
-        ]
-        tokens = sample(logits, params, seen, [g.generator for g in gens])  # type: ignore[union-attr]
+        seen = [s.tokens if p.penalized else [] for s, p in zip(seqs, params, strict=True)]
+        done = [g.n for g in gens]  # type: ignore[union-attr]
+        tokens = sample(logits, params, seen, [g.generator for g in gens], done)  # type: ignore[union-attr]
         for st, tok in zip(states, tokens, strict=True):
             self._take_token(st, tok)
 

@@ -1,7 +1,9 @@
 """Next-token selection: greedy, temperature, top-k, top-p, repetition penalty, per-request seed.
 
-Math per row, in order (as HF transformers' logits processors):
+Math per row, in order (as HF transformers' logits processors, then OpenAI's penalties as vLLM
+orders them):
   repetition penalty: l[t] = l[t] / p if l[t] > 0 else l[t] * p, for every t already in the sequence
+  frequency, presence: l[t] -= f * c[t] + p * (c[t] > 0), c[t]: uses of t in the reply so far
   temperature:        l = l / T
   top-k:              keep the k largest (and any tied with the k-th)
   top-p:              keep the smallest set of most likely tokens whose probability reaches p
@@ -43,6 +45,18 @@ def apply_repetition_penalty(logits: Tensor, seen: list[int], penalty: float) ->
     picked = logits.index_select(0, idx)
     picked = torch.where(picked > 0, picked / penalty, picked * penalty)
     return logits.index_copy(0, idx, picked)
+
+
+def apply_openai_penalties(
+    logits: Tensor, generated: list[int], frequency: float, presence: float
+) -> Tensor:
+    """logits: [V]; generated: the tokens of this reply so far (OpenAI's penalties count the
+    completion, not the prompt)."""
+    if (frequency == 0.0 and presence == 0.0) or not generated:
+        return logits
+    ids, counts = torch.tensor(generated, dtype=torch.int64).unique(return_counts=True)
+    penalty = counts.to(logits.dtype) * frequency + presence
+    return logits.index_add(0, ids.to(logits.device), -penalty.to(logits.device))
 
 
 def _top_k(scaled: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -95,10 +109,19 @@ def draw(probs: Tensor, gen: torch.Generator | None) -> int:
 
 
 def sample_row(
-    logits: Tensor, params: SamplingParams, seen: list[int], gen: torch.Generator | None
+    logits: Tensor,
+    params: SamplingParams,
+    seen: list[int],
+    gen: torch.Generator | None,
+    n_generated: int = 0,
 ) -> int:
-    """logits: [V] float32 -> the next token id."""
+    """logits: [V] float32 -> the next token id. seen: the sequence so far (needed when
+    ``params.penalized``), whose last ``n_generated`` tokens are this reply's."""
     logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    reply = seen[len(seen) - n_generated :] if n_generated else []
+    logits = apply_openai_penalties(
+        logits, reply, params.frequency_penalty, params.presence_penalty
+    )
     if params.greedy:
         return int(logits.argmax())
     ids, probs = candidates(logits, params)
@@ -111,11 +134,14 @@ def sample(
     params: list[SamplingParams],
     seen: list[list[int]],
     gens: list[torch.Generator | None],
+    n_generated: list[int] | None = None,
 ) -> list[int]:
-    """logits: [N, V] float32 -> one token per row. Plain greedy rows share one argmax."""
-    plain = [p.greedy and p.repetition_penalty == 1.0 for p in params]
+    """logits: [N, V] float32 -> one token per row (see :func:`sample_row`). Plain greedy rows
+    share one argmax."""
+    plain = [p.greedy and not p.penalized for p in params]
     fast = logits.argmax(-1).tolist() if any(plain) else []
+    done = n_generated or [0] * len(params)
     return [
-        int(fast[i]) if plain[i] else sample_row(logits[i], params[i], seen[i], gens[i])
+        int(fast[i]) if plain[i] else sample_row(logits[i], params[i], seen[i], gens[i], done[i])
         for i in range(len(params))
     ]

@@ -421,3 +421,29 @@ async def test_fork_while_generating_leaves_the_generation_undisturbed(smol_engi
         await conv.close()
         for fork, _, _ in forks:
             await fork.close()
+
+
+async def test_frequency_and_presence_penalties_count_the_reply_only(smol_engine: Any) -> None:
+    """A penalized greedy reply equals a step-by-step reference: the next token's logits,
+    lowered by OpenAI's formula over the reply's tokens so far (not the prompt's), argmax."""
+    params = {"frequency_penalty": 1.2, "presence_penalty": 0.5}
+    n = 16
+    async with smol_engine.open_conversation(SYSTEM) as conv:
+        await conv.append({"role": "user", "content": "Repeat after me: one one one one one."})
+        plain = await greedy(conv, n)
+        await conv.truncate(len(conv.tokens) - n)
+        got, _ = await greedy(conv, n, add_generation_prompt=False, **params)
+        prompt = conv.tokens[:-n]
+    assert got != plain[0]  # the penalties changed the reply
+    async with smol_engine.open_conversation() as ref:
+        await ref.append_tokens(prompt)
+        want: list[int] = []
+        for _ in range(n):
+            logits = (await next_logits(smol_engine, ref)).clone()
+            for t in set(want):
+                logits[t] -= (
+                    want.count(t) * params["frequency_penalty"] + params["presence_penalty"]
+                )
+            want.append(int(logits.argmax()))
+            await ref.append_tokens(want[-1:])
+    assert got == want

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from llm_engine.config import SamplingParams
-from llm_engine.sampling import apply_repetition_penalty, candidates, draw, sample_row
+from llm_engine.errors import InvalidRequest
+from llm_engine.sampling import (
+    apply_openai_penalties,
+    apply_repetition_penalty,
+    candidates,
+    draw,
+    sample_row,
+)
 
 V = 49152  # SmolLM2's vocabulary: top-p's widening runs through all its stages
 
@@ -117,3 +124,28 @@ def test_repetition_penalty_equals_hf() -> None:
     seen = [5, 17, 17, 300, int(logits.argmax()), V - 1]
     hf = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([seen]), logits[None].clone())[0]
     torch.testing.assert_close(apply_repetition_penalty(logits, seen, 1.3), hf)
+
+
+def test_openai_penalties_follow_the_apis_formula() -> None:
+    """l[t] -= c[t] * frequency + (c[t] > 0) * presence, c[t]: uses of t in the reply."""
+    logits = _logits("peaked", 3)
+    reply = [5, 9, 5, 5, 70, 9]
+    got = apply_openai_penalties(logits, reply, 0.7, 0.4)
+    want = logits.clone()
+    for t in set(reply):
+        want[t] -= reply.count(t) * 0.7 + 0.4
+    torch.testing.assert_close(got, want)
+    assert apply_openai_penalties(logits, [], 0.7, 0.4) is logits
+
+
+def test_penalties_count_only_the_reply_and_change_greedy_picks() -> None:
+    logits = torch.zeros(V)
+    logits[[7, 8]] = torch.tensor([3.0, 2.0])
+    p = SamplingParams(frequency_penalty=0.6)
+    assert sample_row(logits, p, [7, 7], None, n_generated=0) == 7  # the prompt's 7s: no penalty
+    assert sample_row(logits, p, [7, 7], None, n_generated=1) == 7  # one use: 2.4 > 2.0
+    assert sample_row(logits, p, [7, 7], None, n_generated=2) == 8  # two: 1.8 < 2.0
+    both = SamplingParams(frequency_penalty=0.1, presence_penalty=1.5)
+    assert sample_row(logits, both, [7], None, n_generated=1) == 8  # 3 - 0.1 - 1.5 < 2
+    with pytest.raises(InvalidRequest, match="presence_penalty"):
+        SamplingParams(presence_penalty=2.5)

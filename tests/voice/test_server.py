@@ -159,6 +159,26 @@ async def test_interrupting_request_reuses_the_history_while_the_old_reply_strea
     assert reply.usage.prompt_tokens_details.cached_tokens >= held - 2  # the heard words too
 
 
+async def test_penalties_reach_the_engine(client, smol_engine):
+    from llm_engine import SamplingParams
+
+    messages = [SYSTEM, {"role": "user", "content": "Repeat after me: one one one one one."}]
+    penalties = {"frequency_penalty": 1.2, "presence_penalty": 0.5}
+
+    async def api(**kw):
+        r = await client.chat.completions.create(
+            model="smollm2", messages=messages, max_tokens=16, temperature=0, **kw
+        )
+        return r.choices[0].message.content
+
+    async with smol_engine.open_conversation() as conv:
+        await conv.set_messages(messages)
+        params = SamplingParams(max_tokens=16, **penalties)
+        native = "".join([d.text async for d in conv.generate(params)])
+    assert await api(**penalties) == native
+    assert await api() != native  # the penalties changed the reply
+
+
 async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
     async with (
         aiohttp.ClientSession() as http,
@@ -190,6 +210,10 @@ async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
             "tool_choice",
         ),
         ('{"messages": [{"role": "user", "content": "hi"}], "user": 17}', "user"),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}], "presence_penalty": 3}',
+            "presence_penalty",
+        ),
         ('{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream"),
         (
             '{"messages": [{"role": "user", "content": "hi"}],'
