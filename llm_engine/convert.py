@@ -102,7 +102,10 @@ def read_gguf(path: Path, progress: Progress | None = None) -> GGUFModel:
     except Exception as err:
         raise ModelLoadError(f"cannot read GGUF file {path}: {err}") from err
     meta = {k: _field_value(f) for k, f in reader.fields.items()}
-    config = _hf_config(meta)
+    try:
+        config = _hf_config(meta)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelLoadError(f"GGUF file {path} has incomplete metadata: {err!r}") from err
     tensors = _hf_tensors(reader, config, progress)
     config["tie_word_embeddings"] = "lm_head.weight" not in tensors
     tok_json, tok_cfg = _tokenizer_files(meta, config)
@@ -162,10 +165,12 @@ def _rope_scaling(key: Callable[..., Any]) -> dict[str, Any] | None:
         return {"rope_type": "linear", "factor": float(key("rope.scaling.factor"))}
     if kind == "yarn":
         factor = float(key("rope.scaling.factor"))
+        # as llama.cpp: without the key, the original context is the one trained
+        original = key("rope.scaling.original_context_length", key("context_length"))
         yarn: dict[str, Any] = {
             "rope_type": "yarn",
             "factor": factor,
-            "original_max_position_embeddings": int(key("rope.scaling.original_context_length")),
+            "original_max_position_embeddings": int(original),
         }
         for name in ("beta_fast", "beta_slow"):
             if key(f"rope.scaling.yarn_{name}") is not None:

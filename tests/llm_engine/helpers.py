@@ -96,10 +96,12 @@ _GGUF_NAMES = {
 }
 
 
-def write_gguf(hf_dir: Path, arch: str, pre: str, smol_gguf: Path, out: Path) -> dict[str, Any]:
+def write_gguf(
+    hf_dir: Path, arch: str, pre: str, smol_gguf: Path, out: Path, extra: Any = None
+) -> dict[str, Any]:
     """Write an HF checkpoint as a GGUF file the way llama.cpp's converter does (tokenizer
     fields from SmolLM2's GGUF), rope scaling included: linear and yarn as keys, llama3 only as
-    the ``rope_freqs`` table of per-frequency divisors."""
+    the ``rope_freqs`` table of per-frequency divisors. ``extra(writer)`` adds keys of its own."""
     import gguf
     from safetensors.numpy import load_file
 
@@ -147,6 +149,8 @@ def write_gguf(hf_dir: Path, arch: str, pre: str, smol_gguf: Path, out: Path) ->
             if arch == "llama" and proj in heads:
                 t = _permute(t, heads[proj])
         w.add_tensor(gname, np.ascontiguousarray(t))
+    if extra is not None:
+        extra(w)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

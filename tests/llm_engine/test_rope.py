@@ -151,3 +151,34 @@ def test_unservable_rope_scaling_is_a_load_error(
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match=words):
         Engine(EngineConfig(model_dir=tmp_path, quant="none", num_blocks=8))
+
+
+def test_gguf_rope_keys_as_llama_cpp_reads_them(
+    smol_dir: Path, smol_gguf: Path, tmp_path: Path
+) -> None:
+    """YaRN without its original context takes the trained one, as llama.cpp does; YaRN
+    without a factor, or a scaling type nobody here knows, is a load error."""
+    import gguf
+
+    from llm_engine.convert import read_gguf
+
+    _tiny_llama(tmp_path / "hf", smol_dir, {"rope_type": "default"})
+
+    def gguf_with(name: str, keys: Any) -> Path:
+        write_gguf(tmp_path / "hf", "llama", "smollm", smol_gguf, tmp_path / name, keys)
+        return tmp_path / name
+
+    def yarn(w: Any) -> None:
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(4.0)
+
+    scaling = read_gguf(gguf_with("yarn.gguf", yarn)).config["rope_scaling"]
+    assert scaling == {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512}
+    no_factor = gguf_with(
+        "nofactor.gguf", lambda w: w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    )
+    with pytest.raises(ModelLoadError, match="incomplete metadata"):
+        read_gguf(no_factor)
+    unknown = gguf_with("unknown.gguf", lambda w: w.add_string("llama.rope.scaling.type", "spiral"))
+    with pytest.raises(ModelLoadError, match="'spiral' is not supported"):
+        read_gguf(unknown)
