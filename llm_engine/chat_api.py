@@ -25,6 +25,7 @@ parameter's default, and bookkeeping that changes no output (``user``, ``store``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -348,11 +349,14 @@ class ChatService:
         Closing the iterator (client gone) aborts the generation within one engine step.
         """
         slot = await self._slot_for(request.messages)
-        async with slot.lock:
+        # the transcript and the assistant header are prefilled in one pass
+        deltas = slot.conv.generate(request.params, messages=request.messages, replace=True)
+        # closed before the lock is released: its abort is queued before any command of the
+        # next request to take this slot (left to the garbage collector, the abort could land
+        # after that request's generate and fail it with "the conversation is generating")
+        async with slot.lock, contextlib.aclosing(deltas):
             slot.used = time.monotonic()
             before = slot.conv.tokens
-            # the transcript and the assistant header are prefilled in one pass
-            deltas = slot.conv.generate(request.params, messages=request.messages, replace=True)
             first = True
             async for delta in deltas:
                 if first:  # the prompt is known now

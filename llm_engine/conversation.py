@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -178,7 +178,7 @@ class Conversation:
         add_generation_prompt: bool | None = None,
         messages: list[Message] | Message | None = None,
         replace: bool = False,
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta, None]:
         """Stream the model's continuation of the transcript.
 
         ``messages``: appended first, as by :meth:`append` (``replace=True``: made the whole

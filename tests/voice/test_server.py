@@ -179,6 +179,34 @@ async def test_penalties_reach_the_engine(client, smol_engine):
     assert await api() != native  # the penalties changed the reply
 
 
+async def test_next_request_right_after_a_client_left_reuses_the_conversation(smol_engine):
+    """The stream a client left is closed, and the same caller's next turn comes at once (a
+    barge-in): it takes the now idle conversation, whose abort must already be queued."""
+    from llm_engine import SamplingParams
+    from llm_engine.chat_api import ChatRequest, Completion
+
+    service = ChatService(smol_engine, "smollm2")
+    history = [SYSTEM, {"role": "user", "content": "Write a long story about a dragon."}]
+    try:
+        params = SamplingParams(max_tokens=200, ignore_eos=True)
+        stream = service.complete(
+            ChatRequest(history, params, "smollm2", stream=True), Completion()
+        )
+        heard = await anext(stream)
+        await stream.aclose()  # the client left
+        turn = [
+            *history,
+            {"role": "assistant", "content": heard},
+            {"role": "user", "content": "What is its name?"},
+        ]
+        done = Completion()
+        request = ChatRequest(turn, SamplingParams(max_tokens=8), "smollm2")
+        reply = "".join([piece async for piece in service.complete(request, done)])
+        assert reply and done.usage.cached_tokens > 0
+    finally:
+        await service.close()
+
+
 async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
     async with (
         aiohttp.ClientSession() as http,
