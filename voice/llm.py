@@ -27,6 +27,7 @@ Calling contract (one session's asyncio task calls these, one at a time):
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -154,14 +155,17 @@ class LocalDialogue(Dialogue):
         length = 0
         deltas = self._conv.generate(sampling, messages=turn)
         self._final, self._user_open = None, False
-        async for delta in deltas:
-            if self._reply_start is None:
-                self._reply_start = delta.position  # the engine may be a step ahead already
-            length += len(delta.text)
-            # a token completing a character carries it; tokens holding a partial one carry ""
-            self._reply_ends.extend([length] * len(delta.token_ids))
-            if delta.text:
-                yield delta.text
+        # closing this reply closes the engine's stream at once: its abort is queued before
+        # the truncate or next turn that follows a barge-in
+        async with contextlib.aclosing(deltas):
+            async for delta in deltas:
+                if self._reply_start is None:
+                    self._reply_start = delta.position  # the engine may be a step ahead
+                length += len(delta.text)
+                # a token completing a character carries it; tokens holding a partial one ""
+                self._reply_ends.extend([length] * len(delta.token_ids))
+                if delta.text:
+                    yield delta.text
 
     async def keep_reply(self, n_chars: int) -> str:
         if self._reply_start is None:

@@ -246,23 +246,27 @@ class Reply:
             self._opened = True
 
     async def _run_text(self) -> None:
-        async for piece in self._dialogue.reply(self._params):
-            if self.times.first_token is None:
-                self.times.first_token = time.monotonic()
-            await self._open()
-            self.text += piece
-            self.spoken += piece
-            self._emit(ev.TextDelta(self.response_id, self.item_id, 0, 0, piece))
+        # closed at once when cancelled (at any await here): the engine's abort is then queued
+        # before the truncate that follows, not whenever the garbage collector gets to it
+        async with contextlib.aclosing(self._dialogue.reply(self._params)) as pieces:
+            async for piece in pieces:
+                if self.times.first_token is None:
+                    self.times.first_token = time.monotonic()
+                await self._open()
+                self.text += piece
+                self.spoken += piece
+                self._emit(ev.TextDelta(self.response_id, self.item_id, 0, 0, piece))
         await self._open()
 
     async def _generate(self, chunks: asyncio.Queue[Chunk | None]) -> None:
         try:
-            async for piece in self._dialogue.reply(self._params):
-                if self.times.first_token is None:
-                    self.times.first_token = time.monotonic()
-                self.text += piece
-                for chunk in self._chunker.push(piece):
-                    self._chunk_ready(chunk, chunks)
+            async with contextlib.aclosing(self._dialogue.reply(self._params)) as pieces:
+                async for piece in pieces:
+                    if self.times.first_token is None:
+                        self.times.first_token = time.monotonic()
+                    self.text += piece
+                    for chunk in self._chunker.push(piece):
+                        self._chunk_ready(chunk, chunks)
             for chunk in self._chunker.flush():
                 self._chunk_ready(chunk, chunks)
         finally:

@@ -384,6 +384,25 @@ async def test_keep_reply_then_the_next_turn_matches_the_local_engine(
         await remote.close()
 
 
+async def test_local_reply_closed_mid_stream_then_kept_at_once(smol_engine: object) -> None:
+    """A barge-in closes the reply and truncates it to what was heard straight away: the
+    engine's stream is closed with the reply, so the truncate never finds it generating."""
+    local = local_dialogue(smol_engine, SYSTEM)  # type: ignore[arg-type]
+    try:
+        await local.set_user("Count from one to one hundred.", final=True)
+        got = ""
+        reply = local.reply(ReplyParams(max_tokens=300))
+        async for piece in reply:
+            got += piece
+            if len(got) > 5:
+                break
+        await reply.aclose()
+        assert await local.keep_reply(len(got)) == got
+        assert await _turn(local, "Thanks.")  # the next turn goes on from there
+    finally:
+        await local.close()
+
+
 async def test_keep_reply_edges(llm: RemoteLlm) -> None:
     d = llm.open(SYSTEM)
     assert await d.keep_reply(5) == ""  # no reply yet
