@@ -173,8 +173,8 @@ def _rope_scaling(key: Callable[..., Any]) -> dict[str, Any] | None:
             "original_max_position_embeddings": int(original),
         }
         for name in ("beta_fast", "beta_slow"):
-            if key(f"rope.scaling.yarn_{name}") is not None:
-                yarn[name] = float(key(f"rope.scaling.yarn_{name}"))
+            if (beta := key(f"rope.scaling.yarn_{name}")) is not None:
+                yarn[name] = float(beta)
         if (attn := key("rope.scaling.attn_factor")) is not None:  # llama.cpp scales YaRN's own
             yarn["attention_factor"] = float(attn) * (
                 1 + 0.1 * math.log(factor) if factor > 1 else 1

@@ -31,7 +31,8 @@ def inv_freq(
     s = scaling or {}
     kind = str(s.get("rope_type", s.get("type")) or "default")  # "type": older configs
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
-    base = 1.0 / (theta**exponents)
+    wavelengths = theta**exponents  # / 2 pi: each frequency's period in positions
+    base = 1.0 / wavelengths
     try:
         if kind == "default":
             return base, 1.0
@@ -40,9 +41,9 @@ def inv_freq(
         if kind == "llama3":
             return _llama3(base, s), 1.0
         if kind == "yarn":
-            return _yarn(head_dim, theta, s, max_positions)
+            return _yarn(head_dim, theta, wavelengths, s, max_positions)
         if kind == "longrope":
-            return _longrope(theta, exponents, s, max_positions)
+            return _longrope(wavelengths, s, max_positions)
     except (KeyError, TypeError, ValueError) as err:
         raise ModelLoadError(f"rope scaling {kind!r} is malformed: {err!r}") from err
     raise ModelLoadError(
@@ -62,11 +63,16 @@ def _llama3(base: Tensor, s: dict[str, Any]) -> Tensor:
     return torch.where(is_mid, mid, scaled)
 
 
-def _yarn(
-    head_dim: int, theta: float, s: dict[str, Any], max_positions: int
-) -> tuple[Tensor, float]:
+def _factor(s: dict[str, Any], max_positions: int) -> tuple[float, float]:
+    """(original context, scaling factor); without a factor, as HF: the context's growth."""
     old = float(s["original_max_position_embeddings"])
-    factor = float(s["factor"]) if s.get("factor") is not None else max_positions / old
+    return old, float(s["factor"]) if s.get("factor") is not None else max_positions / old
+
+
+def _yarn(
+    head_dim: int, theta: float, wavelengths: Tensor, s: dict[str, Any], max_positions: int
+) -> tuple[Tensor, float]:
+    old, factor = _factor(s, max_positions)
 
     def mscale(scale: float, m: float = 1.0) -> float:
         return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
@@ -87,27 +93,24 @@ def _yarn(
     if lo == hi:
         hi += 0.001
     ramp = ((torch.arange(head_dim // 2, dtype=torch.float32) - lo) / (hi - lo)).clamp(0, 1)
-    pos = theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
     kept = 1 - ramp  # share of the unscaled frequency: 1 for the fast dimensions, 0 for the slow
-    return (1.0 / (factor * pos)) * (1 - kept) + (1.0 / pos) * kept, float(attention)
+    scaled = 1.0 / (factor * wavelengths)
+    return scaled * (1 - kept) + (1.0 / wavelengths) * kept, float(attention)
 
 
-def _longrope(
-    theta: float, exponents: Tensor, s: dict[str, Any], max_positions: int
-) -> tuple[Tensor, float]:
+def _longrope(wavelengths: Tensor, s: dict[str, Any], max_positions: int) -> tuple[Tensor, float]:
     short, long = [float(x) for x in s["short_factor"]], [float(x) for x in s["long_factor"]]
     if short != long:
         raise ModelLoadError(
             "rope scaling 'longrope' with distinct short and long factors is not supported "
             "(the frequencies would change with the sequence's length under cached keys)"
         )
-    if len(short) != len(exponents):
+    if len(short) != len(wavelengths):
         raise ModelLoadError(
-            f"rope scaling 'longrope' has {len(short)} factors for {len(exponents)} frequencies"
+            f"rope scaling 'longrope' has {len(short)} factors for {len(wavelengths)} frequencies"
         )
-    old = float(s["original_max_position_embeddings"])
     attention = s.get("attention_factor")
     if attention is None:
-        factor = float(s["factor"]) if s.get("factor") is not None else max_positions / old
+        old, factor = _factor(s, max_positions)
         attention = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(old))
-    return 1.0 / (torch.tensor(short) * theta**exponents), float(attention)
+    return 1.0 / (torch.tensor(short) * wavelengths), float(attention)
