@@ -315,13 +315,12 @@ class ChatService:
         request: a caller who interrupts sends the history with what it heard while the old
         reply may still stream, and must not wait for it or prefill the history again."""
         best, shared = self._pick(messages)
-        idle = best is not None and not best.lock.locked()
-        if idle and best is not None and _continues(best.conv.messages, messages, shared):
-            return best
-        if best is not None:
-            conv = await best.conv.fork()
-        else:
+        if best is None:
             conv = self.engine.open_conversation()
+        elif not best.lock.locked() and _continues(best.conv.messages, messages, shared):
+            return best
+        else:
+            conv = await best.conv.fork()
         await self._trim(room=1)
         slot = _Slot(conv)  # listed only now: nothing awaited before complete() locks it
         self._slots.append(slot)

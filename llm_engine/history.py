@@ -110,9 +110,10 @@ class History:
         client, against ~1 ms now.)"""
         kept = 0
         for e, m in zip(self._entries, messages, strict=False):
-            if not e.closed or (e.message["role"], e.message["content"]) != (
-                m["role"],
-                m["content"],
+            if (
+                not e.closed
+                or e.message["role"] != m["role"]
+                or e.message["content"] != m["content"]
             ):
                 break
             kept += 1
