@@ -9,14 +9,13 @@ KV pool's block accounting is back at its baseline afterwards.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import _engine
-from tests.llm_engine.helpers import checked_engine
+from tests.llm_engine.helpers import checked_engine, save_with_smol_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -46,9 +45,7 @@ def qwen_dir(tmp_path_factory: pytest.TempPathFactory, smol_dir: Path) -> Path:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                 proj.bias.normal_(0, 0.5)
     out = tmp_path_factory.mktemp("qwen2")
-    model.save_pretrained(out, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(smol_dir / name, out / name)
+    save_with_smol_tokenizer(model, out, smol_dir)
     return out
 
 

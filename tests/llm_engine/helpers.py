@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,6 +71,14 @@ def hf_greedy(hf: Any, prompt: list[int], n: int) -> list[int]:
 def hf_logits(hf: Any, tokens: list[int]) -> torch.Tensor:
     with torch.no_grad():
         return hf(torch.tensor([tokens])).logits[0].float()
+
+
+def save_with_smol_tokenizer(model: Any, out: Path, smol_dir: Path) -> None:
+    """Save an HF model (a small random one) where the engine loads it: safetensors, config
+    and SmolLM2's tokenizer files."""
+    model.save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(smol_dir / name, out / name)
 
 
 def _permute(w: Any, n_head: int) -> Any:  # llama.cpp convert_hf_to_gguf's Q/K permutation

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from llm_engine.errors import ModelLoadError
-from tests.llm_engine.helpers import hf_logits, next_logits, write_gguf
+from tests.llm_engine.helpers import hf_logits, next_logits, save_with_smol_tokenizer, write_gguf
 
 ORIGINAL = 64
 SCALINGS: dict[str, dict[str, Any]] = {
@@ -70,10 +70,15 @@ def _tiny_llama(out: Path, smol_dir: Path, scaling: dict[str, Any]) -> Any:
         for layer in model.model.layers:
             layer.self_attn.q_proj.weight.mul_(8)
             layer.self_attn.k_proj.weight.mul_(8)
-    model.save_pretrained(out, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(smol_dir / name, out / name)
+    save_with_smol_tokenizer(model, out, smol_dir)
     return model
+
+
+@pytest.fixture(scope="module")
+def plain(smol_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.Tensor]:
+    """The same tiny Llama without rope scaling: its directory and HF's logits over IDS."""
+    out = tmp_path_factory.mktemp("plain")
+    return out, hf_logits(_tiny_llama(out, smol_dir, {"rope_type": "default"}), IDS)
 
 
 async def _engine_logits(
@@ -110,11 +115,10 @@ def _kl(p: torch.Tensor, q: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("kind", SCALINGS)
 async def test_scaled_rope_matches_hf(
-    kind: str, smol_dir: Path, tmp_path: Path, smol_gguf: Path
+    kind: str, smol_dir: Path, tmp_path: Path, smol_gguf: Path, plain: tuple[Path, torch.Tensor]
 ) -> None:
     hf = _tiny_llama(tmp_path / "hf", smol_dir, SCALINGS[kind])
-    ref = hf_logits(hf, IDS)
-    unscaled = hf_logits(_tiny_llama(tmp_path / "plain", smol_dir, {"rope_type": "default"}), IDS)
+    ref, unscaled = hf_logits(hf, IDS), plain[1]
     assert (ref - unscaled).abs().max() > 0.05, "the scaling must change the logits here"
     full, last = await _engine_logits(tmp_path / "hf")
     torch.testing.assert_close(full, ref, atol=2e-4, rtol=1e-4)
@@ -139,13 +143,13 @@ async def test_scaled_rope_matches_hf(
     ],
 )
 def test_unservable_rope_scaling_is_a_load_error(
-    scaling: dict[str, Any], words: str, tmp_path: Path, smol_dir: Path
+    scaling: dict[str, Any], words: str, tmp_path: Path, plain: tuple[Path, torch.Tensor]
 ) -> None:
     import json
 
     from llm_engine import Engine, EngineConfig
 
-    _tiny_llama(tmp_path, smol_dir, {"rope_type": "default"})
+    shutil.copytree(plain[0], tmp_path, dirs_exist_ok=True)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["rope_parameters"] = {"rope_theta": 10000.0, **scaling}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
@@ -154,7 +158,7 @@ def test_unservable_rope_scaling_is_a_load_error(
 
 
 def test_gguf_rope_keys_as_llama_cpp_reads_them(
-    smol_dir: Path, smol_gguf: Path, tmp_path: Path
+    smol_gguf: Path, tmp_path: Path, plain: tuple[Path, torch.Tensor]
 ) -> None:
     """YaRN without its original context takes the trained one, as llama.cpp does; YaRN
     without a factor, or a scaling type nobody here knows, is a load error."""
@@ -162,10 +166,8 @@ def test_gguf_rope_keys_as_llama_cpp_reads_them(
 
     from llm_engine.convert import read_gguf
 
-    _tiny_llama(tmp_path / "hf", smol_dir, {"rope_type": "default"})
-
     def gguf_with(name: str, keys: Any) -> Path:
-        write_gguf(tmp_path / "hf", "llama", "smollm", smol_gguf, tmp_path / name, keys)
+        write_gguf(plain[0], "llama", "smollm", smol_gguf, tmp_path / name, keys)
         return tmp_path / name
 
     def yarn(w: Any) -> None:
