@@ -330,7 +330,7 @@ async def parley_api_rounds(engine: Any, turns: list[str], n: int) -> list[float
             async for piece in service.complete(
                 ChatRequest(list(messages), params, MODEL), Completion()
             ):
-                first, reply = first or perf_counter(), reply + piece
+                first, reply = first or perf_counter(), reply + piece.text
             ttfts.append(first - t0)
             messages.append({"role": "assistant", "content": reply})
     finally:

@@ -27,7 +27,7 @@ from llm_engine.errors import (
 )
 
 if TYPE_CHECKING:
-    from llm_engine.conversation import Conversation, Delta
+    from llm_engine.conversation import Conversation, Delta, TokenLogprob
     from llm_engine.engine import Engine
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "ModelConfig",
     "ModelLoadError",
     "SamplingParams",
+    "TokenLogprob",
 ]
 
 
@@ -50,7 +51,7 @@ def __getattr__(name: str) -> Any:  # lazy: keep `import llm_engine` free of tor
         from llm_engine.engine import Engine
 
         return Engine
-    if name in ("Conversation", "Delta"):
+    if name in ("Conversation", "Delta", "TokenLogprob"):
         from llm_engine import conversation
 
         return getattr(conversation, name)

@@ -12,10 +12,11 @@ flat time to first token of a native conversation.
 Supported subset (documented in the README): ``model``, ``messages`` (string content or text
 parts), ``stream``, ``stream_options.include_usage``, ``max_tokens`` /
 ``max_completion_tokens``, ``temperature``, ``top_p``, ``frequency_penalty``,
-``presence_penalty``, ``seed``, ``stop``, ``n == 1``, and the common extensions ``top_k`` and
-``repetition_penalty``. ``usage.prompt_tokens_details.
+``presence_penalty``, ``logit_bias``, ``logprobs`` / ``top_logprobs`` (the model's own
+distribution, before penalties, bias and temperature), ``seed``, ``stop``, ``n == 1``, and the
+common extensions ``top_k`` and ``repetition_penalty``. ``usage.prompt_tokens_details.
 cached_tokens`` reports how many prompt tokens were reused. Anything else that would change
-the output (tools, logprobs, logit biases, non-text content or output) is
+the output (tools, non-text content or output) is
 refused with a clear ``InvalidRequest`` rather than silently ignored; such parameters sent at
 their defaults (as some clients always send them) are accepted, ``null`` stands for a
 parameter's default, and bookkeeping that changes no output (``user``, ``store``,
@@ -32,20 +33,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from llm_engine.config import SamplingParams
+from llm_engine.config import MAX_TOP_LOGPROBS, SamplingParams
 from llm_engine.errors import InvalidRequest
 from llm_engine.history import common_prefix_len
 
 if TYPE_CHECKING:
-    from llm_engine.conversation import Conversation
+    from llm_engine.conversation import Conversation, Delta
     from llm_engine.engine import Engine
 
-_IGNORED_IF_DEFAULT = {
-    "logit_bias": {},
-    "logprobs": False,
-    "top_logprobs": 0,
-    "modalities": ["text"],
-}
+_IGNORED_IF_DEFAULT = {"modalities": ["text"]}
+MIN_LOGPROB = -9999.0  # what OpenAI reports for a token of (near) zero probability
 # bookkeeping for the caller that changes nothing in the output: accepted with any value of its
 # type and ignored (clients such as chat front ends send ``user`` with every request)
 _BOOKKEEPING: dict[str, type] = {
@@ -61,17 +58,13 @@ _KNOWN = {
     "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
     "temperature", "top_p", "seed", "stop", "n", "top_k", "repetition_penalty",
     "frequency_penalty", "presence_penalty", "response_format", "tools", "tool_choice",
-    "parallel_tool_calls",
+    "parallel_tool_calls", "logit_bias", "logprobs", "top_logprobs",
     *_IGNORED_IF_DEFAULT, *_BOOKKEEPING,
 }  # fmt: skip
 
 
 class RequestError(InvalidRequest):
-    """An invalid request, with the OpenAI ``param`` it concerns."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
+    """A chat completions request that does not parse, with the ``param`` it concerns."""
 
 
 @dataclass(slots=True)
@@ -164,6 +157,35 @@ def _max_tokens(body: dict[str, Any], default: int) -> int:
     return value
 
 
+def _logit_bias(value: Any) -> dict[int, float]:
+    if value is None:
+        return {}
+    bias = {}
+    if isinstance(value, dict):
+        for key, b in value.items():
+            if not (isinstance(key, str) and key.isascii() and key.isdigit()):
+                break
+            if isinstance(b, bool) or not isinstance(b, int | float) or not -100 <= b <= 100:
+                break
+            bias[int(key)] = float(b)
+        else:
+            return bias
+    raise RequestError("'logit_bias' must map token ids to numbers in [-100, 100]", "logit_bias")
+
+
+def _logprobs(body: dict[str, Any]) -> int | None:
+    """How many alternatives each token's logprobs list, or None for no logprobs."""
+    wanted = _flag(body, "logprobs")
+    top = body.get("top_logprobs", 0)
+    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise RequestError(
+            f"'top_logprobs' must be an integer in [0, {MAX_TOP_LOGPROBS}]", "top_logprobs"
+        )
+    if top and not wanted:
+        raise RequestError("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    return top if wanted else None
+
+
 def _check_unsupported(body: dict[str, Any]) -> None:
     if unknown := sorted(set(body) - _KNOWN):
         raise RequestError(f"unsupported parameter(s): {', '.join(unknown)}", unknown[0])
@@ -220,6 +242,8 @@ def parse_chat_request(body: Any, default_max_tokens: int = 512) -> ChatRequest:
         presence_penalty=presence or 0.0,
         seed=seed,
         stop=_stop(body.get("stop")),
+        logit_bias=_logit_bias(body.get("logit_bias")),
+        logprobs=_logprobs(body),
     )
     return ChatRequest(
         messages=messages,
@@ -256,6 +280,15 @@ class Completion:
 
 
 @dataclass(slots=True)
+class Piece:
+    """A step of the reply: its text, and the wire's ``logprobs.content`` entries of its
+    tokens when the request asked for them (the end-of-turn token has none, as in OpenAI's)."""
+
+    text: str
+    logprobs: list[dict[str, Any]] | None = None
+
+
+@dataclass(slots=True)
 class _Slot:
     conv: Conversation
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -278,6 +311,10 @@ def _continues(held: list[dict[str, Any]], request: list[dict[str, str]], shared
         return True
     edited_reply = shared + 1 == len(held) and held[-1]["role"] == "assistant"
     return edited_reply and len(request) > shared and request[shared]["role"] == "assistant"
+
+
+def _wire_logprobs(content: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    return None if content is None else {"content": content, "refusal": None}
 
 
 class ChatService:
@@ -342,8 +379,8 @@ class ChatService:
             self._slots.remove(slot)
             await slot.conv.close()
 
-    async def complete(self, request: ChatRequest, completion: Completion) -> AsyncIterator[str]:
-        """Yield the reply's text deltas; fills ``completion.usage`` and ``finish_reason``.
+    async def complete(self, request: ChatRequest, completion: Completion) -> AsyncIterator[Piece]:
+        """Yield the reply's pieces; fills ``completion.usage`` and ``finish_reason``.
 
         Closing the iterator (client gone) aborts the generation within one engine step.
         """
@@ -365,19 +402,51 @@ class ChatService:
                 completion.usage.completion_tokens += len(delta.token_ids)
                 if delta.finish_reason:
                     completion.finish_reason = delta.finish_reason
-                if delta.text:
-                    yield delta.text
+                logprobs = self._logprobs(delta, request.params)
+                if delta.text or logprobs:
+                    yield Piece(delta.text, logprobs)
             slot.used = time.monotonic()
+
+    def _logprobs(self, delta: Delta, params: SamplingParams) -> list[dict[str, Any]] | None:
+        if delta.logprobs is None:
+            return None
+        tokenizer = self.engine.tokenizer
+        end = () if params.ignore_eos else tokenizer.eos_ids
+
+        def entry(token_id: int, logprob: float) -> dict[str, Any]:
+            raw = tokenizer.token_bytes(token_id)
+            # a token may hold part of a character: ``bytes`` has it whole
+            text = raw.decode("utf-8", errors="backslashreplace")
+            return {"token": text, "logprob": max(logprob, MIN_LOGPROB), "bytes": list(raw)}
+
+        return [
+            {**entry(t.token_id, t.logprob), "top_logprobs": [entry(*alt) for alt in t.top]}
+            for t in delta.logprobs
+            if t.token_id not in end
+        ]
 
     # --- OpenAI wire objects -------------------------------------------------------------
 
-    def chunk(self, c: Completion, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+    def chunk(
+        self,
+        c: Completion,
+        delta: dict[str, Any],
+        finish: str | None,
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         return {
             "id": c.id,
             "object": "chat.completion.chunk",
             "created": c.created,
             "model": self.model_name,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": delta,
+                    "finish_reason": finish,
+                    "logprobs": _wire_logprobs(logprobs),
+                }
+            ],
         }
 
     def usage_chunk(self, c: Completion) -> dict[str, Any]:
@@ -390,7 +459,9 @@ class ChatService:
             "usage": c.usage.as_dict(),
         }
 
-    def response(self, c: Completion, text: str) -> dict[str, Any]:
+    def response(
+        self, c: Completion, text: str, logprobs: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         return {
             "id": c.id,
             "object": "chat.completion",
@@ -401,16 +472,14 @@ class ChatService:
                     "index": 0,
                     "message": {"role": "assistant", "content": text},
                     "finish_reason": c.finish_reason or "stop",
-                    "logprobs": None,
+                    "logprobs": _wire_logprobs(logprobs),
                 }
             ],
             "usage": c.usage.as_dict(),
         }
 
+    def model(self) -> dict[str, Any]:
+        return {"id": self.model_name, "object": "model", "created": 0, "owned_by": "parley"}
+
     def models(self) -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {"id": self.model_name, "object": "model", "created": 0, "owned_by": "parley"}
-            ],
-        }
+        return {"object": "list", "data": [self.model()]}

@@ -16,6 +16,7 @@ from llm_engine.errors import InvalidRequest, ModelLoadError
 SUPPORTED_ARCHS = ("llama", "qwen2")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTS = ("auto", "none", "int8")
+MAX_TOP_LOGPROBS = 20  # alternatives a token's logprobs may list (OpenAI's limit)
 DEVICE = re.compile(r"(cpu|cuda)(:\d+)?")  # the devices the engine runs on, as torch names them
 
 
@@ -169,6 +170,11 @@ class SamplingParams:
 
     Generation stops at ``max_tokens``, at an end-of-turn token (unless ``ignore_eos``), or when
     the text contains one of ``stop`` (the stop string itself is not emitted).
+
+    ``logit_bias`` adds to the logits of the given token ids before sampling (OpenAI's: -100
+    bans a token, 100 all but forces it). ``logprobs`` asks each delta for its tokens'
+    log-probabilities and this many most likely alternatives (0 to 20), from the model's own
+    distribution: before penalties, bias and temperature.
     """
 
     max_tokens: int = 256
@@ -181,6 +187,8 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         self.stop = tuple(self.stop)
@@ -198,10 +206,22 @@ class SamplingParams:
             raise InvalidRequest("frequency_penalty and presence_penalty must be in [-2, 2]")
         if any(not s for s in self.stop):
             raise InvalidRequest("stop strings must be non-empty")
+        if any(
+            isinstance(t, bool) or not isinstance(t, int) or t < 0 or not -100 <= b <= 100
+            for t, b in self.logit_bias.items()
+        ):
+            raise InvalidRequest("logit_bias maps token ids (>= 0) to biases in [-100, 100]")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRequest(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}]")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Whether the pick is the argmax of the model's logits as they are."""
+        return self.greedy and not self.penalized and not self.logit_bias
 
     @property
     def penalized(self) -> bool:

@@ -41,6 +41,16 @@ if TYPE_CHECKING:
 
 
 @dataclass(slots=True)
+class TokenLogprob:
+    """A generated token's log-probability and the most likely alternatives at its step
+    (``(token id, logprob)``, descending), under the model's own distribution."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass(slots=True)
 class Delta:
     """One step of a generation: the new token ids and the text they complete.
 
@@ -48,13 +58,15 @@ class Delta:
     ``finish_reason`` is set on the last delta: ``"stop"`` (end-of-turn token or stop string)
     or ``"length"`` (max_tokens or context full). ``position`` places the delta in
     ``conv.tokens`` (which may have grown further by the time the delta is read): the first
-    delta's is where the reply begins, the prompt's length.
+    delta's is where the reply begins, the prompt's length. ``logprobs`` (when the params ask
+    for them) has one entry per token id.
     """
 
     token_ids: list[int]
     text: str
     finish_reason: str | None = None
     position: int = 0  # index of token_ids[0] in the conversation's token list
+    logprobs: list[TokenLogprob] | None = None
 
 
 def post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 
 from llm_engine.config import EngineConfig, SamplingParams
-from llm_engine.conversation import Conversation, Delta, post
+from llm_engine.conversation import Conversation, Delta, TokenLogprob, post
 from llm_engine.errors import (
     ContextLengthExceeded,
     EngineClosed,
@@ -32,7 +32,7 @@ from llm_engine.history import AppendPlan, History, common_prefix_len
 from llm_engine.kv_cache import KVCache
 from llm_engine.model import Transformer
 from llm_engine.model_runner import ModelRunner
-from llm_engine.sampling import make_generator, sample
+from llm_engine.sampling import make_generator, sample, token_logprobs
 from llm_engine.scheduler import Scheduler, Sequence
 from llm_engine.tokenizer import Message, StreamDecoder, Tokenizer, validate_messages
 from llm_engine.weights import load_model
@@ -392,6 +392,12 @@ class Engine:
         replace: bool = False,
     ) -> None:
         self._busy_check(state)
+        vocab = self.model_config.vocab_size
+        if bad := [t for t in params.logit_bias if t >= vocab]:
+            raise InvalidRequest(
+                f"logit_bias: token id {bad[0]} is outside the vocabulary (0 to {vocab - 1})",
+                "logit_bias",
+            )
         if messages is not None:
             self._apply_messages(state, messages, False, replace)
         history = state.history
@@ -524,10 +530,17 @@ class Engine:
         seen = [s.tokens if p.penalized else [] for s, p in zip(seqs, params, strict=True)]
         done = [g.n for g in gens]  # type: ignore[union-attr]
         tokens = sample(logits, params, seen, [g.generator for g in gens], done)  # type: ignore[union-attr]
-        for st, tok in zip(states, tokens, strict=True):
-            self._take_token(st, tok)
+        logprobs: list[TokenLogprob | None] = [None] * len(tokens)
+        if rows := [i for i, p in enumerate(params) if p.logprobs is not None]:
+            picked = [tokens[i] for i in rows]
+            counts = [params[i].logprobs or 0 for i in rows]
+            found = token_logprobs(logits[rows], picked, counts)
+            for i, tok, (logprob, top) in zip(rows, picked, found, strict=True):
+                logprobs[i] = TokenLogprob(tok, logprob, top)
+        for st, tok, token_logprob in zip(states, tokens, logprobs, strict=True):
+            self._take_token(st, tok, token_logprob)
 
-    def _take_token(self, st: ConvState, tok: int) -> None:
+    def _take_token(self, st: ConvState, tok: int, logprob: TokenLogprob | None = None) -> None:
         gen = st.gen
         assert gen is not None
         position = len(st.seq.tokens)
@@ -541,10 +554,11 @@ class Engine:
             finish = "stop"
         elif gen.n >= gen.max_tokens:
             finish = "length"
+        logprobs = None if logprob is None else [logprob]
         if finish is None:
-            gen.sink(Delta([tok], text, None, position))
+            gen.sink(Delta([tok], text, None, position, logprobs))
             return
-        gen.sink(Delta([tok], text + gen.decoder.flush(), finish, position))
+        gen.sink(Delta([tok], text + gen.decoder.flush(), finish, position, logprobs))
         eos_len = len(self.tokenizer.token_bytes(tok)) if eos else 0
         self._finish(st, finish, closed=eos, eos_bytes=eos_len)
 

@@ -19,7 +19,12 @@ class EngineError(Exception):
 
 
 class InvalidRequest(EngineError, ValueError):
-    """The request is malformed; the engine and the conversation are unchanged."""
+    """The request is malformed; the engine and the conversation are unchanged. ``param``
+    names the offending parameter where one does (as OpenAI's errors do)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ContextLengthExceeded(InvalidRequest):

@@ -4,6 +4,7 @@ Math per row, in order (as HF transformers' logits processors, then OpenAI's pen
 orders them):
   repetition penalty: l[t] = l[t] / p if l[t] > 0 else l[t] * p, for every t already in the sequence
   frequency, presence: l[t] -= f * c[t] + p * (c[t] > 0), c[t]: uses of t in the reply so far
+  logit bias:         l[t] += b[t]
   temperature:        l = l / T
   top-k:              keep the k largest (and any tied with the k-th)
   top-p:              keep the smallest set of most likely tokens whose probability reaches p
@@ -57,6 +58,30 @@ def apply_openai_penalties(
     ids, counts = torch.tensor(generated, dtype=torch.int64).unique(return_counts=True)
     penalty = counts.to(logits.dtype) * frequency + presence
     return logits.index_add(0, ids.to(logits.device), -penalty.to(logits.device))
+
+
+def apply_logit_bias(logits: Tensor, bias: dict[int, float]) -> Tensor:
+    """logits: [V]; bias: token id -> what to add to its logit."""
+    if not bias:
+        return logits
+    ids = torch.tensor(list(bias), dtype=torch.int64, device=logits.device)
+    values = torch.tensor(list(bias.values()), dtype=logits.dtype, device=logits.device)
+    return logits.index_add(0, ids, values)
+
+
+def token_logprobs(
+    logits: Tensor, tokens: list[int], counts: list[int]
+) -> list[tuple[float, list[tuple[int, float]]]]:
+    """logits: [N, V] -> per row, the log-probability of ``tokens[row]`` under softmax(logits)
+    and the ``counts[row]`` most likely tokens with theirs, descending."""
+    logp = torch.log_softmax(logits.float(), -1)
+    picked = torch.tensor(tokens, dtype=torch.int64, device=logp.device).unsqueeze(1)
+    chosen = logp.gather(1, picked)[:, 0].tolist()
+    values, ids = logp.topk(max(counts), -1)
+    return [
+        (c, list(zip(i[:k], v[:k], strict=True)))
+        for c, i, v, k in zip(chosen, ids.tolist(), values.tolist(), counts, strict=True)
+    ]
 
 
 def _top_k(scaled: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -122,6 +147,7 @@ def sample_row(
     logits = apply_openai_penalties(
         logits, reply, params.frequency_penalty, params.presence_penalty
     )
+    logits = apply_logit_bias(logits, params.logit_bias)
     if params.greedy:
         return int(logits.argmax())
     ids, probs = candidates(logits, params)
@@ -138,7 +164,7 @@ def sample(
 ) -> list[int]:
     """logits: [N, V] float32 -> one token per row (see :func:`sample_row`). Plain greedy rows
     share one argmax."""
-    plain = [p.greedy and not p.penalized for p in params]
+    plain = [p.plain_greedy for p in params]
     fast = logits.argmax(-1).tolist() if any(plain) else []
     done = n_generated or [0] * len(params)
     return [

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from llm_engine.chat_api import ChatService, Completion, RequestError, parse_chat_request
+from llm_engine.chat_api import ChatService, Completion, Piece, parse_chat_request
 from llm_engine.errors import ContextLengthExceeded, EngineClosed, EngineError, InvalidRequest
 from voice.asr import Transcriber
 from voice.config import ParleyConfig, ServerConfig
@@ -59,7 +59,7 @@ def _request_error(err: EngineError) -> web.Response:
     if isinstance(err, ContextLengthExceeded):
         return _error(400, str(err), "invalid_request_error", "messages", "context_length_exceeded")
     if isinstance(err, InvalidRequest):
-        return _error(400, str(err), "invalid_request_error", getattr(err, "param", None))
+        return _error(400, str(err), "invalid_request_error", err.param)
     if isinstance(err, EngineClosed):
         return _error(503, str(err), "server_error")
     return _error(500, str(err), "server_error")
@@ -78,6 +78,14 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response(request.app[SERVICE_KEY].models())
 
 
+async def model(request: web.Request) -> web.Response:
+    service, name = request.app[SERVICE_KEY], request.match_info["model"]
+    if name != service.model_name:
+        message = f"the model '{name}' does not exist (served: '{service.model_name}')"
+        return _error(404, message, "invalid_request_error", "model", "model_not_found")
+    return web.json_response(service.model())
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
     try:
@@ -86,14 +94,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return _error(400, f"the body is not valid JSON: {err}", "invalid_request_error")
     try:
         chat = parse_chat_request(body, request.app[MAX_TOKENS_KEY])
-    except RequestError as err:
+    except InvalidRequest as err:  # a RequestError, or params the sampler refuses
         return _error(400, str(err), "invalid_request_error", err.param)
     completion = Completion()
     stream = service.complete(chat, completion)
     try:
         if not chat.stream:
-            text = "".join([piece async for piece in stream])
-            return web.json_response(service.response(completion, text))
+            pieces = [piece async for piece in stream]
+            text = "".join(p.text for p in pieces)
+            logprobs = None
+            if chat.params.logprobs is not None:
+                logprobs = [entry for p in pieces for entry in p.logprobs or ()]
+            return web.json_response(service.response(completion, text, logprobs))
         first = await anext(stream, None)  # errors before the first byte are still HTTP errors
     except EngineError as err:
         return _request_error(err)
@@ -106,7 +118,7 @@ async def _sse(
     include_usage: bool,
     completion: Completion,
     stream: Any,
-    first: str | None,
+    first: Piece | None,
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -120,9 +132,9 @@ async def _sse(
     try:
         await send(service.chunk(completion, {"role": "assistant", "content": ""}, None))
         if first is not None:
-            await send(service.chunk(completion, {"content": first}, None))
+            await send(service.chunk(completion, {"content": first.text}, None, first.logprobs))
             async for piece in stream:
-                await send(service.chunk(completion, {"content": piece}, None))
+                await send(service.chunk(completion, {"content": piece.text}, None, piece.logprobs))
         await send(service.chunk(completion, {}, completion.finish_reason or "stop"))
         if include_usage:
             await send(service.usage_chunk(completion))
@@ -150,6 +162,7 @@ def build_app(
     if service is not None:
         app[SERVICE_KEY] = service
         app.router.add_get("/v1/models", models)
+        app.router.add_get("/v1/models/{model:.+}", model)  # ids may hold a slash
         app.router.add_post("/v1/chat/completions", chat_completions)
     if voice is not None:
         app[VOICE_KEY] = voice

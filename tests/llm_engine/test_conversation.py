@@ -447,3 +447,46 @@ async def test_frequency_and_presence_penalties_count_the_reply_only(smol_engine
             want.append(int(logits.argmax()))
             await ref.append_tokens(want[-1:])
     assert got == want
+
+
+async def test_logprobs_are_the_models_and_logit_bias_steers(smol_engine: Any) -> None:
+    """Each token's logprobs are the log-softmax of the model's next-token logits at its step,
+    whatever bias changed the pick; banning the greedy pick takes the runner-up."""
+    n = 6
+    async with smol_engine.open_conversation(SYSTEM) as conv:
+        await conv.append({"role": "user", "content": "Name a fruit."})
+        prompt = conv.tokens
+        plain, _ = await greedy(conv, n, add_generation_prompt=False)
+        await conv.truncate(len(prompt))
+        params = SamplingParams(
+            max_tokens=n, ignore_eos=True, logprobs=3, logit_bias={plain[0]: -100}
+        )
+        deltas = [d async for d in conv.generate(params, add_generation_prompt=False)]
+        got = conv.tokens[len(prompt) :]
+    steps = [lp for d in deltas for lp in d.logprobs or ()]
+    assert [s.token_id for s in steps] == got and got[0] != plain[0]
+    async with smol_engine.open_conversation() as ref:
+        await ref.append_tokens(prompt)
+        for i, step in enumerate(steps):
+            want = (await next_logits(smol_engine, ref)).double().log_softmax(-1)
+            if i == 0:
+                assert got[0] == int(want.topk(2).indices[1])  # the runner-up
+            top = want.topk(3)
+            assert [t for t, _ in step.top] == top.indices.tolist()
+            assert step.logprob == pytest.approx(float(want[got[i]]), abs=0.01)
+            assert [lp for _, lp in step.top] == pytest.approx(top.values.tolist(), abs=0.01)
+            await ref.append_tokens(got[i : i + 1])
+
+
+async def test_a_bias_outside_the_vocabulary_is_refused_before_anything_changes(
+    smol_engine: Any,
+) -> None:
+    async with smol_engine.open_conversation(SYSTEM) as conv:
+        before = conv.tokens
+        bad = SamplingParams(logit_bias={smol_engine.model_config.vocab_size: 5.0})
+        with pytest.raises(InvalidRequest, match="logit_bias"):
+            async for _ in conv.generate(bad, messages={"role": "user", "content": "Hi."}):
+                pass
+        assert conv.tokens == before and not conv.messages[1:]
+        reply, _ = await greedy(conv, 2)  # and the conversation still serves
+        assert len(reply) == 2

@@ -9,11 +9,15 @@ import torch
 from llm_engine.config import SamplingParams
 from llm_engine.errors import InvalidRequest
 from llm_engine.sampling import (
+    apply_logit_bias,
     apply_openai_penalties,
     apply_repetition_penalty,
     candidates,
     draw,
+    make_generator,
+    sample,
     sample_row,
+    token_logprobs,
 )
 
 V = 49152  # SmolLM2's vocabulary: top-p's widening runs through all its stages
@@ -149,3 +153,33 @@ def test_penalties_count_only_the_reply_and_change_greedy_picks() -> None:
     assert sample_row(logits, both, [7], None, n_generated=1) == 8  # 3 - 0.1 - 1.5 < 2
     with pytest.raises(InvalidRequest, match="presence_penalty"):
         SamplingParams(presence_penalty=2.5)
+
+
+def test_logit_bias_adds_and_bans() -> None:
+    logits = torch.zeros(V)
+    logits[[7, 8, 9]] = torch.tensor([3.0, 2.0, 1.0])
+    assert sample(logits[None], [SamplingParams(logit_bias={9: 2.5})], [[]], [None]) == [9]
+    banned = SamplingParams(logit_bias={7: -100, 8: -100})
+    assert sample_row(logits, banned, [], None) == 9
+    sampled = SamplingParams(temperature=1.0, logit_bias={7: -100, 8: -100, 9: -100})
+    gen = make_generator(SamplingParams(temperature=1.0, seed=3))
+    assert all(sample_row(logits, sampled, [], gen) not in (7, 8, 9) for _ in range(200))
+    torch.testing.assert_close(
+        apply_logit_bias(logits, {8: 1.5, 0: -2.0})[[0, 8]], torch.tensor([-2.0, 3.5])
+    )
+    for bad in ({7: 101.0}, {-1: 1.0}, {True: 1.0}):
+        with pytest.raises(InvalidRequest, match="logit_bias"):
+            SamplingParams(logit_bias=bad)
+
+
+def test_token_logprobs_are_the_log_softmax_and_its_top() -> None:
+    logits = torch.stack([_logits("peaked", 4), _logits("flat", 5)])
+    want = torch.log_softmax(logits.double(), -1)
+    got = token_logprobs(logits, [11, int(logits[1].argmax())], [3, 0])
+    assert got[0][0] == pytest.approx(float(want[0, 11]), abs=1e-5)
+    top = [t for t, _ in got[0][1]]
+    assert top == want[0].topk(3).indices.tolist()
+    assert [lp for _, lp in got[0][1]] == pytest.approx(want[0].topk(3).values.tolist(), abs=1e-5)
+    assert got[1] == (pytest.approx(float(want[1].max()), abs=1e-5), [])
+    with pytest.raises(InvalidRequest, match="logprobs"):
+        SamplingParams(logprobs=21)

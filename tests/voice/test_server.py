@@ -65,6 +65,11 @@ async def test_sdk_streaming_equals_non_streaming(client):
     assert usage is not None and usage.completion_tokens == full.usage.completion_tokens
     models = await client.models.list()
     assert [m.id for m in models.data] == ["smollm2"]
+    assert (await client.models.retrieve("smollm2")).id == "smollm2"
+    from openai import NotFoundError
+
+    with pytest.raises(NotFoundError, match="org/other"):
+        await client.models.retrieve("org/other")
 
 
 async def test_replayed_history_reuses_the_engines_own_reply(client, smol_engine):
@@ -179,6 +184,40 @@ async def test_penalties_reach_the_engine(client, smol_engine):
     assert await api() != native  # the penalties changed the reply
 
 
+async def test_logprobs_and_logit_bias_through_the_sdk(client, smol_engine):
+    """Streamed and whole replies carry the same logprobs: one entry per token of the text
+    (their bytes spell the reply), the greedy pick first among its alternatives. A bias that
+    bans the first token makes its runner-up the first token."""
+    messages = [SYSTEM, {"role": "user", "content": "Name a fruit."}]
+    ask = {"model": "smollm2", "messages": messages, "max_tokens": 8, "temperature": 0}
+    whole = await client.chat.completions.create(**ask, logprobs=True, top_logprobs=2)
+    choice = whole.choices[0]
+    content = choice.logprobs.content
+    assert b"".join(bytes(t.bytes) for t in content).decode() == choice.message.content
+    ended = choice.finish_reason == "stop"  # the end-of-turn token has no entry
+    assert len(content) == whole.usage.completion_tokens - ended
+    for t in content:
+        assert len(t.top_logprobs) == 2 and t.top_logprobs[0].token == t.token
+        assert t.logprob == t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob
+    stream = await client.chat.completions.create(**ask, logprobs=True, top_logprobs=2, stream=True)
+    streamed = [
+        t
+        async for chunk in stream
+        for c in chunk.choices
+        for t in (c.logprobs.content if c.logprobs else ())
+    ]
+    assert [t.model_dump() for t in streamed] == [t.model_dump() for t in content]
+    plain = await client.chat.completions.create(**ask)
+    assert plain.choices[0].logprobs is None
+
+    first = smol_engine.tokenizer.encode(content[0].token)
+    assert len(first) == 1
+    banned = await client.chat.completions.create(
+        **ask, logprobs=True, logit_bias={str(first[0]): -100}
+    )
+    assert banned.choices[0].logprobs.content[0].token == content[0].top_logprobs[1].token
+
+
 async def test_next_request_right_after_a_client_left_reuses_the_conversation(smol_engine):
     """The stream a client left is closed, and the same caller's next turn comes at once (a
     barge-in): it takes the now idle conversation, whose abort must already be queued."""
@@ -192,7 +231,7 @@ async def test_next_request_right_after_a_client_left_reuses_the_conversation(sm
         stream = service.complete(
             ChatRequest(history, params, "smollm2", stream=True), Completion()
         )
-        heard = await anext(stream)
+        heard = (await anext(stream)).text
         await stream.aclose()  # the client left
         turn = [
             *history,
@@ -201,7 +240,7 @@ async def test_next_request_right_after_a_client_left_reuses_the_conversation(sm
         ]
         done = Completion()
         request = ChatRequest(turn, SamplingParams(max_tokens=8), "smollm2")
-        reply = "".join([piece async for piece in service.complete(request, done)])
+        reply = "".join([piece.text async for piece in service.complete(request, done)])
         assert reply and done.usage.cached_tokens > 0
     finally:
         await service.close()
@@ -230,8 +269,23 @@ async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
         ('{"messages": [{"role": "user", "content": "hi"}], "frobnicate": 1}', "frobnicate"),
         ('{"messages": [{"role": "user", "content": "hi"}], "tools": [{}]}', "tools"),
         ('{"messages": [{"role": "user", "content": "hi"}], "n": 2}', "n"),
-        ('{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"7": 5}}', "logit_bias"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"x": 5}}', "logit_bias"),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"7": 101}}',
+            "logit_bias",
+        ),
+        ('{"messages": [{"role": "user", "content": "hi"}], "logit_bias": [7]}', "logit_bias"),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"49152": 1}}',
+            "logit_bias",
+        ),
         ('{"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}', "top_logprobs"),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}],'
+            ' "logprobs": true, "top_logprobs": 21}',
+            "top_logprobs",
+        ),
+        ('{"messages": [{"role": "user", "content": "hi"}], "logprobs": 1}', "logprobs"),
         ('{"messages": [{"role": "user", "content": "hi"}], "modalities": ["x"]}', "modalities"),
         (
             '{"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"}',
