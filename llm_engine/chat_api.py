@@ -13,23 +13,25 @@ Supported subset (documented in the README): ``model``, ``messages`` (string con
 parts), ``stream``, ``stream_options.include_usage``, ``max_tokens`` /
 ``max_completion_tokens``, ``temperature``, ``top_p``, ``frequency_penalty``,
 ``presence_penalty``, ``logit_bias``, ``logprobs`` / ``top_logprobs`` (the model's own
-distribution, before penalties, bias and temperature), ``seed``, ``stop``, ``n == 1``, and the
-common extensions ``top_k`` and ``repetition_penalty``. ``usage.prompt_tokens_details.
-cached_tokens`` reports how many prompt tokens were reused. Anything else that would change
-the output (tools, non-text content or output) is
-refused with a clear ``InvalidRequest`` rather than silently ignored; such parameters sent at
-their defaults (as some clients always send them) are accepted, ``null`` stands for a
-parameter's default, and bookkeeping that changes no output (``user``, ``store``,
-``metadata``, ...) is accepted and ignored.
+distribution, before penalties, bias and temperature), ``seed``, ``stop``, ``n`` (up to 16:
+the choices fork the prompt's KV and are generated together, the i-th with ``seed + i``), and
+the common extensions ``top_k`` and ``repetition_penalty``.
+``usage.prompt_tokens_details.cached_tokens`` reports how many prompt tokens were reused.
+Anything else that would change the output (tools, non-text content or output) is refused with
+a clear ``InvalidRequest`` rather than silently ignored; such parameters sent at their defaults
+(as some clients always send them) are accepted, ``null`` stands for a parameter's default,
+and bookkeeping that changes no output (``user``, ``store``, ``metadata``, ...) is accepted and
+ignored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from llm_engine.engine import Engine
 
 _IGNORED_IF_DEFAULT = {"modalities": ["text"]}
+MAX_CHOICES = 16  # n: each choice is a conversation of its own while it generates
 MIN_LOGPROB = -9999.0  # what OpenAI reports for a token of (near) zero probability
 # bookkeeping for the caller that changes nothing in the output: accepted with any value of its
 # type and ignored (clients such as chat front ends send ``user`` with every request)
@@ -74,6 +77,14 @@ class ChatRequest:
     model: str
     stream: bool = False
     include_usage: bool = False
+    n: int = 1  # choices
+
+
+def _choices(body: dict[str, Any]) -> int:
+    n = body.get("n", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
+        raise RequestError(f"'n' must be an integer in [1, {MAX_CHOICES}]", "n")
+    return n
 
 
 def _number(body: dict[str, Any], key: str, lo: float, hi: float) -> float | None:
@@ -207,8 +218,6 @@ def _check_unsupported(body: dict[str, Any]) -> None:
     fmt = body.get("response_format")
     if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
         raise RequestError("only response_format {'type': 'text'} is supported", "response_format")
-    if body.get("n", 1) != 1:
-        raise RequestError("only n = 1 is supported", "n")
 
 
 def parse_chat_request(body: Any, default_max_tokens: int = 512) -> ChatRequest:
@@ -251,6 +260,7 @@ def parse_chat_request(body: Any, default_max_tokens: int = 512) -> ChatRequest:
         model=str(body.get("model") or ""),
         stream=_flag(body, "stream"),
         include_usage=_flag(stream_options, "include_usage", "stream_options.include_usage"),
+        n=_choices(body),
     )
 
 
@@ -271,21 +281,24 @@ class Usage:
 
 @dataclass(slots=True)
 class Completion:
-    """One running completion: iterate :meth:`deltas`, then read ``usage``/``finish_reason``."""
+    """One running completion: iterate :meth:`ChatService.complete`, then read ``usage`` and
+    ``finish_reasons`` (one per choice)."""
 
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
     created: int = field(default_factory=lambda: int(time.time()))
     usage: Usage = field(default_factory=Usage)
-    finish_reason: str | None = None
+    finish_reasons: list[str | None] = field(default_factory=lambda: [None])
 
 
 @dataclass(slots=True)
 class Piece:
-    """A step of the reply: its text, and the wire's ``logprobs.content`` entries of its
-    tokens when the request asked for them (the end-of-turn token has none, as in OpenAI's)."""
+    """A step of choice ``index``'s reply: its text, and the wire's ``logprobs.content``
+    entries of its tokens when the request asked for them (the end-of-turn token has none, as
+    in OpenAI's)."""
 
     text: str
     logprobs: list[dict[str, Any]] | None = None
+    index: int = 0
 
 
 @dataclass(slots=True)
@@ -311,6 +324,47 @@ def _continues(held: list[dict[str, Any]], request: list[dict[str, str]], shared
         return True
     edited_reply = shared + 1 == len(held) and held[-1]["role"] == "assistant"
     return edited_reply and len(request) > shared and request[shared]["role"] == "assistant"
+
+
+class _Merged:
+    """The deltas of several generations as ``(index, delta)`` in arrival order, each stream
+    drained by a task of its own. Leaving the ``async with`` block cancels and awaits those
+    tasks, so every unfinished generation's abort is queued by then."""
+
+    def __init__(self, streams: list[AsyncGenerator[Delta, None]]) -> None:
+        self._queue: asyncio.Queue[tuple[int, Delta | Exception | None]] = asyncio.Queue()
+        self._streams = streams
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> _Merged:
+        self._tasks = [asyncio.create_task(self._pump(i, s)) for i, s in enumerate(self._streams)]
+        return self
+
+    async def _pump(self, i: int, stream: AsyncGenerator[Delta, None]) -> None:
+        try:
+            async with contextlib.aclosing(stream):
+                async for delta in stream:
+                    self._queue.put_nowait((i, delta))
+        except Exception as err:  # raised to the consumer
+            self._queue.put_nowait((i, err))
+        else:
+            self._queue.put_nowait((i, None))
+
+    async def __aiter__(self) -> AsyncIterator[tuple[int, Delta]]:
+        running = len(self._tasks)
+        while running:
+            i, item = await self._queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield i, item
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def _wire_logprobs(content: list[dict[str, Any]] | None) -> dict[str, Any] | None:
@@ -380,32 +434,59 @@ class ChatService:
             await slot.conv.close()
 
     async def complete(self, request: ChatRequest, completion: Completion) -> AsyncIterator[Piece]:
-        """Yield the reply's pieces; fills ``completion.usage`` and ``finish_reason``.
+        """Yield the reply's pieces, the choices' interleaved; fills ``completion.usage`` and
+        ``finish_reasons``.
 
-        Closing the iterator (client gone) aborts the generation within one engine step.
+        Closing the iterator (client gone) aborts the generations within one engine step.
         """
         slot = await self._slot_for(request.messages)
-        # the transcript and the assistant header are prefilled in one pass
-        deltas = slot.conv.generate(request.params, messages=request.messages, replace=True)
-        # closed before the lock is released: its abort is queued before any command of the
-        # next request to take this slot (left to the garbage collector, the abort could land
-        # after that request's generate and fail it with "the conversation is generating")
-        async with slot.lock, contextlib.aclosing(deltas):
+        completion.finish_reasons = [None] * request.n
+        async with contextlib.AsyncExitStack() as held:
+            await held.enter_async_context(slot.lock)
             slot.used = time.monotonic()
             before = slot.conv.tokens
-            first = True
-            async for delta in deltas:
-                if first:  # the prompt is known now
-                    first = False
+            if request.n == 1:  # the transcript and the assistant header in one pass
+                streams = [
+                    slot.conv.generate(request.params, messages=request.messages, replace=True)
+                ]
+            else:  # the transcript once; each choice forks its KV
+                await slot.conv.set_messages(request.messages)
+                convs = [slot.conv, *await self._forks(slot, request.n - 1, held)]
+                params = request.params
+                seeds = [None if params.seed is None else params.seed + i for i in range(request.n)]
+                streams = [
+                    conv.generate(dataclasses.replace(params, seed=seed))
+                    for conv, seed in zip(convs, seeds, strict=True)
+                ]
+            # entered last, so closed first: the generations' aborts are queued before the
+            # locks are released, ahead of any command of the next request for these slots
+            # (left to the garbage collector, an abort could land after that request's
+            # generate and fail it with "the conversation is generating")
+            merged = await held.enter_async_context(_Merged(streams))
+            async for i, delta in merged:
+                if not completion.usage.prompt_tokens:  # the prompt is known now
                     reused = common_prefix_len(before, slot.conv.tokens[: delta.position])
                     completion.usage = Usage(prompt_tokens=delta.position, cached_tokens=reused)
                 completion.usage.completion_tokens += len(delta.token_ids)
                 if delta.finish_reason:
-                    completion.finish_reason = delta.finish_reason
+                    completion.finish_reasons[i] = delta.finish_reason
                 logprobs = self._logprobs(delta, request.params)
                 if delta.text or logprobs:
-                    yield Piece(delta.text, logprobs)
+                    yield Piece(delta.text, logprobs, i)
             slot.used = time.monotonic()
+
+    async def _forks(
+        self, slot: _Slot, n: int, held: contextlib.AsyncExitStack
+    ) -> list[Conversation]:
+        """``n`` forks of ``slot``'s conversation, listed as slots (a client may continue any
+        choice) and locked in ``held``."""
+        forks = [await slot.conv.fork() for _ in range(n)]
+        await self._trim(room=n)
+        for conv in forks:
+            fork = _Slot(conv)
+            await held.enter_async_context(fork.lock)  # free: taken without a wait
+            self._slots.append(fork)
+        return forks
 
     def _logprobs(self, delta: Delta, params: SamplingParams) -> list[dict[str, Any]] | None:
         if delta.logprobs is None:
@@ -433,6 +514,7 @@ class ChatService:
         delta: dict[str, Any],
         finish: str | None,
         logprobs: list[dict[str, Any]] | None = None,
+        index: int = 0,
     ) -> dict[str, Any]:
         return {
             "id": c.id,
@@ -441,7 +523,7 @@ class ChatService:
             "model": self.model_name,
             "choices": [
                 {
-                    "index": 0,
+                    "index": index,
                     "delta": delta,
                     "finish_reason": finish,
                     "logprobs": _wire_logprobs(logprobs),
@@ -460,7 +542,7 @@ class ChatService:
         }
 
     def response(
-        self, c: Completion, text: str, logprobs: list[dict[str, Any]] | None = None
+        self, c: Completion, texts: list[str], logprobs: list[list[dict[str, Any]]] | None = None
     ) -> dict[str, Any]:
         return {
             "id": c.id,
@@ -469,11 +551,12 @@ class ChatService:
             "model": self.model_name,
             "choices": [
                 {
-                    "index": 0,
+                    "index": i,
                     "message": {"role": "assistant", "content": text},
-                    "finish_reason": c.finish_reason or "stop",
-                    "logprobs": _wire_logprobs(logprobs),
+                    "finish_reason": c.finish_reasons[i] or "stop",
+                    "logprobs": _wire_logprobs(None if logprobs is None else logprobs[i]),
                 }
+                for i, text in enumerate(texts)
             ],
             "usage": c.usage.as_dict(),
         }

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from llm_engine.chat_api import ChatService, Completion, Piece, parse_chat_request
+from llm_engine.chat_api import ChatRequest, ChatService, Completion, Piece, parse_chat_request
 from llm_engine.errors import ContextLengthExceeded, EngineClosed, EngineError, InvalidRequest
 from voice.asr import Transcriber
 from voice.config import ParleyConfig, ServerConfig
@@ -100,22 +100,25 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     stream = service.complete(chat, completion)
     try:
         if not chat.stream:
-            pieces = [piece async for piece in stream]
-            text = "".join(p.text for p in pieces)
-            logprobs = None
-            if chat.params.logprobs is not None:
-                logprobs = [entry for p in pieces for entry in p.logprobs or ()]
-            return web.json_response(service.response(completion, text, logprobs))
+            texts = [""] * chat.n
+            logprobs: list[list[dict[str, Any]]] = [[] for _ in range(chat.n)]
+            async for piece in stream:
+                texts[piece.index] += piece.text
+                logprobs[piece.index] += piece.logprobs or ()
+            wanted = chat.params.logprobs is not None
+            return web.json_response(
+                service.response(completion, texts, logprobs if wanted else None)
+            )
         first = await anext(stream, None)  # errors before the first byte are still HTTP errors
     except EngineError as err:
         return _request_error(err)
-    return await _sse(request, service, chat.include_usage, completion, stream, first)
+    return await _sse(request, service, chat, completion, stream, first)
 
 
 async def _sse(
     request: web.Request,
     service: ChatService,
-    include_usage: bool,
+    chat: ChatRequest,
     completion: Completion,
     stream: Any,
     first: Piece | None,
@@ -129,14 +132,21 @@ async def _sse(
         data = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"))
         await response.write(f"data: {data}\n\n".encode())
 
+    async def send_piece(p: Piece) -> None:
+        await send(service.chunk(completion, {"content": p.text}, None, p.logprobs, p.index))
+
     try:
-        await send(service.chunk(completion, {"role": "assistant", "content": ""}, None))
+        for i in range(chat.n):
+            await send(
+                service.chunk(completion, {"role": "assistant", "content": ""}, None, None, i)
+            )
         if first is not None:
-            await send(service.chunk(completion, {"content": first.text}, None, first.logprobs))
+            await send_piece(first)
             async for piece in stream:
-                await send(service.chunk(completion, {"content": piece.text}, None, piece.logprobs))
-        await send(service.chunk(completion, {}, completion.finish_reason or "stop"))
-        if include_usage:
+                await send_piece(piece)
+        for i, finish in enumerate(completion.finish_reasons):
+            await send(service.chunk(completion, {}, finish or "stop", None, i))
+        if chat.include_usage:
             await send(service.usage_chunk(completion))
         await send("[DONE]")
     except EngineError as err:  # mid-stream: the status is sent, so report in-band

@@ -218,6 +218,43 @@ async def test_logprobs_and_logit_bias_through_the_sdk(client, smol_engine):
     assert banned.choices[0].logprobs.content[0].token == content[0].top_logprobs[1].token
 
 
+async def test_n_choices_fork_the_prompt_and_each_equals_its_own_sample(client, smol_engine):
+    """n = 3: choice i is what a conversation of its own samples with seed + i, streamed or
+    not; and a client that goes on from any choice finds it resident (the forks are kept)."""
+    from llm_engine import SamplingParams
+
+    messages = [SYSTEM, {"role": "user", "content": "Tell me about the sea."}]
+    ask = {"model": "smollm2", "messages": messages, "max_tokens": 10, "temperature": 1.0}
+    whole = await client.chat.completions.create(**ask, n=3, seed=5, logprobs=True)
+    assert [c.index for c in whole.choices] == [0, 1, 2]
+    texts = [c.message.content for c in whole.choices]
+    assert len(set(texts)) > 1
+    ended = sum(c.finish_reason == "stop" for c in whole.choices)
+    tokens = sum(len(c.logprobs.content) for c in whole.choices)
+    assert whole.usage.completion_tokens == tokens + ended
+    for i, text in enumerate(texts):
+        async with smol_engine.open_conversation() as conv:
+            params = SamplingParams(max_tokens=10, temperature=1.0, seed=5 + i)
+            alone = [d.text async for d in conv.generate(params, messages=messages)]
+        assert "".join(alone) == text
+    stream = await client.chat.completions.create(**ask, n=3, seed=5, stream=True)
+    streamed, finishes = ["", "", ""], [None] * 3
+    async for chunk in stream:
+        for c in chunk.choices:
+            streamed[c.index] += c.delta.content or ""
+            finishes[c.index] = c.finish_reason or finishes[c.index]
+    assert streamed == texts and finishes == [c.finish_reason for c in whole.choices]
+
+    turn = [
+        *messages,
+        {"role": "assistant", "content": texts[2]},
+        {"role": "user", "content": "And the sky?"},
+    ]
+    held = len(smol_engine.tokenizer.encode(texts[2]))
+    reply = await client.chat.completions.create(model="smollm2", messages=turn, max_tokens=4)
+    assert reply.usage.prompt_tokens_details.cached_tokens > whole.usage.prompt_tokens + held - 4
+
+
 async def test_next_request_right_after_a_client_left_reuses_the_conversation(smol_engine):
     """The stream a client left is closed, and the same caller's next turn comes at once (a
     barge-in): it takes the now idle conversation, whose abort must already be queued."""
@@ -268,7 +305,8 @@ async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
         ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', "max_tokens"),
         ('{"messages": [{"role": "user", "content": "hi"}], "frobnicate": 1}', "frobnicate"),
         ('{"messages": [{"role": "user", "content": "hi"}], "tools": [{}]}', "tools"),
-        ('{"messages": [{"role": "user", "content": "hi"}], "n": 2}', "n"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "n": 17}', "n"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "n": 0}', "n"),
         ('{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"x": 5}}', "logit_bias"),
         (
             '{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"7": 101}}',
@@ -323,13 +361,14 @@ async def test_over_the_context_limit_then_still_serving(api, client):
     assert ok.choices[0].message.content is not None
 
 
+@pytest.mark.parametrize("n", [1, 3])
 async def test_client_leaving_mid_stream_aborts_and_frees_the_conversation(
-    api, client, smol_engine
+    api, client, smol_engine, n
 ):
     base = api[0]
     body = (
         '{"messages": [{"role": "user", "content": "Write a long story about a dragon."}],'
-        '"max_tokens": 400, "temperature": 0, "stream": true}'
+        f'"max_tokens": 400, "temperature": 0, "stream": true, "n": {n}}}'
     )
     async with (
         aiohttp.ClientSession() as http,
@@ -344,6 +383,8 @@ async def test_client_leaving_mid_stream_aborts_and_frees_the_conversation(
             break
         await asyncio.sleep(0.01)
     assert not any(st.gen is not None for st in smol_engine._convs.values())
+    replies = [len(slot.conv.messages[-1]["content"]) for slot in api[1]._slots]
+    assert len(replies) == n and max(replies) < 200  # characters: stopped, not run to the end
     again = await client.chat.completions.create(
         model="smollm2",
         messages=[{"role": "user", "content": "Write a long story about a dragon."}],
