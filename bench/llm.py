@@ -254,8 +254,12 @@ async def parley_reply(
         await conv.close()
 
 
-def textbook_sample_row(logits: Any, params: Any, seen: list[int], gen: Any) -> int:
-    """The baseline sampler: HF's way (a sort of the vocabulary for top-p, torch.multinomial)."""
+def textbook_sample_row(
+    logits: Any, params: Any, seen: list[int], gen: Any, n_generated: int = 0
+) -> int:
+    """The baseline sampler: HF's way (a sort of the vocabulary for top-p, torch.multinomial);
+    the same signature as ``sample_row``, whose place it takes (no OpenAI penalties or bias:
+    the runs here use neither)."""
     import torch
 
     from llm_engine.sampling import apply_repetition_penalty
