@@ -233,8 +233,10 @@ def parse_chat_request(body: Any, default_max_tokens: int = 512) -> ChatRequest:
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         raise RequestError("'top_k' must be a non-negative integer", "top_k")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise RequestError("'seed' must be an integer", "seed")
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**63
+    ):  # a 64-bit integer, so that the choices' seed + i still fits the generator's 64 bits
+        raise RequestError("'seed' must be a 64-bit integer", "seed")
     penalty = _number(body, "repetition_penalty", 0.01, 10)
     frequency = _number(body, "frequency_penalty", -2, 2)
     presence = _number(body, "presence_penalty", -2, 2)

@@ -204,6 +204,8 @@ class SamplingParams:
             raise InvalidRequest("repetition_penalty must be > 0")
         if not (-2 <= self.frequency_penalty <= 2 and -2 <= self.presence_penalty <= 2):
             raise InvalidRequest("frequency_penalty and presence_penalty must be in [-2, 2]")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:
+            raise InvalidRequest("seed must fit in 64 bits")
         if any(not s for s in self.stop):
             raise InvalidRequest("stop strings must be non-empty")
         if any(

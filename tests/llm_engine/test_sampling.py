@@ -183,3 +183,10 @@ def test_token_logprobs_are_the_log_softmax_and_its_top() -> None:
     assert got[1] == (pytest.approx(float(want[1].max()), abs=1e-5), [])
     with pytest.raises(InvalidRequest, match="logprobs"):
         SamplingParams(logprobs=21)
+
+
+def test_any_seed_that_fits_the_generator_is_taken_and_no_other() -> None:
+    for seed in (-(2**63), 2**64 - 1):  # the extremes torch's generator takes
+        assert make_generator(SamplingParams(temperature=1.0, seed=seed)) is not None
+    with pytest.raises(InvalidRequest, match="seed"):
+        SamplingParams(seed=2**64)

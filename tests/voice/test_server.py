@@ -306,6 +306,7 @@ async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
         ('{"messages": [{"role": "user", "content": "hi"}], "frobnicate": 1}', "frobnicate"),
         ('{"messages": [{"role": "user", "content": "hi"}], "tools": [{}]}', "tools"),
         ('{"messages": [{"role": "user", "content": "hi"}], "n": 17}', "n"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "seed": 18446744073709551616}', "seed"),
         ('{"messages": [{"role": "user", "content": "hi"}], "n": 0}', "n"),
         ('{"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"x": 5}}', "logit_bias"),
         (
