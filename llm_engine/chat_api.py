@@ -294,13 +294,14 @@ class Completion:
 
 @dataclass(slots=True)
 class Piece:
-    """A step of choice ``index``'s reply: its text, and the wire's ``logprobs.content``
-    entries of its tokens when the request asked for them (the end-of-turn token has none, as
-    in OpenAI's)."""
+    """A step of choice ``index``'s reply: its text, the wire's ``logprobs.content`` entries
+    of its tokens when the request asked for them (the end-of-turn token has none, as in
+    OpenAI's), and on the choice's last piece why it ended."""
 
     text: str
     logprobs: list[dict[str, Any]] | None = None
     index: int = 0
+    finish_reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -473,8 +474,8 @@ class ChatService:
                 if delta.finish_reason:
                     completion.finish_reasons[i] = delta.finish_reason
                 logprobs = self._logprobs(delta, request.params)
-                if delta.text or logprobs:
-                    yield Piece(delta.text, logprobs, i)
+                if delta.text or logprobs or delta.finish_reason:
+                    yield Piece(delta.text, logprobs, i, delta.finish_reason)
             slot.used = time.monotonic()
 
     async def _forks(

@@ -133,7 +133,10 @@ async def _sse(
         await response.write(f"data: {data}\n\n".encode())
 
     async def send_piece(p: Piece) -> None:
-        await send(service.chunk(completion, {"content": p.text}, None, p.logprobs, p.index))
+        if p.text or p.logprobs:
+            await send(service.chunk(completion, {"content": p.text}, None, p.logprobs, p.index))
+        if p.finish_reason:  # each choice's end as it comes (every choice's last piece has it)
+            await send(service.chunk(completion, {}, p.finish_reason, None, p.index))
 
     try:
         for i in range(chat.n):
@@ -144,8 +147,6 @@ async def _sse(
             await send_piece(first)
             async for piece in stream:
                 await send_piece(piece)
-        for i, finish in enumerate(completion.finish_reasons):
-            await send(service.chunk(completion, {}, finish or "stop", None, i))
         if chat.include_usage:
             await send(service.usage_chunk(completion))
         await send("[DONE]")

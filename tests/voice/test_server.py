@@ -241,8 +241,9 @@ async def test_n_choices_fork_the_prompt_and_each_equals_its_own_sample(client, 
     streamed, finishes = ["", "", ""], [None] * 3
     async for chunk in stream:
         for c in chunk.choices:
+            assert finishes[c.index] is None  # a choice's end is its last chunk
             streamed[c.index] += c.delta.content or ""
-            finishes[c.index] = c.finish_reason or finishes[c.index]
+            finishes[c.index] = c.finish_reason
     assert streamed == texts and finishes == [c.finish_reason for c in whole.choices]
 
     turn = [
