@@ -29,11 +29,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from llm_engine.config import MAX_TOP_LOGPROBS, SamplingParams
 from llm_engine.errors import InvalidRequest
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from llm_engine.engine import Engine
 
 _IGNORED_IF_DEFAULT = {"modalities": ["text"]}
+_T = TypeVar("_T")
 MAX_CHOICES = 16  # n: each choice is a conversation of its own while it generates
 MIN_LOGPROB = -9999.0  # what OpenAI reports for a token of (near) zero probability
 # bookkeeping for the caller that changes nothing in the output: accepted with any value of its
@@ -80,20 +82,28 @@ class ChatRequest:
     n: int = 1  # choices
 
 
-def _choices(body: dict[str, Any]) -> int:
-    n = body.get("n", 1)
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
-        raise RequestError(f"'n' must be an integer in [1, {MAX_CHOICES}]", "n")
-    return n
+def _within(value: Any, kind: Any, lo: float, hi: float) -> bool:
+    """Whether ``value`` is of ``kind`` (JSON's true and false are not numbers) in [lo, hi]."""
+    return not isinstance(value, bool) and isinstance(value, kind) and lo <= value <= hi
 
 
 def _number(body: dict[str, Any], key: str, lo: float, hi: float) -> float | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+    if not _within(value, int | float, lo, hi):
         raise RequestError(f"'{key}' must be a number in [{lo}, {hi}]", key)
     return float(value)
+
+
+def _integer(value: Any, param: str, lo: int, hi: float, default: _T) -> int | _T:
+    """``value`` checked to be an integer in [lo, hi], or ``default`` when it is absent."""
+    if value is None:
+        return default
+    if not _within(value, int, lo, hi):
+        bounds = f">= {lo}" if hi == math.inf else f"in [{lo}, {hi}]"
+        raise RequestError(f"'{param}' must be an integer {bounds}", param)
+    return int(value)
 
 
 def _flag(body: dict[str, Any], key: str, param: str | None = None) -> bool:
@@ -159,39 +169,24 @@ def _stop(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _max_tokens(body: dict[str, Any], default: int) -> int:
-    value = body.get("max_completion_tokens", body.get("max_tokens"))
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise RequestError("'max_tokens' must be a positive integer", "max_tokens")
-    return value
-
-
 def _logit_bias(value: Any) -> dict[int, float]:
     if value is None:
         return {}
-    bias = {}
-    if isinstance(value, dict):
-        for key, b in value.items():
-            if not (isinstance(key, str) and key.isascii() and key.isdigit()):
-                break
-            if isinstance(b, bool) or not isinstance(b, int | float) or not -100 <= b <= 100:
-                break
-            bias[int(key)] = float(b)
-        else:
-            return bias
-    raise RequestError("'logit_bias' must map token ids to numbers in [-100, 100]", "logit_bias")
+    if not (
+        isinstance(value, dict)
+        and all(isinstance(k, str) and k.isascii() and k.isdigit() for k in value)
+        and all(_within(b, int | float, -100, 100) for b in value.values())
+    ):
+        raise RequestError(
+            "'logit_bias' must map token ids to numbers in [-100, 100]", "logit_bias"
+        )
+    return {int(k): float(b) for k, b in value.items()}
 
 
 def _logprobs(body: dict[str, Any]) -> int | None:
     """How many alternatives each token's logprobs list, or None for no logprobs."""
     wanted = _flag(body, "logprobs")
-    top = body.get("top_logprobs", 0)
-    if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS:
-        raise RequestError(
-            f"'top_logprobs' must be an integer in [0, {MAX_TOP_LOGPROBS}]", "top_logprobs"
-        )
+    top = _integer(body.get("top_logprobs"), "top_logprobs", 0, MAX_TOP_LOGPROBS, 0)
     if top and not wanted:
         raise RequestError("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     return top if wanted else None
@@ -229,14 +224,9 @@ def parse_chat_request(body: Any, default_max_tokens: int = 512) -> ChatRequest:
     messages = _messages(body.get("messages"))
     temperature = _number(body, "temperature", 0, 2)
     top_p = _number(body, "top_p", 0, 1)
-    top_k = body.get("top_k", 0)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise RequestError("'top_k' must be a non-negative integer", "top_k")
-    seed = body.get("seed")
-    if seed is not None and (
-        isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**63
-    ):  # a 64-bit integer, so that the choices' seed + i still fits the generator's 64 bits
-        raise RequestError("'seed' must be a 64-bit integer", "seed")
+    top_k = _integer(body.get("top_k"), "top_k", 0, math.inf, 0)
+    # a 64-bit seed, so that the choices' seed + i still fits the generator's 64 bits
+    seed = _integer(body.get("seed"), "seed", -(2**63), 2**63 - 1, None)
     penalty = _number(body, "repetition_penalty", 0.01, 10)
     frequency = _number(body, "frequency_penalty", -2, 2)
     presence = _number(body, "presence_penalty", -2, 2)
@@ -244,7 +234,13 @@ def parse_chat_request(body: Any, default_max_tokens: int = 512) -> ChatRequest:
     if not isinstance(stream_options, dict):
         raise RequestError("'stream_options' must be an object", "stream_options")
     params = SamplingParams(
-        max_tokens=_max_tokens(body, default_max_tokens),
+        max_tokens=_integer(
+            body.get("max_completion_tokens", body.get("max_tokens")),
+            "max_tokens",
+            1,
+            math.inf,
+            default_max_tokens,
+        ),
         temperature=1.0 if temperature is None else temperature,  # the API's default
         top_p=1.0 if top_p is None or top_p == 0 else top_p,
         top_k=top_k,
@@ -262,7 +258,7 @@ def parse_chat_request(body: Any, default_max_tokens: int = 512) -> ChatRequest:
         model=str(body.get("model") or ""),
         stream=_flag(body, "stream"),
         include_usage=_flag(stream_options, "include_usage", "stream_options.include_usage"),
-        n=_choices(body),
+        n=_integer(body.get("n"), "n", 1, MAX_CHOICES, 1),
     )
 
 
