@@ -279,13 +279,11 @@ class Usage:
 
 @dataclass(slots=True)
 class Completion:
-    """One running completion: iterate :meth:`ChatService.complete`, then read ``usage`` and
-    ``finish_reasons`` (one per choice)."""
+    """One running completion: iterate :meth:`ChatService.complete`, then read ``usage``."""
 
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
     created: int = field(default_factory=lambda: int(time.time()))
     usage: Usage = field(default_factory=Usage)
-    finish_reasons: list[str | None] = field(default_factory=lambda: [None])
 
 
 @dataclass(slots=True)
@@ -433,13 +431,11 @@ class ChatService:
             await slot.conv.close()
 
     async def complete(self, request: ChatRequest, completion: Completion) -> AsyncIterator[Piece]:
-        """Yield the reply's pieces, the choices' interleaved; fills ``completion.usage`` and
-        ``finish_reasons``.
+        """Yield the reply's pieces, the choices' interleaved; fills ``completion.usage``.
 
         Closing the iterator (client gone) aborts the generations within one engine step.
         """
         slot = await self._slot_for(request.messages)
-        completion.finish_reasons = [None] * request.n
         async with contextlib.AsyncExitStack() as held:
             await held.enter_async_context(slot.lock)
             slot.used = time.monotonic()
@@ -451,11 +447,12 @@ class ChatService:
             else:  # the transcript once; each choice forks its KV
                 await slot.conv.set_messages(request.messages)
                 convs = [slot.conv, *await self._forks(slot, request.n - 1, held)]
-                params = request.params
-                seeds = [None if params.seed is None else params.seed + i for i in range(request.n)]
+                seed = request.params.seed
                 streams = [
-                    conv.generate(dataclasses.replace(params, seed=seed))
-                    for conv, seed in zip(convs, seeds, strict=True)
+                    conv.generate(
+                        dataclasses.replace(request.params, seed=None if seed is None else seed + i)
+                    )
+                    for i, conv in enumerate(convs)
                 ]
             # entered last, so closed first: the generations' aborts are queued before the
             # locks are released, ahead of any command of the next request for these slots
@@ -467,8 +464,6 @@ class ChatService:
                     reused = common_prefix_len(before, slot.conv.tokens[: delta.position])
                     completion.usage = Usage(prompt_tokens=delta.position, cached_tokens=reused)
                 completion.usage.completion_tokens += len(delta.token_ids)
-                if delta.finish_reason:
-                    completion.finish_reasons[i] = delta.finish_reason
                 logprobs = self._logprobs(delta, request.params)
                 if delta.text or logprobs or delta.finish_reason:
                     yield Piece(delta.text, logprobs, i, delta.finish_reason)
@@ -540,9 +535,16 @@ class ChatService:
             "usage": c.usage.as_dict(),
         }
 
-    def response(
-        self, c: Completion, texts: list[str], logprobs: list[list[dict[str, Any]]] | None = None
-    ) -> dict[str, Any]:
+    def response(self, c: Completion, request: ChatRequest, pieces: list[Piece]) -> dict[str, Any]:
+        """The whole reply, from every piece :meth:`complete` yielded for ``request``."""
+        texts = [""] * request.n
+        finishes: list[str | None] = [None] * request.n
+        logprobs: list[list[dict[str, Any]]] = [[] for _ in range(request.n)]
+        for p in pieces:
+            texts[p.index] += p.text
+            logprobs[p.index] += p.logprobs or ()
+            finishes[p.index] = p.finish_reason or finishes[p.index]
+        wanted = request.params.logprobs is not None
         return {
             "id": c.id,
             "object": "chat.completion",
@@ -551,11 +553,11 @@ class ChatService:
             "choices": [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": c.finish_reasons[i] or "stop",
-                    "logprobs": _wire_logprobs(None if logprobs is None else logprobs[i]),
+                    "message": {"role": "assistant", "content": texts[i]},
+                    "finish_reason": finishes[i] or "stop",
+                    "logprobs": _wire_logprobs(logprobs[i] if wanted else None),
                 }
-                for i, text in enumerate(texts)
+                for i in range(request.n)
             ],
             "usage": c.usage.as_dict(),
         }

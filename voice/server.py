@@ -100,15 +100,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     stream = service.complete(chat, completion)
     try:
         if not chat.stream:
-            texts = [""] * chat.n
-            logprobs: list[list[dict[str, Any]]] = [[] for _ in range(chat.n)]
-            async for piece in stream:
-                texts[piece.index] += piece.text
-                logprobs[piece.index] += piece.logprobs or ()
-            wanted = chat.params.logprobs is not None
-            return web.json_response(
-                service.response(completion, texts, logprobs if wanted else None)
-            )
+            pieces = [piece async for piece in stream]
+            return web.json_response(service.response(completion, chat, pieces))
         first = await anext(stream, None)  # errors before the first byte are still HTTP errors
     except EngineError as err:
         return _request_error(err)
