@@ -65,6 +65,40 @@ def _request_error(err: EngineError) -> web.Response:
     return _error(500, str(err), "server_error")
 
 
+_ERROR_KINDS = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+@web.middleware
+async def api_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error under ``/v1/`` as the OpenAI-style JSON body its clients parse: aiohttp's own
+    (an unknown path, a wrong method, a body over the size limit) and any a handler did not
+    expect, which is logged with its traceback and answered with a 500. Nothing here can reach
+    another request. A WebSocket reports its own errors in-band, once upgraded."""
+    if (
+        not request.path.startswith("/v1/")
+        or request.headers.get("Upgrade", "").lower() == "websocket"
+    ):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        kind = _ERROR_KINDS.get(err.status, "server_error" if err.status >= 500 else "")
+        message = f"{err.reason}: {request.method} {request.path}"
+        if err.status == 413:
+            message = f"the request body is over the limit of {MAX_BODY} bytes"
+        response = _error(err.status, message, kind or "invalid_request_error")
+        if allow := err.headers.get("Allow"):
+            response.headers["Allow"] = allow
+        return response
+    except Exception:  # a bug: answer as JSON, log it, and keep serving every other request
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return _error(500, "the server failed to handle the request", "server_error")
+
+
 async def healthz(request: web.Request) -> web.Response:
     service = request.app.get(SERVICE_KEY)
     ok = service is None or service.engine.running
@@ -90,7 +124,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except RecursionError:
+        return _error(400, "the body's JSON is nested too deeply", "invalid_request_error")
+    except ValueError as err:  # malformed, or not UTF-8
         return _error(400, f"the body is not valid JSON: {err}", "invalid_request_error")
     try:
         chat = parse_chat_request(body, request.app[MAX_TOKENS_KEY])
@@ -143,10 +179,15 @@ async def _sse(
         if chat.include_usage:
             await send(service.usage_chunk(completion))
         await send("[DONE]")
-    except EngineError as err:  # mid-stream: the status is sent, so report in-band
-        await send({"error": {"message": str(err), "type": "server_error"}})
     except ConnectionResetError:  # the client left (a barge-in closes the stream): routine
         log.info("client left mid-stream; generation aborted")
+    except Exception as err:  # mid-stream: the status is sent, so report in-band
+        message = str(err)
+        if not isinstance(err, EngineError):  # a bug: logged, and no internals to the client
+            log.exception("unexpected error streaming %s", request.path)
+            message = "the server failed to finish the reply"
+        with contextlib.suppress(ConnectionResetError):
+            await send({"error": {"message": message, "type": "server_error"}})
     except asyncio.CancelledError:
         log.info("request cancelled mid-stream; generation aborted")
         raise
@@ -160,7 +201,7 @@ def build_app(
 ) -> web.Application:
     """The app: chat completions when the engine is local, the realtime API and the page when
     ``voice`` is given, and ``/healthz`` always."""
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[api_errors])
     app[MAX_TOKENS_KEY] = config.default_max_tokens
     app.router.add_get("/healthz", healthz)
     if service is not None:

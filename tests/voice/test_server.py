@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import aiohttp
@@ -343,6 +344,7 @@ async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
             "stream_options.include_usage",
         ),
         ("[1, 2]", None),
+        ('{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}", None),  # past the parser's depth
     ],
 )
 async def test_bad_requests_get_a_400_with_a_message(api, body, param):
@@ -410,6 +412,65 @@ async def test_concurrent_streams_each_equal_their_single_result(client):
     alone = [await ask(p) for p in prompts]
     together = await asyncio.gather(*(ask(p) for p in prompts))
     assert list(together) == alone
+
+
+async def test_http_errors_under_v1_are_openai_json(api, client):
+    import openai
+
+    base = api[0]
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base + "/v1/embeddings", json={"input": "hi"}) as r:
+            assert r.status == 404
+            assert "/v1/embeddings" in (await r.json())["error"]["message"]
+        async with http.get(base + "/v1/chat/completions") as r:
+            assert r.status == 405 and r.headers["Allow"] == "POST"
+            assert (await r.json())["error"]["type"] == "invalid_request_error"
+        big = b'{"messages": [{"role": "user", "content": "' + b"a" * (5 << 20) + b'"}]}'
+        async with http.post(base + "/v1/chat/completions", data=big) as r:
+            assert r.status == 413 and "limit" in (await r.json())["error"]["message"]
+        async with http.get(base + "/") as r:  # outside /v1/: aiohttp's own page, not the API's
+            assert r.status == 404 and r.content_type == "text/plain"
+    with pytest.raises(openai.NotFoundError) as raised:  # what SDK users see: a parsed error
+        await client.embeddings.create(model="smollm2", input="hi")
+    assert "/v1/embeddings" in raised.value.message
+
+
+@pytest.mark.parametrize("when", ["reply", "stream start", "mid-stream"])
+async def test_an_unexpected_failure_is_reported_as_json_and_serving_goes_on(
+    api, client, monkeypatch, when
+):
+    """A bug in one request (planted: the service fails where no handler expects it) answers
+    that request with an OpenAI-style error, no internals in it, and the server serves on."""
+    import openai
+
+    base, service = api
+    complete = service.complete
+
+    async def broken(request, completion):
+        if when == "mid-stream":
+            async with contextlib.aclosing(complete(request, completion)) as pieces:
+                yield await anext(pieces)
+        raise RuntimeError("planted bug: internals the client must not see")
+
+    monkeypatch.setattr(service, "complete", broken)
+    messages = [{"role": "user", "content": "Hi"}]
+    if when == "reply":
+        status, payload = await _post(base, json.dumps({"messages": messages}))
+        assert status == 500 and payload["error"]["type"] == "server_error"
+        assert "planted" not in payload["error"]["message"]
+    else:
+        with pytest.raises(openai.APIError) as raised:
+            stream = await client.chat.completions.create(
+                model="smollm2", messages=messages, stream=True
+            )
+            async for _ in stream:
+                pass
+        error = raised.value  # the server's own report, not a dropped connection
+        assert isinstance(error.body, dict) and error.body["type"] == "server_error"
+        assert "planted" not in error.message
+    monkeypatch.setattr(service, "complete", complete)
+    ok = await client.chat.completions.create(model="smollm2", messages=messages, max_tokens=4)
+    assert ok.choices[0].message.content
 
 
 async def test_healthz(api):
