@@ -15,13 +15,17 @@ parts), ``stream``, ``stream_options.include_usage``, ``max_tokens`` /
 ``presence_penalty``, ``logit_bias``, ``logprobs`` / ``top_logprobs`` (the model's own
 distribution, before penalties, bias and temperature), ``seed``, ``stop``, ``n`` (up to 16:
 the choices fork the prompt's KV and are generated together, the i-th with ``seed + i``), and
-the common extensions ``top_k`` and ``repetition_penalty``.
+the common extensions ``top_k``, ``repetition_penalty`` and ``ignore_eos``.
 ``usage.prompt_tokens_details.cached_tokens`` reports how many prompt tokens were reused.
 Anything else that would change the output (tools, non-text content or output) is refused with
 a clear ``InvalidRequest`` rather than silently ignored; such parameters sent at their defaults
 (as some clients always send them) are accepted, ``null`` stands for a parameter's default,
 and bookkeeping that changes no output (``user``, ``store``, ``metadata``, ...) is accepted and
 ignored.
+
+The legacy text completions (:func:`parse_text_request`, :meth:`ChatService.complete_text`)
+continue raw prompts with the same sampling parameters; each prompt forks the resident
+conversation sharing the most leading tokens with it.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from llm_engine.config import MAX_TOP_LOGPROBS, SamplingParams
-from llm_engine.errors import InvalidRequest
+from llm_engine.errors import ContextLengthExceeded, InvalidRequest
 from llm_engine.history import common_prefix_len
 
 if TYPE_CHECKING:
@@ -59,13 +63,19 @@ _BOOKKEEPING: dict[str, type] = {
     "safety_identifier": str,
 }
 _KIND_NAMES = {str: "string", bool: "boolean", dict: "JSON object"}
-_KNOWN = {
-    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-    "temperature", "top_p", "seed", "stop", "n", "top_k", "repetition_penalty",
-    "frequency_penalty", "presence_penalty", "response_format", "tools", "tool_choice",
-    "parallel_tool_calls", "logit_bias", "logprobs", "top_logprobs",
-    *_IGNORED_IF_DEFAULT, *_BOOKKEEPING,
+# parameters both endpoints take
+_SAMPLING = {
+    "model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "seed", "stop",
+    "n", "top_k", "repetition_penalty", "frequency_penalty", "presence_penalty", "logit_bias",
+    "logprobs", "ignore_eos", *_BOOKKEEPING,
 }  # fmt: skip
+_KNOWN = {
+    *_SAMPLING, "messages", "max_completion_tokens", "response_format", "tools", "tool_choice",
+    "parallel_tool_calls", "top_logprobs", *_IGNORED_IF_DEFAULT,
+}  # fmt: skip
+_KNOWN_TEXT = {*_SAMPLING, "prompt", "echo", "suffix", "best_of"}  # /v1/completions
+MAX_PROMPTS = 64  # prompts of one /v1/completions request
+MAX_TEXT_CHOICES = 128  # prompts x n of one /v1/completions request
 
 
 class RequestError(InvalidRequest):
@@ -80,6 +90,24 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     n: int = 1  # choices
+
+
+@dataclass(slots=True)
+class TextRequest:
+    """A legacy text completion (``/v1/completions``): each prompt continued as it is, no chat
+    template; choice ``p * n + i`` is prompt ``p``'s ``i``-th, sampled with ``seed + i``."""
+
+    prompts: list[str | list[int]]  # text, or token ids
+    params: SamplingParams
+    model: str
+    stream: bool = False
+    include_usage: bool = False
+    n: int = 1  # choices per prompt
+    echo: bool = False  # each choice's text starts with its prompt
+
+    @property
+    def choices(self) -> int:
+        return len(self.prompts) * self.n
 
 
 def _within(value: Any, kind: Any, lo: float, hi: float) -> bool:
@@ -192,8 +220,8 @@ def _logprobs(body: dict[str, Any]) -> int | None:
     return top if wanted else None
 
 
-def _check_unsupported(body: dict[str, Any]) -> None:
-    if unknown := sorted(set(body) - _KNOWN):
+def _check_unsupported(body: dict[str, Any], known: set[str]) -> None:
+    if unknown := sorted(set(body) - known):
         raise RequestError(f"unsupported parameter(s): {', '.join(unknown)}", unknown[0])
     for key, default in _IGNORED_IF_DEFAULT.items():
         if body.get(key, default) != default:
@@ -215,50 +243,109 @@ def _check_unsupported(body: dict[str, Any]) -> None:
         raise RequestError("only response_format {'type': 'text'} is supported", "response_format")
 
 
-def parse_chat_request(body: Any, default_max_tokens: int = 512) -> ChatRequest:
-    """Validate a decoded JSON body; raise :class:`RequestError` naming the bad parameter."""
+def _body(body: Any, known: set[str]) -> dict[str, Any]:
+    """The request's JSON object, ``null`` values dropped (they mean "the default"), refused
+    if it holds a parameter outside ``known`` or one that would change the output."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
-    body = {k: v for k, v in body.items() if v is not None}  # null means "the default"
-    _check_unsupported(body)
-    messages = _messages(body.get("messages"))
+    body = {k: v for k, v in body.items() if v is not None}
+    _check_unsupported(body, known)
+    return body
+
+
+def _sampling(
+    body: dict[str, Any], max_tokens: Any, default_max_tokens: int, logprobs: int | None
+) -> SamplingParams:
+    """The sampling parameters both endpoints share."""
     temperature = _number(body, "temperature", 0, 2)
     top_p = _number(body, "top_p", 0, 1)
-    top_k = _integer(body.get("top_k"), "top_k", 0, math.inf, 0)
-    # a 64-bit seed, so that the choices' seed + i still fits the generator's 64 bits
-    seed = _integer(body.get("seed"), "seed", -(2**63), 2**63 - 1, None)
     penalty = _number(body, "repetition_penalty", 0.01, 10)
-    frequency = _number(body, "frequency_penalty", -2, 2)
-    presence = _number(body, "presence_penalty", -2, 2)
+    return SamplingParams(
+        max_tokens=_integer(max_tokens, "max_tokens", 1, math.inf, default_max_tokens),
+        temperature=1.0 if temperature is None else temperature,  # the API's default
+        top_p=1.0 if top_p is None or top_p == 0 else top_p,
+        top_k=_integer(body.get("top_k"), "top_k", 0, math.inf, 0),
+        repetition_penalty=1.0 if penalty is None else penalty,
+        frequency_penalty=_number(body, "frequency_penalty", -2, 2) or 0.0,
+        presence_penalty=_number(body, "presence_penalty", -2, 2) or 0.0,
+        # a 64-bit seed, so that the choices' seed + i still fits the generator's 64 bits
+        seed=_integer(body.get("seed"), "seed", -(2**63), 2**63 - 1, None),
+        stop=_stop(body.get("stop")),
+        logit_bias=_logit_bias(body.get("logit_bias")),
+        logprobs=logprobs,
+        ignore_eos=_flag(body, "ignore_eos"),  # vLLM's, for benchmarks of a fixed length
+    )
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise RequestError("'stream_options' must be an object", "stream_options")
-    params = SamplingParams(
-        max_tokens=_integer(
-            body.get("max_completion_tokens", body.get("max_tokens")),
-            "max_tokens",
-            1,
-            math.inf,
-            default_max_tokens,
-        ),
-        temperature=1.0 if temperature is None else temperature,  # the API's default
-        top_p=1.0 if top_p is None or top_p == 0 else top_p,
-        top_k=top_k,
-        repetition_penalty=1.0 if penalty is None else penalty,
-        frequency_penalty=frequency or 0.0,
-        presence_penalty=presence or 0.0,
-        seed=seed,
-        stop=_stop(body.get("stop")),
-        logit_bias=_logit_bias(body.get("logit_bias")),
-        logprobs=_logprobs(body),
-    )
+    return _flag(stream_options, "include_usage", "stream_options.include_usage")
+
+
+def parse_chat_request(body: Any, default_max_tokens: int = 512) -> ChatRequest:
+    """Validate a decoded JSON body; raise :class:`RequestError` naming the bad parameter."""
+    body = _body(body, _KNOWN)
+    messages = _messages(body.get("messages"))
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     return ChatRequest(
         messages=messages,
-        params=params,
+        params=_sampling(body, max_tokens, default_max_tokens, _logprobs(body)),
         model=str(body.get("model") or ""),
         stream=_flag(body, "stream"),
-        include_usage=_flag(stream_options, "include_usage", "stream_options.include_usage"),
+        include_usage=_include_usage(body),
         n=_integer(body.get("n"), "n", 1, MAX_CHOICES, 1),
+    )
+
+
+def _prompts(value: Any) -> list[str | list[int]]:
+    """``prompt``: a string, token ids, or a list of either (a batch)."""
+
+    def token_ids(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(_within(t, int, 0, math.inf) for t in v)
+
+    if isinstance(value, str) or token_ids(value):
+        value = [value]
+    if not isinstance(value, list) or not value or len(value) > MAX_PROMPTS:
+        raise RequestError(
+            f"'prompt' must be a string, token ids, or a list of 1 to {MAX_PROMPTS} of either",
+            "prompt",
+        )
+    for i, p in enumerate(value):
+        if not ((isinstance(p, str) and p) or token_ids(p)):
+            raise RequestError(
+                f"prompt[{i}] must be a non-empty string or non-empty token ids", "prompt"
+            )
+    return value
+
+
+def parse_text_request(body: Any, default_max_tokens: int = 16) -> TextRequest:
+    """Validate a ``/v1/completions`` body (the legacy API: ``max_tokens`` defaults to 16,
+    ``logprobs`` is how many alternatives to list); raise :class:`RequestError`."""
+    body = _body(body, _KNOWN_TEXT)
+    prompts = _prompts(body.get("prompt"))
+    n = _integer(body.get("n"), "n", 1, MAX_CHOICES, 1)
+    if len(prompts) * n > MAX_TEXT_CHOICES:
+        raise RequestError(f"prompts x n must be at most {MAX_TEXT_CHOICES}", "n")
+    if _integer(body.get("best_of"), "best_of", 1, MAX_CHOICES, n) != n:
+        raise RequestError("'best_of' other than 'n' is not supported", "best_of")
+    if body.get("suffix", "") != "":
+        raise RequestError("'suffix' is not supported", "suffix")
+    logprobs = _integer(body.get("logprobs"), "logprobs", 0, MAX_TOP_LOGPROBS, None)
+    echo = _flag(body, "echo")
+    if echo and logprobs is not None:
+        raise RequestError(
+            "'echo' with 'logprobs' (the prompt's logprobs) is not supported", "echo"
+        )
+    return TextRequest(
+        prompts=prompts,
+        params=_sampling(body, body.get("max_tokens"), default_max_tokens, logprobs),
+        model=str(body.get("model") or ""),
+        stream=_flag(body, "stream"),
+        include_usage=_include_usage(body),
+        n=n,
+        echo=echo,
     )
 
 
@@ -279,11 +366,20 @@ class Usage:
 
 @dataclass(slots=True)
 class Completion:
-    """One running completion: iterate :meth:`ChatService.complete`, then read ``usage``."""
+    """One running completion: iterate :meth:`ChatService.complete` (or, with ``text``,
+    :meth:`ChatService.complete_text`), then read ``usage``."""
 
-    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
+    text: bool = False  # a legacy text completion, not a chat one
+    id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
     usage: Usage = field(default_factory=Usage)
+
+    def __post_init__(self) -> None:
+        self.id = self.id or f"{'cmpl' if self.text else 'chatcmpl'}-{uuid.uuid4().hex[:24]}"
+
+    @property
+    def object(self) -> str:
+        return "text_completion" if self.text else "chat.completion"
 
 
 @dataclass(slots=True)
@@ -368,6 +464,18 @@ def _wire_logprobs(content: list[dict[str, Any]] | None) -> dict[str, Any] | Non
     return None if content is None else {"content": content, "refusal": None}
 
 
+def _text_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The legacy completions' logprobs: parallel lists, the alternatives as token -> logprob."""
+    if entries is None:
+        return None
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{a["token"]: a["logprob"] for a in e["top_logprobs"]} for e in entries],
+        "text_offset": [e["text_offset"] for e in entries],
+    }
+
+
 class ChatService:
     """Serves chat completions from one engine, keeping API conversations resident.
 
@@ -430,7 +538,9 @@ class ChatService:
             self._slots.remove(slot)
             await slot.conv.close()
 
-    async def complete(self, request: ChatRequest, completion: Completion) -> AsyncIterator[Piece]:
+    async def complete(
+        self, request: ChatRequest, completion: Completion
+    ) -> AsyncGenerator[Piece, None]:
         """Yield the reply's pieces, the choices' interleaved; fills ``completion.usage``.
 
         Closing the iterator (client gone) aborts the generations within one engine step.
@@ -482,6 +592,79 @@ class ChatService:
             self._slots.append(fork)
         return forks
 
+    async def complete_text(
+        self, request: TextRequest, completion: Completion
+    ) -> AsyncGenerator[Piece, None]:
+        """Yield the pieces of a text completion: each prompt continued as it is, with no chat
+        template, its choices interleaved with every other prompt's. A prompt starts from the
+        resident conversation that shares the most leading tokens with it (forked, so that
+        one is left as it is), and stays resident after. Fills ``completion.usage``; closing
+        the iterator aborts the generations within one engine step."""
+        tokenizer, params = self.engine.tokenizer, request.params
+        prompts = [self._prompt_ids(p) for p in request.prompts]
+        async with contextlib.AsyncExitStack() as held:
+            streams = []
+            for ids in prompts:
+                convs, reused = await self._text_conversations(ids, request.n, held)
+                completion.usage.prompt_tokens += len(ids)
+                completion.usage.cached_tokens += reused
+                seed = params.seed
+                streams += [
+                    conv.generate(
+                        dataclasses.replace(params, seed=None if seed is None else seed + i),
+                        add_generation_prompt=False,
+                    )
+                    for i, conv in enumerate(convs)
+                ]
+            merged = await held.enter_async_context(_Merged(streams))  # see complete()
+            offsets = [0] * len(streams)  # each choice's text so far, in characters
+            if request.echo:
+                for j in range(len(streams)):
+                    echoed = tokenizer.decode(prompts[j // request.n])
+                    offsets[j] = len(echoed)
+                    yield Piece(echoed, None, j)
+            async for j, delta in merged:
+                completion.usage.completion_tokens += len(delta.token_ids)
+                logprobs = self._logprobs(delta, params)
+                for entry in logprobs or ():  # where each token starts in the choice's text
+                    entry["text_offset"] = offsets[j]
+                    offsets[j] += len(entry["token"])
+                if delta.text or logprobs or delta.finish_reason:
+                    yield Piece(delta.text, logprobs, j, delta.finish_reason)
+
+    def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        engine = self.engine
+        if isinstance(prompt, str):
+            ids = engine.tokenizer.encode(prompt)  # invalid UTF-8 raises InvalidRequest
+        elif any(t >= engine.model_config.vocab_size for t in prompt):
+            vocab = engine.model_config.vocab_size
+            raise InvalidRequest(f"prompt token ids must be within [0, {vocab})", "prompt")
+        else:
+            ids = prompt
+        if len(ids) + 1 > engine.max_context:
+            raise ContextLengthExceeded(len(ids) + 1, engine.max_context)
+        return ids
+
+    async def _text_conversations(
+        self, ids: list[int], n: int, held: contextlib.AsyncExitStack
+    ) -> tuple[list[Conversation], int]:
+        """``n`` conversations holding ``ids``, listed as slots and locked in ``held``, and
+        how many of those tokens were already resident."""
+        source, reused = self.engine.longest_prefix(ids)
+        conv = None
+        if source is not None:
+            with contextlib.suppress(InvalidRequest):  # it changed or closed since: start anew
+                conv = await source.fork(reused)
+        if conv is None:
+            conv, reused = self.engine.open_conversation(), 0
+        await self._trim(room=1)
+        slot = _Slot(conv)
+        await held.enter_async_context(slot.lock)
+        self._slots.append(slot)
+        if reused < len(ids):  # n == 1: prefilled by generate, together with other prompts
+            await conv.append_tokens(ids[reused:], wait=n > 1)
+        return [conv, *await self._forks(slot, n - 1, held)], reused
+
     def _logprobs(self, delta: Delta, params: SamplingParams) -> list[dict[str, Any]] | None:
         if delta.logprobs is None:
             return None
@@ -502,65 +685,73 @@ class ChatService:
 
     # --- OpenAI wire objects -------------------------------------------------------------
 
-    def chunk(
+    def _envelope(self, c: Completion, chunk: bool) -> dict[str, Any]:
+        kind = c.object if c.text or not chunk else "chat.completion.chunk"
+        return {"id": c.id, "object": kind, "created": c.created, "model": self.model_name}
+
+    def opening_chunks(self, c: Completion, choices: int) -> list[dict[str, Any]]:
+        """What a stream sends before any piece: each chat choice's role."""
+        if c.text:
+            return []
+        return [self._chat_chunk(c, {"role": "assistant", "content": ""}, None, None, i)
+                for i in range(choices)]  # fmt: skip
+
+    def piece_chunks(self, c: Completion, p: Piece) -> list[dict[str, Any]]:
+        """The stream chunks of one piece: a chat choice's end comes in a chunk of its own."""
+        if c.text:
+            choice = {"text": p.text, "index": p.index, "logprobs": _text_logprobs(p.logprobs),
+                      "finish_reason": p.finish_reason}  # fmt: skip
+            return [{**self._envelope(c, True), "choices": [choice]}]
+        chunks = []
+        if p.text or p.logprobs:
+            chunks.append(self._chat_chunk(c, {"content": p.text}, None, p.logprobs, p.index))
+        if p.finish_reason:  # each choice's end as it comes (every choice's last piece has it)
+            chunks.append(self._chat_chunk(c, {}, p.finish_reason, None, p.index))
+        return chunks
+
+    def _chat_chunk(
         self,
         c: Completion,
         delta: dict[str, Any],
         finish: str | None,
-        logprobs: list[dict[str, Any]] | None = None,
-        index: int = 0,
+        logprobs: list[dict[str, Any]] | None,
+        index: int,
     ) -> dict[str, Any]:
-        return {
-            "id": c.id,
-            "object": "chat.completion.chunk",
-            "created": c.created,
-            "model": self.model_name,
-            "choices": [
-                {
-                    "index": index,
-                    "delta": delta,
-                    "finish_reason": finish,
-                    "logprobs": _wire_logprobs(logprobs),
-                }
-            ],
-        }
+        choice = {"index": index, "delta": delta, "finish_reason": finish,
+                  "logprobs": _wire_logprobs(logprobs)}  # fmt: skip
+        return {**self._envelope(c, True), "choices": [choice]}
 
     def usage_chunk(self, c: Completion) -> dict[str, Any]:
-        return {
-            "id": c.id,
-            "object": "chat.completion.chunk",
-            "created": c.created,
-            "model": self.model_name,
-            "choices": [],
-            "usage": c.usage.as_dict(),
-        }
+        return {**self._envelope(c, True), "choices": [], "usage": c.usage.as_dict()}
 
-    def response(self, c: Completion, request: ChatRequest, pieces: list[Piece]) -> dict[str, Any]:
-        """The whole reply, from every piece :meth:`complete` yielded for ``request``."""
-        texts = [""] * request.n
-        finishes: list[str | None] = [None] * request.n
-        logprobs: list[list[dict[str, Any]]] = [[] for _ in range(request.n)]
+    def response(
+        self, c: Completion, request: ChatRequest | TextRequest, pieces: list[Piece]
+    ) -> dict[str, Any]:
+        """The whole reply, from every piece the service yielded for ``request``."""
+        n = request.choices if isinstance(request, TextRequest) else request.n
+        texts = [""] * n
+        finishes: list[str | None] = [None] * n
+        logprobs: list[list[dict[str, Any]]] = [[] for _ in range(n)]
         for p in pieces:
             texts[p.index] += p.text
             logprobs[p.index] += p.logprobs or ()
             finishes[p.index] = p.finish_reason or finishes[p.index]
         wanted = request.params.logprobs is not None
-        return {
-            "id": c.id,
-            "object": "chat.completion",
-            "created": c.created,
-            "model": self.model_name,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": texts[i]},
-                    "finish_reason": finishes[i] or "stop",
-                    "logprobs": _wire_logprobs(logprobs[i] if wanted else None),
-                }
-                for i in range(request.n)
-            ],
-            "usage": c.usage.as_dict(),
-        }
+        choices: list[dict[str, Any]] = []
+        for i in range(n):
+            finish = finishes[i] or "stop"
+            if c.text:
+                lp = _text_logprobs(logprobs[i] if wanted else None)
+                choices.append(
+                    {"text": texts[i], "index": i, "logprobs": lp, "finish_reason": finish}
+                )
+            else:
+                lp = _wire_logprobs(logprobs[i] if wanted else None)
+                message = {"role": "assistant", "content": texts[i]}
+                choices.append(
+                    {"index": i, "message": message, "finish_reason": finish, "logprobs": lp}
+                )
+        return {**self._envelope(c, False), "choices": choices, "usage": c.usage.as_dict()}
 
     def model(self) -> dict[str, Any]:
         return {"id": self.model_name, "object": "model", "created": 0, "owned_by": "parley"}

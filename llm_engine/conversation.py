@@ -150,14 +150,14 @@ class Conversation:
         ids = self._engine.tokenizer.encode(text)
         return await self.append_tokens(ids)
 
-    async def append_tokens(self, token_ids: list[int]) -> int:
-        """Append token ids verbatim and prefill them."""
+    async def append_tokens(self, token_ids: list[int], *, wait: bool = True) -> int:
+        """Append token ids verbatim and prefill them (``wait=False``: as :meth:`append`)."""
         vocab = self._engine.model_config.vocab_size
         if not token_ids or any(not 0 <= int(t) < vocab for t in token_ids):
             raise InvalidRequest(f"token ids must be a non-empty list within [0, {vocab})")
         ids = [int(t) for t in token_ids]
         eng = self._engine
-        return int(await eng._call(lambda st: eng._apply_tokens(st, ids), self._state))
+        return int(await eng._call(lambda st: eng._apply_tokens(st, ids, wait), self._state))
 
     async def truncate(self, n_tokens: int) -> None:
         """Roll back to the first ``n_tokens`` tokens (KV kept, nothing recomputed)."""

@@ -339,13 +339,13 @@ class Engine:
             state.history.add_messages(messages, open_last)
         return _DEFER if wait else len(state.seq.tokens)
 
-    def _apply_tokens(self, state: ConvState, ids: list[int]) -> object:
+    def _apply_tokens(self, state: ConvState, ids: list[int], wait: bool = True) -> object:
         self._busy_check(state)
         if len(state.seq.tokens) + len(ids) > self.max_context:
             raise ContextLengthExceeded(len(state.seq.tokens) + len(ids), self.max_context)
         state.history.add_tokens(ids, self.tokenizer.token_bytes)
         self.scheduler.extend(state.seq, ids)
-        return _DEFER
+        return _DEFER if wait else len(state.seq.tokens)
 
     def _await_prefill(self, state: ConvState) -> object:
         return _DEFER

@@ -2,9 +2,10 @@
 
 Routes: ``GET /`` (the browser page) and ``/web/*``, ``GET /v1/realtime`` (the
 Realtime-compatible WebSocket, ``voice.realtime.handler``), ``GET /healthz``, and with the
-built-in engine ``GET /v1/models`` and ``POST /v1/chat/completions`` (OpenAI-compatible,
-streaming SSE or not). Each request's errors become an OpenAI-style error body at this one
-boundary; a failing request never affects another.
+built-in engine ``GET /v1/models``, ``POST /v1/chat/completions`` and the legacy
+``POST /v1/completions`` (OpenAI-compatible, streaming SSE or not). Each request's errors
+become an OpenAI-style error body at this one boundary; a failing request never affects
+another.
 """
 
 from __future__ import annotations
@@ -16,14 +17,22 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from llm_engine.chat_api import ChatRequest, ChatService, Completion, Piece, parse_chat_request
+from llm_engine.chat_api import (
+    ChatRequest,
+    ChatService,
+    Completion,
+    Piece,
+    TextRequest,
+    parse_chat_request,
+    parse_text_request,
+)
 from llm_engine.errors import ContextLengthExceeded, EngineClosed, EngineError, InvalidRequest
 from voice.asr import Transcriber
 from voice.config import ParleyConfig, ServerConfig
@@ -121,6 +130,15 @@ async def model(request: web.Request) -> web.Response:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _completions(request, text=False)
+
+
+async def text_completions(request: web.Request) -> web.StreamResponse:
+    """The legacy ``/v1/completions``: prompts continued as they are, no chat template."""
+    return await _completions(request, text=True)
+
+
+async def _completions(request: web.Request, text: bool) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
     try:
         body = await request.json()
@@ -128,29 +146,37 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return _error(400, "the body's JSON is nested too deeply", "invalid_request_error")
     except ValueError as err:  # malformed, or not UTF-8
         return _error(400, f"the body is not valid JSON: {err}", "invalid_request_error")
+    parsed: ChatRequest | TextRequest
     try:
-        chat = parse_chat_request(body, request.app[MAX_TOKENS_KEY])
+        if text:
+            parsed = parse_text_request(body)
+        else:
+            parsed = parse_chat_request(body, request.app[MAX_TOKENS_KEY])
     except InvalidRequest as err:  # a RequestError, or params the sampler refuses
         return _error(400, str(err), "invalid_request_error", err.param)
-    completion = Completion()
-    stream = service.complete(chat, completion)
+    completion = Completion(text=text)
+    if isinstance(parsed, TextRequest):
+        stream, choices = service.complete_text(parsed, completion), parsed.choices
+    else:
+        stream, choices = service.complete(parsed, completion), parsed.n
     try:
-        if not chat.stream:
+        if not parsed.stream:
             pieces = [piece async for piece in stream]
-            return web.json_response(service.response(completion, chat, pieces))
+            return web.json_response(service.response(completion, parsed, pieces))
         first = await anext(stream, None)  # errors before the first byte are still HTTP errors
     except EngineError as err:
         return _request_error(err)
-    return await _sse(request, service, chat, completion, stream, first)
+    return await _sse(request, service, completion, stream, first, choices, parsed.include_usage)
 
 
 async def _sse(
     request: web.Request,
     service: ChatService,
-    chat: ChatRequest,
     completion: Completion,
-    stream: Any,
+    stream: AsyncGenerator[Piece, None],
     first: Piece | None,
+    choices: int,
+    include_usage: bool,
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -161,22 +187,16 @@ async def _sse(
         data = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"))
         await response.write(f"data: {data}\n\n".encode())
 
-    async def send_piece(p: Piece) -> None:
-        if p.text or p.logprobs:
-            await send(service.chunk(completion, {"content": p.text}, None, p.logprobs, p.index))
-        if p.finish_reason:  # each choice's end as it comes (every choice's last piece has it)
-            await send(service.chunk(completion, {}, p.finish_reason, None, p.index))
-
     try:
-        for i in range(chat.n):
-            await send(
-                service.chunk(completion, {"role": "assistant", "content": ""}, None, None, i)
-            )
+        for chunk in service.opening_chunks(completion, choices):
+            await send(chunk)
         if first is not None:
-            await send_piece(first)
+            for chunk in service.piece_chunks(completion, first):
+                await send(chunk)
             async for piece in stream:
-                await send_piece(piece)
-        if chat.include_usage:
+                for chunk in service.piece_chunks(completion, piece):
+                    await send(chunk)
+        if include_usage:
             await send(service.usage_chunk(completion))
         await send("[DONE]")
     except ConnectionResetError:  # the client left (a barge-in closes the stream): routine
@@ -209,6 +229,7 @@ def build_app(
         app.router.add_get("/v1/models", models)
         app.router.add_get("/v1/models/{model:.+}", model)  # ids may hold a slash
         app.router.add_post("/v1/chat/completions", chat_completions)
+        app.router.add_post("/v1/completions", text_completions)
     if voice is not None:
         app[VOICE_KEY] = voice
         app[SESSIONS_KEY] = {}

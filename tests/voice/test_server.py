@@ -338,6 +338,7 @@ async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
             "presence_penalty",
         ),
         ('{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "ignore_eos": 1}', "ignore_eos"),
         (
             '{"messages": [{"role": "user", "content": "hi"}],'
             ' "stream_options": {"include_usage": 1}}',
@@ -365,18 +366,20 @@ async def test_over_the_context_limit_then_still_serving(api, client):
     assert ok.choices[0].message.content is not None
 
 
-@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize(("path", "n"), [("chat/completions", 1), ("chat/completions", 3),
+                                         ("completions", 2)])  # fmt: skip
 async def test_client_leaving_mid_stream_aborts_and_frees_the_conversation(
-    api, client, smol_engine, n
+    api, client, smol_engine, path, n
 ):
-    base = api[0]
-    body = (
-        '{"messages": [{"role": "user", "content": "Write a long story about a dragon."}],'
-        f'"max_tokens": 400, "temperature": 0, "stream": true, "n": {n}}}'
-    )
+    base, story = api[0], "Write a long story about a dragon."
+    body = {"max_tokens": 400, "temperature": 0, "stream": True, "n": n}
+    if path == "completions":
+        body["prompt"], body["temperature"] = story, 1  # a story, not one token over and over
+    else:
+        body["messages"] = [{"role": "user", "content": story}]
     async with (
         aiohttp.ClientSession() as http,
-        http.post(base + "/v1/chat/completions", data=body) as r,
+        http.post(f"{base}/v1/{path}", data=json.dumps(body)) as r,
     ):
         assert r.status == 200
         await r.content.readline()  # the first event arrived: generation is running
@@ -387,8 +390,14 @@ async def test_client_leaving_mid_stream_aborts_and_frees_the_conversation(
             break
         await asyncio.sleep(0.01)
     assert not any(st.gen is not None for st in smol_engine._convs.values())
-    replies = [len(slot.conv.messages[-1]["content"]) for slot in api[1]._slots]
-    assert len(replies) == n and max(replies) < 200  # characters: stopped, not run to the end
+    tok = smol_engine.tokenizer
+    prompt = (
+        body["prompt"]
+        if path == "completions"
+        else tok.render(body["messages"], add_generation_prompt=True)
+    )
+    generated = [len(slot.conv.tokens) - len(tok.encode(prompt)) for slot in api[1]._slots]
+    assert len(generated) == n and max(generated) < 50  # stopped, not run to the end
     again = await client.chat.completions.create(
         model="smollm2",
         messages=[{"role": "user", "content": "Write a long story about a dragon."}],
@@ -471,6 +480,136 @@ async def test_an_unexpected_failure_is_reported_as_json_and_serving_goes_on(
     monkeypatch.setattr(service, "complete", complete)
     ok = await client.chat.completions.create(model="smollm2", messages=messages, max_tokens=4)
     assert ok.choices[0].message.content
+
+
+async def _continuation(engine, ids: list[int], n: int) -> list[int]:
+    """The engine's greedy continuation of raw tokens, through its own conversation API."""
+    from llm_engine import SamplingParams
+
+    async with engine.open_conversation() as conv:
+        await conv.append_tokens(ids)
+        params = SamplingParams(max_tokens=n, temperature=0)
+        return [t async for d in conv.generate(params) for t in d.token_ids]
+
+
+async def test_text_completions_continue_the_prompt_as_is(client, smol_engine):
+    """/v1/completions continues the prompt's own tokens (no chat template), as the engine does
+    natively; streamed, whole, and from token ids alike."""
+    prompt = "The three primary colors are"
+    ids = smol_engine.tokenizer.encode(prompt)
+    expected = smol_engine.tokenizer.decode(await _continuation(smol_engine, ids, 12))
+    whole = await client.completions.create(
+        model="smollm2", prompt=prompt, max_tokens=12, temperature=0, logprobs=3
+    )
+    choice = whole.choices[0]
+    assert whole.object == "text_completion" and whole.id.startswith("cmpl-")
+    assert choice.text == expected and choice.finish_reason == "length"
+    assert whole.usage.prompt_tokens == len(ids) and whole.usage.completion_tokens == 12
+    lp = choice.logprobs  # the legacy shape: parallel lists
+    assert "".join(lp.tokens) == choice.text and len(lp.token_logprobs) == 12
+    assert lp.text_offset == [sum(map(len, lp.tokens[:i])) for i in range(12)]
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert len(top) == 3 and top[token] == logprob == max(top.values())  # greedy: the best
+    stream = await client.completions.create(
+        model="smollm2", prompt=[ids], max_tokens=12, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == expected
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 12
+    # the prompt is resident now: a longer one starting with it prefills only what is new
+    longer = await client.completions.create(
+        model="smollm2", prompt=prompt + " red, yellow and", max_tokens=2, temperature=0
+    )
+    assert longer.usage.prompt_tokens_details.cached_tokens >= len(ids)
+
+
+async def test_text_completions_batch_prompts_and_choices(client):
+    """Choice p * n + i of a batch is prompt p's i-th, sampled with seed + i: the same as
+    asking for that prompt alone. ``echo`` puts the prompt in front."""
+    prompts = ["Once upon a time", "My favourite food is"]
+    batch = await client.completions.create(
+        model="smollm2", prompt=prompts, n=2, max_tokens=8, temperature=1, seed=11, echo=True
+    )
+    assert [c.index for c in batch.choices] == [0, 1, 2, 3]
+    for p, prompt in enumerate(prompts):
+        for i in range(2):
+            alone = await client.completions.create(
+                model="smollm2", prompt=prompt, max_tokens=8, temperature=1, seed=11 + i
+            )
+            assert batch.choices[p * 2 + i].text == prompt + alone.choices[0].text
+    assert batch.usage.completion_tokens == 4 * 8
+
+
+async def test_a_text_completion_leaves_the_chat_conversation_it_reuses_intact(client, smol_engine):
+    """A prompt that shares tokens with a resident chat forks it: that KV is reused, the
+    prompt is continued as it is (no assistant header added after the chat's closed user
+    message), and the chat client continuing afterwards still finds its whole history."""
+    tok, history = smol_engine.tokenizer, [SYSTEM, {"role": "user", "content": "Name an animal."}]
+    first = await client.chat.completions.create(
+        model="smollm2", messages=history, max_tokens=8, temperature=0
+    )
+    reply = first.choices[0].message.content
+    asked = tok.render(history)  # the chat's transcript, up to its closed user message
+    ids = tok.encode(asked)
+    text = await client.completions.create(
+        model="smollm2", prompt=asked, max_tokens=6, temperature=0
+    )
+    assert text.usage.prompt_tokens_details.cached_tokens == len(ids)
+    assert text.choices[0].text == tok.decode(await _continuation(smol_engine, ids, 6))
+    other = tok.render(history, add_generation_prompt=True) + "Certainly not"  # another reply
+    await client.completions.create(model="smollm2", prompt=other, max_tokens=2)
+    history += [{"role": "assistant", "content": reply}, {"role": "user", "content": "Why?"}]
+    again = await client.chat.completions.create(
+        model="smollm2", messages=history, max_tokens=4, temperature=0
+    )
+    transcript = first.usage.prompt_tokens + first.usage.completion_tokens
+    assert again.usage.prompt_tokens_details.cached_tokens >= transcript
+
+
+async def test_ignore_eos_generates_past_the_end_of_turn(client):
+    """vLLM's ``ignore_eos``, as load generators send it for replies of a fixed length."""
+    ask = {"model": "smollm2", "max_tokens": 40, "temperature": 0,
+           "messages": [SYSTEM, {"role": "user", "content": "Say hi."}]}  # fmt: skip
+    natural = await client.chat.completions.create(**ask)
+    assert natural.choices[0].finish_reason == "stop" and natural.usage.completion_tokens < 40
+    fixed = await client.chat.completions.create(**ask, extra_body={"ignore_eos": True})
+    assert fixed.choices[0].finish_reason == "length" and fixed.usage.completion_tokens == 40
+    text = await client.completions.create(
+        model="smollm2", prompt="Hi", max_tokens=40, extra_body={"ignore_eos": True}
+    )
+    assert text.usage.completion_tokens == 40
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": ["a", 5]}, "prompt"),
+        ({"prompt": [[1, -2]]}, "prompt"),
+        ({"prompt": [[49152]]}, "prompt"),
+        ({"prompt": ["a"] * 65}, "prompt"),
+        ({"prompt": ["a"] * 9, "n": 15}, "n"),
+        ({"prompt": "a", "suffix": "b"}, "suffix"),
+        ({"prompt": "a", "best_of": 2}, "best_of"),
+        ({"prompt": "a", "echo": True, "logprobs": 1}, "echo"),
+        ({"prompt": "a", "logprobs": True}, "logprobs"),
+        ({"prompt": "a", "messages": []}, "messages"),
+        ({"prompt": "a", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "\ud800"}, None),
+    ],
+)
+async def test_bad_text_completions_get_a_400_with_a_message(api, body, param):
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(api[0] + "/v1/completions", data=json.dumps(body)) as r,
+    ):
+        assert r.status == 400
+        error = (await r.json())["error"]
+        assert error["message"] and error["param"] == param
 
 
 async def test_healthz(api):
