@@ -1,8 +1,8 @@
 """Parley's HTTP server: one port, one engine and one set of speech models shared by every client.
 
 Routes: ``GET /`` (the browser page) and ``/web/*``, ``GET /v1/realtime`` (the
-Realtime-compatible WebSocket, ``voice.realtime.handler``), ``GET /healthz``, and with the
-built-in engine ``GET /v1/models``, ``POST /v1/chat/completions`` and the legacy
+Realtime-compatible WebSocket, ``voice.realtime.handler``), ``GET /healthz`` (or ``/health``),
+and with the built-in engine ``GET /v1/models``, ``POST /v1/chat/completions`` and the legacy
 ``POST /v1/completions`` (OpenAI-compatible, streaming SSE or not). Each request's errors
 become an OpenAI-style error body at this one boundary; a failing request never affects
 another.
@@ -224,6 +224,7 @@ def build_app(
     app = web.Application(client_max_size=MAX_BODY, middlewares=[api_errors])
     app[MAX_TOKENS_KEY] = config.default_max_tokens
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/health", healthz)  # the name vLLM, SGLang and llama.cpp's server use
     if service is not None:
         app[SERVICE_KEY] = service
         app.router.add_get("/v1/models", models)

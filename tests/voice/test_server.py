@@ -612,6 +612,7 @@ async def test_bad_text_completions_get_a_400_with_a_message(api, body, param):
         assert error["message"] and error["param"] == param
 
 
-async def test_healthz(api):
-    async with aiohttp.ClientSession() as http, http.get(api[0] + "/healthz") as r:
+@pytest.mark.parametrize("path", ["/healthz", "/health"])
+async def test_healthz(api, path):
+    async with aiohttp.ClientSession() as http, http.get(api[0] + path) as r:
         assert r.status == 200 and (await r.json())["status"] == "ok"
