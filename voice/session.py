@@ -988,6 +988,16 @@ class Session:
         text = item.text
         if not text.strip():
             raise ProtocolError("invalid_value", "the item has no text", "item.content", m.event_id)
+        previous = m.previous_item_id
+        if previous is not None and previous != (self._last_item or "root"):
+            # the conversation's KV is one token sequence: an item goes at its end only
+            raise ProtocolError(
+                "invalid_value",
+                f"previous_item_id {previous!r} is not the last item "
+                f"({self._last_item or 'root'!r}): items are only appended",
+                "previous_item_id",
+                m.event_id,
+            )
         if item.role == "system":
             raise ProtocolError(
                 "unsupported_feature",

@@ -73,6 +73,28 @@ async def test_bad_event_gets_an_error_and_the_session_goes_on(http, voice_serve
         await rt.close()
 
 
+async def test_an_item_goes_only_after_the_last_one(http, voice_server):
+    """``previous_item_id`` may name the last item (or ``root`` before any): anything else
+    would insert mid-conversation, which is refused, and nothing is added."""
+    rt = await connect(http, voice_server)
+    try:
+        mark = len(rt.events)
+        await rt.send({**user_text("Hello."), "previous_item_id": "root"})
+        first = (await rt.wait_for("conversation.item.added", after=mark, timeout=30))["item"]
+        for previous in ("root", "item_nope"):
+            mark = len(rt.events)
+            await rt.send({**user_text("Hi again."), "previous_item_id": previous})
+            error = await error_after(rt, mark)
+            assert error["code"] == "invalid_value" and error["param"] == "previous_item_id"
+        mark = len(rt.events)
+        await rt.send({**user_text("Still here?"), "previous_item_id": first["id"]})
+        added = await rt.wait_for("conversation.item.added", after=mark, timeout=30)
+        assert added["previous_item_id"] == first["id"]
+        assert sum(e["type"] == "conversation.item.added" for e in rt.events) == 2
+    finally:
+        await rt.close()
+
+
 async def test_odd_pcm16_bytes_are_refused(http, voice_server):
     rt = await connect(http, voice_server)
     try:
