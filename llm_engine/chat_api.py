@@ -14,8 +14,9 @@ parts), ``stream``, ``stream_options.include_usage``, ``max_tokens`` /
 ``max_completion_tokens``, ``temperature``, ``top_p``, ``frequency_penalty``,
 ``presence_penalty``, ``logit_bias``, ``logprobs`` / ``top_logprobs`` (the model's own
 distribution, before penalties, bias and temperature), ``seed``, ``stop``, ``n`` (up to 16:
-the choices fork the prompt's KV and are generated together, the i-th with ``seed + i``), and
-the common extensions ``top_k``, ``repetition_penalty`` and ``ignore_eos``.
+the choices fork the prompt's KV and are generated together, the i-th with ``seed + i``),
+``response_format`` ``json_object`` (:mod:`llm_engine.grammar`), and the common extensions
+``top_k``, ``repetition_penalty`` and ``ignore_eos``.
 ``usage.prompt_tokens_details.cached_tokens`` reports how many prompt tokens were reused.
 Anything else that would change the output (tools, non-text content or output) is refused with
 a clear ``InvalidRequest`` rather than silently ignored; such parameters sent at their defaults
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from llm_engine.engine import Engine
 
 _IGNORED_IF_DEFAULT = {"modalities": ["text"]}
+_FORMATS = ("text", "json_object")  # response_format types (json_schema is not served)
 _T = TypeVar("_T")
 MAX_CHOICES = 16  # n: each choice is a conversation of its own while it generates
 MIN_LOGPROB = -9999.0  # what OpenAI reports for a token of (near) zero probability
@@ -239,8 +241,11 @@ def _check_unsupported(body: dict[str, Any], known: set[str]) -> None:
     if not isinstance(body.get("parallel_tool_calls", False), bool):
         raise RequestError("'parallel_tool_calls' must be a boolean", "parallel_tool_calls")
     fmt = body.get("response_format")
-    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
-        raise RequestError("only response_format {'type': 'text'} is supported", "response_format")
+    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") not in _FORMATS):
+        raise RequestError(
+            "response_format must be {'type': 'text'} or {'type': 'json_object'}",
+            "response_format",
+        )
 
 
 def _body(body: Any, known: set[str]) -> dict[str, Any]:
@@ -254,7 +259,11 @@ def _body(body: Any, known: set[str]) -> dict[str, Any]:
 
 
 def _sampling(
-    body: dict[str, Any], max_tokens: Any, default_max_tokens: int, logprobs: int | None
+    body: dict[str, Any],
+    max_tokens: Any,
+    default_max_tokens: int,
+    logprobs: int | None,
+    json_object: bool = False,
 ) -> SamplingParams:
     """The sampling parameters both endpoints share."""
     temperature = _number(body, "temperature", 0, 2)
@@ -274,6 +283,7 @@ def _sampling(
         logit_bias=_logit_bias(body.get("logit_bias")),
         logprobs=logprobs,
         ignore_eos=_flag(body, "ignore_eos"),  # vLLM's, for benchmarks of a fixed length
+        json_object=json_object,
     )
 
 
@@ -289,9 +299,12 @@ def parse_chat_request(body: Any, default_max_tokens: int = 512) -> ChatRequest:
     body = _body(body, _KNOWN)
     messages = _messages(body.get("messages"))
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    json_object = body.get("response_format", {}).get("type") == "json_object"
+    if json_object and _flag(body, "ignore_eos"):
+        raise RequestError("'ignore_eos' cannot be set with a JSON response_format", "ignore_eos")
     return ChatRequest(
         messages=messages,
-        params=_sampling(body, max_tokens, default_max_tokens, _logprobs(body)),
+        params=_sampling(body, max_tokens, default_max_tokens, _logprobs(body), json_object),
         model=str(body.get("model") or ""),
         stream=_flag(body, "stream"),
         include_usage=_include_usage(body),

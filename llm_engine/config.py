@@ -175,6 +175,10 @@ class SamplingParams:
     bans a token, 100 all but forces it). ``logprobs`` asks each delta for its tokens'
     log-probabilities and this many most likely alternatives (0 to 20), from the model's own
     distribution: before penalties, bias and temperature.
+
+    ``json_object`` restricts the reply to one JSON object (:mod:`llm_engine.grammar`): it ends
+    with the end-of-turn token right after the object closes, so ``ignore_eos`` cannot be set
+    with it.
     """
 
     max_tokens: int = 256
@@ -189,6 +193,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: int | None = None
+    json_object: bool = False
 
     def __post_init__(self) -> None:
         self.stop = tuple(self.stop)
@@ -215,6 +220,8 @@ class SamplingParams:
             raise InvalidRequest("logit_bias maps token ids (>= 0) to biases in [-100, 100]")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidRequest(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}]")
+        if self.json_object and self.ignore_eos:
+            raise InvalidRequest("a JSON reply ends when its object closes: no ignore_eos")
 
     @property
     def greedy(self) -> bool:
@@ -223,7 +230,7 @@ class SamplingParams:
     @property
     def plain_greedy(self) -> bool:
         """Whether the pick is the argmax of the model's logits as they are."""
-        return self.greedy and not self.penalized and not self.logit_bias
+        return self.greedy and not self.penalized and not self.logit_bias and not self.json_object
 
     @property
     def penalized(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -28,6 +29,7 @@ from llm_engine.errors import (
     InvalidRequest,
     ModelLoadError,
 )
+from llm_engine.grammar import JsonMatcher
 from llm_engine.history import AppendPlan, History, common_prefix_len
 from llm_engine.kv_cache import KVCache
 from llm_engine.model import Transformer
@@ -38,6 +40,7 @@ from llm_engine.tokenizer import Message, StreamDecoder, Tokenizer, validate_mes
 from llm_engine.weights import load_model
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -86,6 +89,7 @@ class _Gen:
     sink: Callable[[Delta | BaseException], None]
     generator: torch.Generator | None
     decoder: StreamDecoder
+    matcher: JsonMatcher | None = None  # JSON mode: which tokens may come next
     n: int = 0
 
 
@@ -411,12 +415,16 @@ class Engine:
         if not state.seq.tokens:
             raise InvalidRequest("nothing to generate from: the conversation is empty")
         room = self.max_context - len(state.seq.tokens)
+        tok = self.tokenizer
         state.gen = _Gen(
             params,
             min(params.max_tokens, room),
             sink,
             make_generator(params),
             StreamDecoder(params.stop),
+            JsonMatcher(tok.token_bytes, tok.eos_ids, tok.special_ids)
+            if params.json_object
+            else None,
         )
         self.scheduler.uncache_last(state.seq)
         self.scheduler.request(state.seq, generating=True)
@@ -529,7 +537,8 @@ class Engine:
         params = [g.params for g in gens]  # type: ignore[union-attr]
         seen = [s.tokens if p.penalized else [] for s, p in zip(seqs, params, strict=True)]
         done = [g.n for g in gens]  # type: ignore[union-attr]
-        tokens = sample(logits, params, seen, [g.generator for g in gens], done)  # type: ignore[union-attr]
+        allowed = [g.matcher.allows if g.matcher else None for g in gens]  # type: ignore[union-attr]
+        tokens = sample(logits, params, seen, [g.generator for g in gens], done, allowed)  # type: ignore[union-attr]
         logprobs: list[TokenLogprob | None] = [None] * len(tokens)
         if rows := [i for i, p in enumerate(params) if p.logprobs is not None]:
             picked = [tokens[i] for i in rows]
@@ -547,6 +556,8 @@ class Engine:
         self.scheduler.append_token(st.seq, tok)
         st.history.add_tokens([tok], self.tokenizer.token_bytes)
         gen.n += 1
+        if gen.matcher is not None and not gen.matcher.advance(tok):
+            log.error("conversation %d: token %d is not JSON; the reply ends", st.seq.seq_id, tok)
         eos = tok in self.tokenizer.eos_ids and not gen.params.ignore_eos
         text = "" if eos else gen.decoder.feed(self.tokenizer.token_bytes(tok))
         finish = None

@@ -19,6 +19,8 @@ decode step; see ``bench/llm.py``'s sampling figures.)
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import Tensor
 
@@ -28,6 +30,7 @@ from llm_engine.config import SamplingParams
 # SmolLM2's nuclei over 200 sampled tokens of a story, temperature 1: median 15 tokens at p 0.9
 # (90th percentile 210), 39 at p 0.95 (508, largest 1,002); at temperature 0.7 under 200
 TOP_P_WIDTHS = (64, 1024)
+REJECTIONS = 64  # draws of a restricted row before it takes the most likely allowed token
 
 
 def make_generator(params: SamplingParams) -> torch.Generator | None:
@@ -133,6 +136,16 @@ def draw(probs: Tensor, gen: torch.Generator | None) -> int:
     return min(int(torch.searchsorted(cum, u, right=True)), probs.shape[0] - 1)
 
 
+def _processed(logits: Tensor, params: SamplingParams, seen: list[int], n_generated: int) -> Tensor:
+    """The penalties and the bias applied to logits [V] (see :func:`sample_row`)."""
+    logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    reply = seen[len(seen) - n_generated :] if n_generated else []
+    logits = apply_openai_penalties(
+        logits, reply, params.frequency_penalty, params.presence_penalty
+    )
+    return apply_logit_bias(logits, params.logit_bias)
+
+
 def sample_row(
     logits: Tensor,
     params: SamplingParams,
@@ -142,17 +155,52 @@ def sample_row(
 ) -> int:
     """logits: [V] float32 -> the next token id. seen: the sequence so far (needed when
     ``params.penalized``), whose last ``n_generated`` tokens are this reply's."""
-    logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-    reply = seen[len(seen) - n_generated :] if n_generated else []
-    logits = apply_openai_penalties(
-        logits, reply, params.frequency_penalty, params.presence_penalty
-    )
-    logits = apply_logit_bias(logits, params.logit_bias)
+    logits = _processed(logits, params, seen, n_generated)
     if params.greedy:
         return int(logits.argmax())
     ids, probs = candidates(logits, params)
     i = draw(probs, gen)
     return i if ids is None else int(ids[i])
+
+
+def best_allowed(logits: Tensor, allowed: Callable[[int], bool]) -> int:
+    """The most likely token of logits [V] that ``allowed`` accepts: the top 64 are asked
+    first, then more only while none is."""
+    V, asked = logits.shape[0], 0
+    for k in (*(w for w in TOP_P_WIDTHS if w < V), V):
+        ids = torch.topk(logits, k).indices.tolist()
+        for t in ids[asked:]:
+            if allowed(t):
+                return int(t)
+        asked = k
+    raise ValueError("no token of the vocabulary is allowed")
+
+
+def sample_allowed_row(
+    logits: Tensor,
+    params: SamplingParams,
+    seen: list[int],
+    gen: torch.Generator | None,
+    n_generated: int,
+    allowed: Callable[[int], bool],
+) -> int:
+    """:func:`sample_row` restricted to the tokens ``allowed`` accepts (JSON mode). Sampled
+    rows draw from the filtered distribution by rejection: a drawn token that is not allowed
+    gets probability 0 and the draw is repeated; after ``REJECTIONS`` of them, the most
+    likely allowed token is taken."""
+    logits = _processed(logits, params, seen, n_generated)
+    if not params.greedy:
+        ids, probs = candidates(logits, params)
+        probs = probs.clone()
+        for _ in range(REJECTIONS):
+            i = draw(probs, gen)
+            token = i if ids is None else int(ids[i])
+            if probs[i] > 0 and allowed(token):
+                return token
+            probs[i] = 0.0
+            if not float(probs.sum()) > 0:
+                break
+    return best_allowed(logits, allowed)
 
 
 def sample(
@@ -161,13 +209,21 @@ def sample(
     seen: list[list[int]],
     gens: list[torch.Generator | None],
     n_generated: list[int] | None = None,
+    allowed: Sequence[Callable[[int], bool] | None] = (),
 ) -> list[int]:
-    """logits: [N, V] float32 -> one token per row (see :func:`sample_row`). Plain greedy rows
-    share one argmax."""
+    """logits: [N, V] float32 -> one token per row (see :func:`sample_row`), restricted where
+    ``allowed[row]`` is given (:func:`sample_allowed_row`). Plain greedy rows share one
+    argmax."""
     plain = [p.plain_greedy for p in params]
     fast = logits.argmax(-1).tolist() if any(plain) else []
     done = n_generated or [0] * len(params)
-    return [
-        int(fast[i]) if plain[i] else sample_row(logits[i], params[i], seen[i], gens[i], done[i])
-        for i in range(len(params))
-    ]
+    out = []
+    for i, p in enumerate(params):
+        only = allowed[i] if allowed else None
+        if only is not None:
+            out.append(sample_allowed_row(logits[i], p, seen[i], gens[i], done[i], only))
+        elif plain[i]:
+            out.append(int(fast[i]))
+        else:
+            out.append(sample_row(logits[i], p, seen[i], gens[i], done[i]))
+    return out

@@ -57,6 +57,8 @@ class Tokenizer:
         if eid is not None:
             ids.add(eid)
         self.eos_ids = frozenset(ids)
+        added = self._tok.get_added_tokens_decoder().items()
+        self.special_ids = frozenset(i for i, t in added if t.special)  # <|im_start|>, ...
         self._template = self._compile(tokenizer_config.get("chat_template"))
 
     def _build_byte_table(self) -> list[bytes]:

@@ -341,6 +341,16 @@ async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
         ('{"messages": [{"role": "user", "content": "hi"}], "ignore_eos": 1}', "ignore_eos"),
         (
             '{"messages": [{"role": "user", "content": "hi"}],'
+            ' "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}',
+            "response_format",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}],'
+            ' "response_format": {"type": "json_object"}, "ignore_eos": true}',
+            "ignore_eos",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}],'
             ' "stream_options": {"include_usage": 1}}',
             "stream_options.include_usage",
         ),
@@ -566,6 +576,42 @@ async def test_a_text_completion_leaves_the_chat_conversation_it_reuses_intact(c
     )
     transcript = first.usage.prompt_tokens + first.usage.completion_tokens
     assert again.usage.prompt_tokens_details.cached_tokens >= transcript
+
+
+async def test_json_mode_replies_are_json_objects(client):
+    """``response_format: json_object``: a reply that ends is one JSON object, greedy or
+    sampled, streamed or whole; one cut by max_tokens is the start of one. Unconstrained, the
+    same greedy request gets prose."""
+    from llm_engine.grammar import START, feed
+
+    async def ask(content: str, **kw):
+        return await client.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": content}], max_tokens=120,
+            **kw,
+        )  # fmt: skip
+
+    prose = await ask("Hello, how are you?", temperature=0)
+    with pytest.raises(ValueError):
+        json.loads(prose.choices[0].message.content)
+    json_mode = {"response_format": {"type": "json_object"}}
+    ended = 0
+    for content in ("Hello, how are you?", "Describe a cat as JSON with its name and age."):
+        for sampling in ({"temperature": 0}, {"temperature": 1, "seed": 4}):
+            reply = (await ask(content, **json_mode, **sampling)).choices[0]
+            text = reply.message.content
+            if reply.finish_reason == "stop":
+                ended += 1
+                assert isinstance(json.loads(text), dict), text
+            else:
+                assert reply.finish_reason == "length" and feed(START, text.encode()), text
+    assert ended >= 2
+    stream = await client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Hello, how are you?"}],
+        max_tokens=120, temperature=0, stream=True, **json_mode,
+    )  # fmt: skip
+    streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    whole = await ask("Hello, how are you?", temperature=0, **json_mode)
+    assert streamed == whole.choices[0].message.content
 
 
 async def test_ignore_eos_generates_past_the_end_of_turn(client):
