@@ -48,6 +48,7 @@ from voice import assets
 MODEL = "smollm2-135m-instruct"
 SYSTEM = "You are a helpful assistant."
 SHORT_PROMPT = "Give me one tip for a good night's sleep."
+JSON_TURN = {"role": "user", "content": "Describe a cat as a JSON object: its name, age and toys."}
 PARLEY, HF, HF_RESEND, LLAMA = "Parley", "HF transformers", "HF re-send history", "llama.cpp"
 PARLEY_API = "Parley via the API"
 
@@ -297,6 +298,28 @@ async def parley_sampling(engine: Any, n: int, batch: int) -> Result:
     return {key: statistics.median(v) for key, v in runs.items()}
 
 
+async def parley_json(engine: Any, n: int) -> Result:
+    """Decode tokens/s of JSON-mode replies (greedy, and sampled as API clients ask) against
+    unconstrained replies to the same request, interleaved; the median of 3 each. A JSON reply
+    ends when its object closes (at most ``n`` tokens); an unconstrained one runs ``n``."""
+    from llm_engine import SamplingParams
+
+    runs: dict[str, list[float]] = {"json": [], "plain": [], "json_s": [], "plain_s": []}
+    for i in range(3):
+        for key, sampled in (("", {}), ("_s", {"temperature": 1.0, "top_p": 0.95, "seed": i})):
+            for mode in ("json", "plain"):
+                json_mode = mode == "json"
+                params = SamplingParams(
+                    max_tokens=n, json_object=json_mode, ignore_eos=not json_mode, **sampled
+                )
+                async with engine.open_conversation(SYSTEM) as conv:
+                    t0, times = perf_counter(), []
+                    async for delta in conv.generate(params, messages=JSON_TURN):
+                        times += [perf_counter()] * len(delta.token_ids)
+                runs[mode + key].append(timing(t0, times)[1])
+    return {key: statistics.median(v) for key, v in runs.items()}
+
+
 async def parley_summaries(engine: Any, docs: list[str], n: int) -> float:
     """Total tokens/s of one conversation per text, all generating concurrently."""
     t0 = perf_counter()
@@ -397,6 +420,7 @@ async def parley_main(w: Workload) -> Result:
         r["rounds"], r["history"] = per_round([ttfts for ttfts, _ in runs]), runs[0][1]
         r["rounds_api"] = per_round([await parley_api_rounds(engine, t, s.reply) for t in w.turns])
         r["sampling"] = await parley_sampling(engine, s.short, s.sampled_batch)
+        r["json"] = await parley_json(engine, s.short)
         r["abort_s"], r["abort_extra"] = await parley_abort(engine)
         r["batch1_tps"] = await parley_summaries(engine, w.docs[:1], s.summary)
         r["batch_tps"] = await parley_summaries(engine, w.docs, s.summary)
@@ -662,6 +686,14 @@ def report_sampling(w: Workload, ours: Result) -> None:
         f" greedy {ours['short_tps']:.1f}\n"
         f"  {b} replies: Parley's sampler {f['ours_b']:6.1f}, textbook {f['textbook_b']:6.1f}"
         f" = {f['ours_b'] / f['textbook_b']:.2f}x"
+    )
+    j = ours["json"]
+    print(
+        "\n## JSON mode (response_format json_object), decode tok/s, median of 3 interleaved\n"
+        f"  greedy:  JSON {j['json']:6.1f}, unconstrained {j['plain']:6.1f}"
+        f" = {j['json'] / j['plain']:.2f}x\n"
+        f"  sampled: JSON {j['json_s']:6.1f}, unconstrained {j['plain_s']:6.1f}"
+        f" = {j['json_s'] / j['plain_s']:.2f}x"
     )
 
 

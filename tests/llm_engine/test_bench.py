@@ -17,6 +17,7 @@ SECTIONS = [
     "## 4. Conversation: time to first token per round",
     "## Memory-bandwidth ceiling",
     "## Sampled replies",
+    "## JSON mode",
     "## Abort",
 ]
 
