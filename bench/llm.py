@@ -344,7 +344,8 @@ async def parley_api_rounds(engine: Any, turns: list[str], n: int) -> list[float
     whole history, the replies as the client received them. Time to the first text per round.
     Nothing is resident before round 1, so it prefills the system prompt too."""
     from llm_engine import SamplingParams
-    from llm_engine.chat_api import ChatRequest, ChatService, Completion
+    from llm_engine.api_request import ChatRequest
+    from llm_engine.chat_api import ChatService, Completion
 
     service = ChatService(engine, MODEL)
     messages = [{"role": "system", "content": SYSTEM}]

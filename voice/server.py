@@ -24,15 +24,13 @@ from typing import Any
 
 from aiohttp import web
 
-from llm_engine.chat_api import (
+from llm_engine.api_request import (
     ChatRequest,
-    ChatService,
-    Completion,
-    Piece,
     TextRequest,
     parse_chat_request,
     parse_text_request,
 )
+from llm_engine.chat_api import ChatService, Completion, Piece
 from llm_engine.errors import ContextLengthExceeded, EngineClosed, EngineError, InvalidRequest
 from voice.asr import Transcriber
 from voice.config import ParleyConfig, ServerConfig

@@ -261,7 +261,8 @@ async def test_next_request_right_after_a_client_left_reuses_the_conversation(sm
     """The stream a client left is closed, and the same caller's next turn comes at once (a
     barge-in): it takes the now idle conversation, whose abort must already be queued."""
     from llm_engine import SamplingParams
-    from llm_engine.chat_api import ChatRequest, Completion
+    from llm_engine.api_request import ChatRequest
+    from llm_engine.chat_api import Completion
 
     service = ChatService(smol_engine, "smollm2")
     history = [SYSTEM, {"role": "user", "content": "Write a long story about a dragon."}]
