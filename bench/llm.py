@@ -303,14 +303,16 @@ async def parley_json(engine: Any, n: int) -> Result:
     unconstrained replies to the same request, interleaved; the median of 3 each. A JSON reply
     ends when its object closes (at most ``n`` tokens); an unconstrained one runs ``n``."""
     from llm_engine import SamplingParams
+    from llm_engine.grammar import JsonSchema
 
     runs: dict[str, list[float]] = {"json": [], "plain": [], "json_s": [], "plain_s": []}
     for i in range(3):
         for key, sampled in (("", {}), ("_s", {"temperature": 1.0, "top_p": 0.95, "seed": i})):
             for mode in ("json", "plain"):
                 json_mode = mode == "json"
+                schema = JsonSchema.any_object() if json_mode else None
                 params = SamplingParams(
-                    max_tokens=n, json_object=json_mode, ignore_eos=not json_mode, **sampled
+                    max_tokens=n, json_schema=schema, ignore_eos=not json_mode, **sampled
                 )
                 async with engine.open_conversation(SYSTEM) as conv:
                     t0, times = perf_counter(), []

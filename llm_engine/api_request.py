@@ -11,9 +11,9 @@ parts), ``stream``, ``stream_options.include_usage``, ``max_tokens`` /
 ``presence_penalty``, ``logit_bias``, ``logprobs`` / ``top_logprobs`` (the model's own
 distribution, before penalties, bias and temperature), ``seed``, ``stop``, ``n`` (up to 16:
 the choices fork the prompt's KV and are generated together, the i-th with ``seed + i``),
-``response_format`` ``json_object`` (:mod:`llm_engine.grammar`), and the common extensions
-``top_k``, ``repetition_penalty`` and ``ignore_eos``. Anything else that would change the
-output (tools, ``json_schema``, non-text content or output) is refused rather than silently
+``response_format`` ``json_object`` or ``json_schema`` (:mod:`llm_engine.grammar`), and the
+common extensions ``top_k``, ``repetition_penalty`` and ``ignore_eos``. Anything else that would
+change the output (tools, non-text content or output) is refused rather than silently
 ignored; such parameters sent at their defaults (as some clients always send them) are
 accepted, ``null`` stands for a parameter's default, and bookkeeping that changes no output
 (``user``, ``store``, ``metadata``, ...) is accepted and ignored. The legacy text completions
@@ -28,9 +28,10 @@ from typing import Any, TypeVar
 
 from llm_engine.config import MAX_TOP_LOGPROBS, SamplingParams
 from llm_engine.errors import InvalidRequest
+from llm_engine.grammar import JsonSchema, SchemaError
 
 _IGNORED_IF_DEFAULT = {"modalities": ["text"]}
-_FORMATS = ("text", "json_object")  # response_format types (json_schema is not served)
+_FORMATS = ("text", "json_object", "json_schema")  # response_format types
 _T = TypeVar("_T")
 MAX_CHOICES = 16  # n: each choice is a conversation of its own while it generates
 # bookkeeping for the caller that changes nothing in the output: accepted with any value of its
@@ -222,7 +223,7 @@ def _check_unsupported(body: dict[str, Any], known: set[str]) -> None:
     fmt = body.get("response_format")
     if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") not in _FORMATS):
         raise RequestError(
-            "response_format must be {'type': 'text'} or {'type': 'json_object'}",
+            "response_format's type must be 'text', 'json_object' or 'json_schema'",
             "response_format",
         )
 
@@ -242,7 +243,7 @@ def _sampling(
     max_tokens: Any,
     default_max_tokens: int,
     logprobs: int | None,
-    json_object: bool = False,
+    json_schema: JsonSchema | None = None,
 ) -> SamplingParams:
     """The sampling parameters both endpoints share."""
     temperature = _number(body, "temperature", 0, 2)
@@ -262,7 +263,7 @@ def _sampling(
         logit_bias=_logit_bias(body.get("logit_bias")),
         logprobs=logprobs,
         ignore_eos=_flag(body, "ignore_eos"),  # vLLM's, for benchmarks of a fixed length
-        json_object=json_object,
+        json_schema=json_schema,
     )
 
 
@@ -278,17 +279,36 @@ def parse_chat_request(body: Any, default_max_tokens: int = 512) -> ChatRequest:
     body = _body(body, _KNOWN)
     messages = _messages(body.get("messages"))
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    json_object = body.get("response_format", {}).get("type") == "json_object"
-    if json_object and _flag(body, "ignore_eos"):
+    json_schema = _response_format(body.get("response_format") or {})
+    if json_schema is not None and _flag(body, "ignore_eos"):
         raise RequestError("'ignore_eos' cannot be set with a JSON response_format", "ignore_eos")
     return ChatRequest(
         messages=messages,
-        params=_sampling(body, max_tokens, default_max_tokens, _logprobs(body), json_object),
+        params=_sampling(body, max_tokens, default_max_tokens, _logprobs(body), json_schema),
         model=str(body.get("model") or ""),
         stream=_flag(body, "stream"),
         include_usage=_include_usage(body),
         n=_integer(body.get("n"), "n", 1, MAX_CHOICES, 1),
     )
+
+
+def _response_format(fmt: dict[str, Any]) -> JsonSchema | None:
+    """The grammar a ``response_format`` asks for (its type is checked), or None for text."""
+    kind = fmt.get("type")
+    if kind == "json_object":
+        return JsonSchema.any_object()
+    if kind != "json_schema":
+        return None
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+        raise RequestError(
+            "'response_format.json_schema' must be an object with a 'schema' object",
+            "response_format.json_schema",
+        )
+    try:
+        return JsonSchema.compile(spec.get("schema", {}))
+    except SchemaError as err:
+        raise RequestError(f"response_format: {err}", "response_format.json_schema") from err
 
 
 def _prompts(value: Any) -> list[str | list[int]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_engine.errors import InvalidRequest, ModelLoadError
+from llm_engine.grammar import JsonSchema
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -176,9 +177,9 @@ class SamplingParams:
     log-probabilities and this many most likely alternatives (0 to 20), from the model's own
     distribution: before penalties, bias and temperature.
 
-    ``json_object`` restricts the reply to one JSON object (:mod:`llm_engine.grammar`): it ends
-    with the end-of-turn token right after the object closes, so ``ignore_eos`` cannot be set
-    with it.
+    ``json_schema`` restricts the reply to JSON of that grammar (:mod:`llm_engine.grammar`;
+    ``JsonSchema.any_object()`` for any object): it ends with the end-of-turn token right after
+    the value is complete, so ``ignore_eos`` cannot be set with it.
     """
 
     max_tokens: int = 256
@@ -193,7 +194,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: int | None = None
-    json_object: bool = False
+    json_schema: JsonSchema | None = None
 
     def __post_init__(self) -> None:
         self.stop = tuple(self.stop)
@@ -220,7 +221,7 @@ class SamplingParams:
             raise InvalidRequest("logit_bias maps token ids (>= 0) to biases in [-100, 100]")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidRequest(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}]")
-        if self.json_object and self.ignore_eos:
+        if self.json_schema is not None and self.ignore_eos:
             raise InvalidRequest("a JSON reply ends when its object closes: no ignore_eos")
 
     @property
@@ -230,7 +231,9 @@ class SamplingParams:
     @property
     def plain_greedy(self) -> bool:
         """Whether the pick is the argmax of the model's logits as they are."""
-        return self.greedy and not self.penalized and not self.logit_bias and not self.json_object
+        return (
+            self.greedy and not self.penalized and not self.logit_bias and self.json_schema is None
+        )
 
     @property
     def penalized(self) -> bool:

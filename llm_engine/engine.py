@@ -422,8 +422,8 @@ class Engine:
             sink,
             make_generator(params),
             StreamDecoder(params.stop),
-            JsonMatcher(tok.token_bytes, tok.eos_ids, tok.special_ids)
-            if params.json_object
+            JsonMatcher(tok.token_bytes, tok.eos_ids, tok.special_ids, params.json_schema)
+            if params.json_schema is not None
             else None,
         )
         self.scheduler.uncache_last(state.seq)

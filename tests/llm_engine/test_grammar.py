@@ -4,8 +4,10 @@ and through SmolLM2's real tokens, and the restricted sampler that asks it."""
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 
+import pydantic
 import pytest
 import torch
 
@@ -16,11 +18,14 @@ from llm_engine.grammar import (
     MAX_WHITESPACE,
     START,
     JsonMatcher,
+    JsonSchema,
+    SchemaError,
     feed,
     is_complete,
 )
 from llm_engine.sampling import make_generator, sample_allowed_row
 
+OBJECT = JsonSchema.any_object()
 OBJECTS = [
     "{}",
     ' {"a": 1}',
@@ -48,8 +53,8 @@ NOT_OBJECTS = [
 ]
 
 
-def _complete(data: bytes) -> bool:
-    return is_complete(feed(START, data))
+def _complete(data: bytes, grammar: JsonSchema = OBJECT) -> bool:
+    return is_complete(feed(grammar, [START], data))
 
 
 @pytest.mark.parametrize("text", OBJECTS)
@@ -58,7 +63,7 @@ def test_json_objects_are_followed_to_their_end(text):
     data = text.encode()
     assert _complete(data)
     for i in range(1, len(data)):  # every prefix may go on, and none is a whole object yet
-        state = feed(START, data[:i])
+        state = feed(OBJECT, [START], data[:i])
         assert state is not None and not _complete(data[:i])
 
 
@@ -70,13 +75,16 @@ def test_anything_else_is_refused(text):
 
 
 def test_runs_that_only_spend_tokens_are_cut_short():
-    assert feed(START, b"{" + b" " * MAX_WHITESPACE) is not None
-    assert feed(START, b"{" + b" " * (MAX_WHITESPACE + 1)) is None
-    assert feed(START, b'{"a": ' + b"[" * (MAX_DEPTH - 1)) is not None
-    assert feed(START, b'{"a": ' + b"[" * MAX_DEPTH) is None
-    assert feed(START, b'{"a": 1' + b"1" * 40) is None
-    assert feed(START, b"\xff") is None and feed(START, b'{"\xc3') is not None
-    assert feed(START, b'{"\xc3"') is None  # a UTF-8 sequence cut by the quote
+    def goes_on(data: bytes) -> bool:
+        return feed(OBJECT, [START], data) is not None
+
+    assert goes_on(b"{" + b" " * MAX_WHITESPACE)
+    assert not goes_on(b"{" + b" " * (MAX_WHITESPACE + 1))
+    assert goes_on(b'{"a": ' + b"[" * (MAX_DEPTH - 1))
+    assert not goes_on(b'{"a": ' + b"[" * MAX_DEPTH)
+    assert not goes_on(b'{"a": 1' + b"1" * 40)
+    assert not goes_on(b"\xff") and goes_on(b'{"\xc3')
+    assert not goes_on(b'{"\xc3"')  # a UTF-8 sequence cut by the quote
 
 
 def test_matcher_over_real_tokens(smol_engine):
@@ -120,5 +128,108 @@ def test_the_restricted_sampler_draws_only_allowed_tokens_in_their_proportions()
 
 def test_json_and_ignore_eos_do_not_mix():
     with pytest.raises(InvalidRequest, match="ignore_eos"):
-        SamplingParams(json_object=True, ignore_eos=True)
-    assert not SamplingParams(temperature=0, json_object=True).plain_greedy
+        SamplingParams(json_schema=OBJECT, ignore_eos=True)
+    assert not SamplingParams(temperature=0, json_schema=OBJECT).plain_greedy
+
+
+class _Kind(enum.StrEnum):
+    CAT = "cat"
+    DOG = "dog"
+
+
+class _Owner(pydantic.BaseModel):
+    name: str
+    phones: list[str] = pydantic.Field(max_length=2)
+
+
+class _Pet(pydantic.BaseModel):
+    name: str
+    age: int
+    weight: float | None
+    kind: _Kind
+    vaccinated: bool
+    owner: _Owner | None = None
+    tags: dict[str, int] = {}
+
+
+PET = JsonSchema.compile(_Pet.model_json_schema())  # $defs, anyOf, enum, optional fields
+
+
+@pytest.mark.parametrize(
+    "pet",
+    [
+        _Pet(name="Tom", age=3, weight=4.5, kind=_Kind.CAT, vaccinated=True),
+        _Pet(
+            name='Rex "the" 🐕',
+            age=-1,
+            weight=None,
+            kind=_Kind.DOG,
+            vaccinated=False,
+            owner=_Owner(name="Ann", phones=["1", "2"]),
+            tags={"a": 1, 'b"': 2},
+        ),
+    ],
+)
+def test_a_schemas_instances_are_followed_to_their_end(pet):
+    for data in (pet.model_dump_json(), json.dumps(pet.model_dump(mode="json"), indent=2)):
+        assert _complete(data.encode(), PET), data
+        _Pet.model_validate_json(data, strict=True)  # the reference agrees
+
+
+@pytest.mark.parametrize(
+    ("data", "stricter"),
+    [
+        ('{"name": "Tom"}', False),  # required fields missing
+        ('{"name": "Tom", "age": 3.5, "weight": null, "kind": "cat", "vaccinated": true}', False),
+        ('{"name": "Tom", "age": 3, "weight": "4", "kind": "cat", "vaccinated": true}', False),
+        ('{"name": "Tom", "age": 3, "weight": null, "kind": "cow", "vaccinated": true}', False),
+        ('{"name": "Tom", "age": 3, "weight": null, "kind": "cat", "vaccinated": 1}', False),
+        ('{"name": "Tom", "age": 3, "weight": null, "kind": "cat", "vaccinated": true,'
+         ' "owner": {"name": "Ann", "phones": ["1", "2", "3"]}}', False),  # maxItems
+        # what Parley never writes, though the schema allows it: properties out of the
+        # schema's order, and ones it does not name
+        ('{"age": 3, "name": "Tom", "weight": null, "kind": "cat", "vaccinated": true}', True),
+        ('{"name": "Tom", "age": 3, "weight": null, "kind": "cat", "vaccinated": true, "x": 1}',
+         True),
+    ],
+)  # fmt: skip
+def test_what_a_schema_does_not_describe_is_refused(data, stricter):
+    if stricter:
+        _Pet.model_validate_json(data, strict=True)
+    else:
+        with pytest.raises(pydantic.ValidationError):  # the reference agrees
+            _Pet.model_validate_json(data, strict=True)
+    assert not _complete(data.encode(), PET)
+
+
+def test_recursive_and_literal_schemas():
+    tree = JsonSchema.compile({
+        "$defs": {"Node": {"type": "object", "properties": {
+            "v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/Node"}}},
+            "required": ["v", "kids"]}},
+        "$ref": "#/$defs/Node",
+    })  # fmt: skip
+    assert _complete(b'{"v": 1, "kids": [{"v": 2, "kids": []}, {"v": 3, "kids": []}]}', tree)
+    assert not _complete(b'{"v": 1, "kids": [{"v": 2}]}', tree)
+    # one option extends another: both readings stay open until a byte decides
+    pick = JsonSchema.compile({"type": "object", "properties": {"n": {"enum": [1, 12, "1"]}}})
+    for ok in (b'{"n": 1}', b'{"n": 12}', b'{"n": "1"}', b"{}"):
+        assert _complete(ok, pick), ok
+    assert not _complete(b'{"n": 123}', pick) and not _complete(b'{"n": 2}', pick)
+
+
+@pytest.mark.parametrize(
+    ("schema", "word"),
+    [
+        ({"type": "string", "pattern": "^a"}, "pattern"),
+        ({"type": "integer", "minimum": 0}, "minimum"),
+        ({"type": "object", "properties": {"a": {"format": "email"}}}, "format"),
+        ({"$ref": "#/$defs/Missing"}, "Missing"),
+        ({"type": "tuple"}, "tuple"),
+        ({"type": "object", "properties": {}, "required": ["a"]}, "required"),
+        ([], "object"),
+    ],
+)
+def test_schemas_it_cannot_follow_are_refused_by_name(schema, word):
+    with pytest.raises(SchemaError, match=word):
+        JsonSchema.compile(schema)

@@ -342,7 +342,17 @@ async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
         ('{"messages": [{"role": "user", "content": "hi"}], "ignore_eos": 1}', "ignore_eos"),
         (
             '{"messages": [{"role": "user", "content": "hi"}],'
-            ' "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}',
+            ' "response_format": {"type": "json_schema", "json_schema": {"schema": 5}}}',
+            "response_format.json_schema",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}], "response_format": {"type":'
+            ' "json_schema", "json_schema": {"schema": {"type": "string", "pattern": "a+"}}}}',
+            "response_format.json_schema",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}],'
+            ' "response_format": {"type": "yaml"}}',
             "response_format",
         ),
         (
@@ -583,7 +593,7 @@ async def test_json_mode_replies_are_json_objects(client):
     """``response_format: json_object``: a reply that ends is one JSON object, greedy or
     sampled, streamed or whole; one cut by max_tokens is the start of one. Unconstrained, the
     same greedy request gets prose."""
-    from llm_engine.grammar import START, feed
+    from llm_engine.grammar import START, JsonSchema, feed
 
     async def ask(content: str, **kw):
         return await client.chat.completions.create(
@@ -604,7 +614,8 @@ async def test_json_mode_replies_are_json_objects(client):
                 ended += 1
                 assert isinstance(json.loads(text), dict), text
             else:
-                assert reply.finish_reason == "length" and feed(START, text.encode()), text
+                started = feed(JsonSchema.any_object(), [START], text.encode())
+                assert reply.finish_reason == "length" and started, text
     assert ended >= 2
     stream = await client.chat.completions.create(
         model="smollm2", messages=[{"role": "user", "content": "Hello, how are you?"}],
@@ -613,6 +624,41 @@ async def test_json_mode_replies_are_json_objects(client):
     streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     whole = await ask("Hello, how are you?", temperature=0, **json_mode)
     assert streamed == whole.choices[0].message.content
+
+
+async def test_structured_outputs_through_the_sdks_parse(client):
+    """The SDK's ``parse`` sends a Pydantic model as a strict ``json_schema`` and validates the
+    reply against it: a reply that ends always does; one cut by ``max_tokens`` is the start of
+    one (the SDK then raises, as it does against OpenAI)."""
+    from typing import Literal
+
+    import openai
+    import pydantic
+
+    from llm_engine.grammar import START, JsonSchema, feed
+
+    class Pet(pydantic.BaseModel):
+        name: str
+        age: int
+        species: Literal["cat", "dog", "bird"]
+
+    async def parse(content: str, **kw):
+        return await client.chat.completions.parse(
+            model="smollm2", messages=[{"role": "user", "content": content}],
+            response_format=Pet, max_tokens=120, **kw,
+        )  # fmt: skip
+
+    pet = await parse("My cat Tom is 3 years old. Extract the pet as JSON.", temperature=0)
+    assert isinstance(pet.choices[0].message.parsed, Pet)
+    grammar = JsonSchema.compile(Pet.model_json_schema())
+    for seed in range(3):
+        try:
+            reply = await parse("Tell me about a pet.", temperature=1, seed=seed)
+        except openai.LengthFinishReasonError as cut:
+            text = cut.completion.choices[0].message.content
+            assert feed(grammar, [START], text.encode()) is not None, text
+        else:
+            assert isinstance(reply.choices[0].message.parsed, Pet)
 
 
 async def test_ignore_eos_generates_past_the_end_of_turn(client):
