@@ -11,12 +11,13 @@ parts), ``stream``, ``stream_options.include_usage``, ``max_tokens`` /
 ``presence_penalty``, ``logit_bias``, ``logprobs`` / ``top_logprobs`` (the model's own
 distribution, before penalties, bias and temperature), ``seed``, ``stop``, ``n`` (up to 16:
 the choices fork the prompt's KV and are generated together, the i-th with ``seed + i``),
-``response_format`` ``json_object`` or ``json_schema`` (:mod:`llm_engine.grammar`), and the
-common extensions ``top_k``, ``repetition_penalty`` and ``ignore_eos``. Anything else that would
-change the output (tools, non-text content or output) is refused rather than silently
-ignored; such parameters sent at their defaults (as some clients always send them) are
-accepted, ``null`` stands for a parameter's default, and bookkeeping that changes no output
-(``user``, ``store``, ``metadata``, ...) is accepted and ignored. The legacy text completions
+``response_format`` ``json_object`` or ``json_schema`` (:mod:`llm_engine.grammar`), ``tools``
+with ``tool_choice`` and ``parallel_tool_calls`` (:mod:`llm_engine.tools`), and the common
+extensions ``top_k``, ``repetition_penalty`` and ``ignore_eos``. Anything else that would
+change the output (non-text content or output) is refused rather than silently ignored;
+such parameters sent at their defaults (as some clients always send them) are accepted,
+``null`` stands for a parameter's default, and bookkeeping that changes no output (``user``,
+``store``, ``metadata``, ...) is accepted and ignored. The legacy text completions
 take the same sampling parameters, a ``prompt`` (text, token ids, or a batch) and ``echo``.
 """
 
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 from llm_engine.config import MAX_TOP_LOGPROBS, SamplingParams
 from llm_engine.errors import InvalidRequest
 from llm_engine.grammar import JsonSchema, SchemaError
+from llm_engine.tools import Tools, assistant_text, parse_tools, result_text
 
 _IGNORED_IF_DEFAULT = {"modalities": ["text"]}
 _FORMATS = ("text", "json_object", "json_schema")  # response_format types
@@ -72,6 +74,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     n: int = 1  # choices
+    tools: Tools | None = None  # the reply is a tool call or content (llm_engine.tools)
 
 
 @dataclass(slots=True)
@@ -145,23 +148,40 @@ def _content(message: Any, i: int) -> str:
     )
 
 
-def _messages(value: Any) -> list[dict[str, str]]:
+def _messages(value: Any, tools: Tools | None = None) -> list[dict[str, str]]:
+    """The transcript as role and text. With ``tools``, the assistant's messages and the
+    tools' results are written in the shape of :mod:`llm_engine.tools`, and the system prompt
+    describes the functions."""
     if not isinstance(value, list) or not value:
         raise RequestError("'messages' must be a non-empty array", "messages")
-    out = []
+    out, names = [], {}  # names: the function of each tool call id
     for i, m in enumerate(value):
         if not isinstance(m, dict):
             raise RequestError(f"messages[{i}] must be an object", f"messages.{i}")
         role = m.get("role")
         if role == "developer":
             role = "system"  # the newer name of the system role
-        if role not in ("system", "user", "assistant"):
+        roles = ("system", "user", "assistant") + (("tool",) if tools else ())
+        if role not in roles:
             raise RequestError(
-                f"messages[{i}].role must be system, user or assistant", f"messages.{i}.role"
+                f"messages[{i}].role must be one of {', '.join(roles)}", f"messages.{i}.role"
             )
-        if m.get("tool_calls"):
-            raise RequestError("tool calls are not supported", f"messages.{i}.tool_calls")
-        out.append({"role": role, "content": _content(m, i)})
+        content, calls = _content(m, i), m.get("tool_calls")
+        if tools is None:
+            if calls:
+                raise RequestError("tool calls need 'tools'", f"messages.{i}.tool_calls")
+        elif role == "assistant":
+            content = assistant_text(content, calls, f"messages.{i}.tool_calls")
+            for call in calls or ():
+                names[call.get("id")] = call["function"]["name"]
+        elif role == "tool":
+            role, content = "user", result_text(content, names.get(m.get("tool_call_id")))
+        out.append({"role": role, "content": content})
+    if tools is not None:
+        if out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{tools.system_text()}"}
+        else:
+            out.insert(0, {"role": "system", "content": tools.system_text()})
     return out
 
 
@@ -211,15 +231,6 @@ def _check_unsupported(body: dict[str, Any], known: set[str]) -> None:
     for key, kind in _BOOKKEEPING.items():
         if key in body and not isinstance(body[key], kind):
             raise RequestError(f"'{key}' must be a {_KIND_NAMES[kind]}", key)
-    if body.get("tools"):
-        raise RequestError("tools are not supported", "tools")
-    # without tools, "auto" and "none" both mean a plain reply; forcing a tool cannot be served
-    if body.get("tool_choice", "none") not in ("none", "auto"):
-        raise RequestError(
-            "tool_choice must be 'none' or 'auto': tools are not supported", "tool_choice"
-        )
-    if not isinstance(body.get("parallel_tool_calls", False), bool):
-        raise RequestError("'parallel_tool_calls' must be a boolean", "parallel_tool_calls")
     fmt = body.get("response_format")
     if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") not in _FORMATS):
         raise RequestError(
@@ -277,18 +288,26 @@ def _include_usage(body: dict[str, Any]) -> bool:
 def parse_chat_request(body: Any, default_max_tokens: int = 512) -> ChatRequest:
     """Validate a decoded JSON body; raise :class:`RequestError` naming the bad parameter."""
     body = _body(body, _KNOWN)
-    messages = _messages(body.get("messages"))
+    tools = parse_tools(body.get("tools"), body.get("tool_choice"), body.get("parallel_tool_calls"))
+    messages = _messages(body.get("messages"), tools)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     json_schema = _response_format(body.get("response_format") or {})
+    logprobs = _logprobs(body)
+    if tools is not None:
+        if json_schema is not None or logprobs is not None:
+            param = "response_format" if json_schema is not None else "logprobs"
+            raise RequestError(f"'{param}' cannot be set with 'tools'", param)
+        json_schema = tools.grammar
     if json_schema is not None and _flag(body, "ignore_eos"):
-        raise RequestError("'ignore_eos' cannot be set with a JSON response_format", "ignore_eos")
+        raise RequestError("'ignore_eos' cannot be set with JSON replies or tools", "ignore_eos")
     return ChatRequest(
         messages=messages,
-        params=_sampling(body, max_tokens, default_max_tokens, _logprobs(body), json_schema),
+        params=_sampling(body, max_tokens, default_max_tokens, logprobs, json_schema),
         model=str(body.get("model") or ""),
         stream=_flag(body, "stream"),
         include_usage=_include_usage(body),
         n=_integer(body.get("n"), "n", 1, MAX_CHOICES, 1),
+        tools=tools,
     )
 
 

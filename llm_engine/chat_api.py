@@ -30,6 +30,7 @@ from llm_engine.api_request import ChatRequest, TextRequest
 from llm_engine.config import SamplingParams
 from llm_engine.errors import ContextLengthExceeded, InvalidRequest
 from llm_engine.history import common_prefix_len
+from llm_engine.tools import Tools
 
 if TYPE_CHECKING:
     from llm_engine.conversation import Conversation, Delta
@@ -75,12 +76,14 @@ class Completion:
 class Piece:
     """A step of choice ``index``'s reply: its text, the wire's ``logprobs.content`` entries
     of its tokens when the request asked for them (the end-of-turn token has none, as in
-    OpenAI's), and on the choice's last piece why it ended."""
+    OpenAI's), and on the choice's last piece why it ended. With tools, a choice is one piece:
+    its content or its ``tool_calls`` (the wire's objects)."""
 
     text: str
     logprobs: list[dict[str, Any]] | None = None
     index: int = 0
     finish_reason: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 @dataclass(slots=True)
@@ -147,6 +150,14 @@ class _Merged:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _tool_piece(tools: Tools, text: str, index: int, finish: str) -> Piece:
+    """A whole reply of a request with tools: its content, or its calls."""
+    content, calls = tools.reply(text)
+    if calls:
+        return Piece("", None, index, "tool_calls", calls)
+    return Piece(content or "", None, index, finish)
 
 
 def _wire_logprobs(content: list[dict[str, Any]] | None) -> dict[str, Any] | None:
@@ -258,11 +269,17 @@ class ChatService:
             # (left to the garbage collector, an abort could land after that request's
             # generate and fail it with "the conversation is generating")
             merged = await held.enter_async_context(_Merged(streams))
+            held_text = [""] * request.n  # with tools: each choice's JSON, read once whole
             async for i, delta in merged:
                 if not completion.usage.prompt_tokens:  # the prompt is known now
                     reused = common_prefix_len(before, slot.conv.tokens[: delta.position])
                     completion.usage = Usage(prompt_tokens=delta.position, cached_tokens=reused)
                 completion.usage.completion_tokens += len(delta.token_ids)
+                if request.tools is not None:
+                    held_text[i] += delta.text
+                    if delta.finish_reason:
+                        yield _tool_piece(request.tools, held_text[i], i, delta.finish_reason)
+                    continue
                 logprobs = self._logprobs(delta, request.params)
                 if delta.text or logprobs or delta.finish_reason:
                     yield Piece(delta.text, logprobs, i, delta.finish_reason)
@@ -392,6 +409,9 @@ class ChatService:
                       "finish_reason": p.finish_reason}  # fmt: skip
             return [{**self._envelope(c, True), "choices": [choice]}]
         chunks = []
+        if p.tool_calls:
+            calls = [{"index": k, **call} for k, call in enumerate(p.tool_calls)]
+            chunks.append(self._chat_chunk(c, {"tool_calls": calls}, None, None, p.index))
         if p.text or p.logprobs:
             chunks.append(self._chat_chunk(c, {"content": p.text}, None, p.logprobs, p.index))
         if p.finish_reason:  # each choice's end as it comes (every choice's last piece has it)
@@ -421,10 +441,12 @@ class ChatService:
         texts = [""] * n
         finishes: list[str | None] = [None] * n
         logprobs: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+        calls: list[list[dict[str, Any]] | None] = [None] * n
         for p in pieces:
             texts[p.index] += p.text
             logprobs[p.index] += p.logprobs or ()
             finishes[p.index] = p.finish_reason or finishes[p.index]
+            calls[p.index] = p.tool_calls or calls[p.index]
         wanted = request.params.logprobs is not None
         choices: list[dict[str, Any]] = []
         for i in range(n):
@@ -436,7 +458,9 @@ class ChatService:
                 )
             else:
                 lp = _wire_logprobs(logprobs[i] if wanted else None)
-                message = {"role": "assistant", "content": texts[i]}
+                message: dict[str, Any] = {"role": "assistant", "content": texts[i]}
+                if calls[i]:
+                    message = {"role": "assistant", "content": None, "tool_calls": calls[i]}
                 choices.append(
                     {"index": i, "message": message, "finish_reason": finish, "logprobs": lp}
                 )

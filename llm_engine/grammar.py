@@ -91,6 +91,7 @@ class JsonSchema:
         self.root = 1
         self._refs: dict[str, int] = {}
         self._defs: dict[str, Any] = {}
+        self._lenient = False
 
     @classmethod
     def any_object(cls) -> JsonSchema:
@@ -98,9 +99,11 @@ class JsonSchema:
         return cls()
 
     @classmethod
-    def compile(cls, schema: Any) -> JsonSchema:
-        """The grammar of ``schema`` (a decoded JSON schema); raises :class:`SchemaError`."""
+    def compile(cls, schema: Any, lenient: bool = False) -> JsonSchema:
+        """The grammar of ``schema`` (a decoded JSON schema); raises :class:`SchemaError`.
+        ``lenient``: keywords it cannot enforce are read as notes instead."""
         g = cls()
+        g._lenient = lenient
         if not isinstance(schema, dict):
             raise SchemaError("a JSON schema must be an object")
         g._defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
@@ -116,7 +119,7 @@ class JsonSchema:
             return ANY
         if not isinstance(s, dict):
             raise SchemaError(f"a schema must be an object or true, got {s!r}")
-        if unknown := sorted(set(s) - _NOTES - _FOLLOWED):
+        if (unknown := sorted(set(s) - _NOTES - _FOLLOWED)) and not self._lenient:
             raise SchemaError(f"unsupported JSON schema keyword(s): {', '.join(unknown)}")
         if "$ref" in s:
             return self._ref(s["$ref"])

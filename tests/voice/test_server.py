@@ -307,7 +307,7 @@ async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
         ('{"messages": [{"role": "user", "content": "hi"}], "temperature": 5}', "temperature"),
         ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', "max_tokens"),
         ('{"messages": [{"role": "user", "content": "hi"}], "frobnicate": 1}', "frobnicate"),
-        ('{"messages": [{"role": "user", "content": "hi"}], "tools": [{}]}', "tools"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "tools": [{}]}', "tools.0"),
         ('{"messages": [{"role": "user", "content": "hi"}], "n": 17}', "n"),
         ('{"messages": [{"role": "user", "content": "hi"}], "seed": 18446744073709551616}', "seed"),
         ('{"messages": [{"role": "user", "content": "hi"}], "n": 0}', "n"),
@@ -659,6 +659,60 @@ async def test_structured_outputs_through_the_sdks_parse(client):
             assert feed(grammar, [START], text.encode()) is not None, text
         else:
             assert isinstance(reply.choices[0].message.parsed, Pet)
+
+
+ORDER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_order_status",
+        "description": "Look up the status of an order by its id",
+        "parameters": {
+            "type": "object",
+            "properties": {"order_id": {"type": "string", "description": "the order id"}},
+            "required": ["order_id"],
+        },
+    },
+}
+
+
+async def test_tool_calls_through_the_sdk(client):
+    """A call comes back as OpenAI's tool_calls (streamed and whole alike); the client runs it
+    and sends the result, and the next request reuses the conversation's cache; tool_choice
+    none gets a reply, a named choice that function."""
+    messages = [
+        {"role": "system", "content": "You are a customer service assistant."},
+        {"role": "user", "content": "Where is my order 12345?"},
+    ]
+    ask = {"model": "smollm2", "tools": [ORDER_TOOL], "max_tokens": 100, "temperature": 0}
+    first = await client.chat.completions.create(messages=messages, tool_choice="required", **ask)
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_order_status" and call.id.startswith("call_")
+    assert set(json.loads(call.function.arguments)) == {"order_id"}
+    stream = await client.chat.completions.create(
+        messages=messages, stream=True, tool_choice="required", **ask
+    )
+    chunks = [c async for c in stream]
+    streamed = [t for c in chunks for t in (c.choices[0].delta.tool_calls or [])]
+    assert [(t.function.name, t.function.arguments) for t in streamed] == [
+        (call.function.name, call.function.arguments)
+    ]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    messages += [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"status": "shipped"}'},
+    ]
+    after = await client.chat.completions.create(messages=messages, **ask)
+    assert after.choices[0].finish_reason in ("stop", "tool_calls", "length")
+    assert after.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
+    reply = await client.chat.completions.create(messages=messages, tool_choice="none", **ask)
+    assert reply.choices[0].message.tool_calls is None
+    named = {"type": "function", "function": {"name": "get_order_status"}}
+    forced = await client.chat.completions.create(
+        messages=[{"role": "user", "content": "Hello!"}], tool_choice=named, **ask
+    )
+    assert forced.choices[0].message.tool_calls[0].function.name == "get_order_status"
 
 
 async def test_ignore_eos_generates_past_the_end_of_turn(client):

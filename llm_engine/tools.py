@@ -1,0 +1,189 @@
+"""Tool calls for any model: the functions are described in the system prompt, and the reply is
+constrained (:mod:`llm_engine.grammar`) to one JSON object, either
+``{"tool_calls": [{"name": ..., "arguments": {...}}]}`` (each call's arguments a value of that
+function's ``parameters`` schema) or ``{"content": "..."}`` (a reply to the user). The history
+is written in the same shape, so the model sees its earlier calls as it made them and their
+results as ``{"tool_result": ...}`` user turns. No engine, no I/O.
+
+``tool_choice`` narrows the grammar: ``"auto"`` either shape, ``"required"`` calls only, a
+named function only calls of it, ``"none"`` a reply only. A reply makes one call unless the
+client sets ``parallel_tool_calls: true`` (OpenAI's default is true, but a small model offered a
+list repeats its calls until ``max_tokens``: SmolLM2 did for 3 of 4 greedy requests). A
+``parameters`` schema is followed where :mod:`llm_engine.grammar` can; keywords it cannot
+enforce (``minimum``, ``format`` ...) are kept as notes for the model, since a client's tool
+schemas routinely carry them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from llm_engine.errors import InvalidRequest
+from llm_engine.grammar import JsonSchema, SchemaError
+
+MAX_TOOLS = 128
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NO_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+@dataclass(frozen=True, slots=True)
+class Tools:
+    """The functions a request offers, and how it lets the model use them."""
+
+    functions: tuple[dict[str, Any], ...]  # {"name", "description", "parameters"} each
+    choice: str  # "auto", "required", "none", or the one function's name
+    parallel: bool
+    grammar: JsonSchema
+
+    def system_text(self) -> str:
+        """What the system prompt gains: the functions, and the reply's two shapes. The same
+        whatever ``tool_choice`` is (the grammar enforces that), so that a conversation's
+        requests share its KV cache."""
+        listed = "\n".join(json.dumps(f, ensure_ascii=False) for f in self.functions)
+        call = '{"tool_calls": [{"name": "<function name>", "arguments": {<its parameters>}}]}'
+        return (
+            f"You can call these functions:\n{listed}\n\nTo call a function, answer with "
+            f'{call}. To reply to the user, answer with {{"content": "<your reply>"}}.'
+        )
+
+    def reply(self, text: str) -> tuple[str | None, list[dict[str, Any]] | None]:
+        """(content, tool calls) of a whole reply in the grammar's shape. A reply cut short
+        is the content it had begun, or else its text as it stands."""
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            return _begun_content(text), None
+        if not isinstance(obj, dict):
+            return text, None
+        if "content" in obj:
+            return str(obj["content"]), None
+        calls = [
+            {
+                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "type": "function",
+                "function": {
+                    "name": call["name"],
+                    "arguments": json.dumps(call["arguments"], ensure_ascii=False),
+                },
+            }
+            for call in obj.get("tool_calls", ())
+        ]
+        return None, calls
+
+
+_CONTENT = re.compile(r'\s*\{\s*"content"\s*:\s*"')
+
+
+def _begun_content(text: str) -> str:
+    """The string a reply cut short had begun as its content, or ``text`` if it had not."""
+    start = _CONTENT.match(text)
+    if start is None:
+        return text
+    body = text[start.end() :]
+    for end in range(len(body), max(len(body) - 6, -1), -1):  # drop an escape cut short
+        with contextlib.suppress(ValueError):
+            return str(json.loads(f'"{body[:end]}"'))
+    return text
+
+
+def assistant_text(content: str, calls: Any, param: str) -> str:
+    """An assistant message of the history, in the shape the model writes."""
+    if not calls:
+        return json.dumps({"content": content}, ensure_ascii=False)
+    if not isinstance(calls, list):
+        raise InvalidRequest("'tool_calls' must be an array", param)
+    written = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise InvalidRequest("each tool call needs a function with a name", param)
+        arguments = function.get("arguments", "{}")
+        with contextlib.suppress(ValueError):  # not JSON: kept as the text the client sent
+            arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+        written.append({"name": function["name"], "arguments": arguments})
+    return json.dumps({"tool_calls": written}, ensure_ascii=False)
+
+
+def result_text(content: str, name: str | None) -> str:
+    """A tool message of the history (a function's result), as the user turn the model sees."""
+    result = {"content": content} if name is None else {"name": name, "content": content}
+    return json.dumps({"tool_result": result}, ensure_ascii=False)
+
+
+def parse_tools(tools: Any, choice: Any, parallel: Any) -> Tools | None:
+    """The request's ``tools``, ``tool_choice`` and ``parallel_tool_calls``; None without
+    tools (then ``tool_choice`` may only be "none" or "auto"). Raises ``InvalidRequest``."""
+    if not tools:
+        if choice not in (None, "none", "auto"):
+            raise InvalidRequest(
+                "'tool_choice' names a tool, but no 'tools' are given", "tool_choice"
+            )
+        return None
+    if not isinstance(tools, list) or len(tools) > MAX_TOOLS:
+        raise InvalidRequest(f"'tools' must be an array of at most {MAX_TOOLS}", "tools")
+    functions = tuple(_function(t, i) for i, t in enumerate(tools))
+    names = [f["name"] for f in functions]
+    if len(set(names)) < len(names):
+        raise InvalidRequest("tool names must be unique", "tools")
+    picked = _choice(choice, names)
+    if parallel is not None and not isinstance(parallel, bool):
+        raise InvalidRequest("'parallel_tool_calls' must be a boolean", "parallel_tool_calls")
+    allowed = [f for f in functions if picked in ("auto", "required", f["name"])]
+    return Tools(functions, picked, parallel is True, _grammar(allowed, picked, parallel is True))
+
+
+def _function(tool: Any, i: int) -> dict[str, Any]:
+    param = f"tools.{i}"
+    if not isinstance(tool, dict) or tool.get("type") != "function":
+        raise InvalidRequest("each tool must be {'type': 'function', 'function': {...}}", param)
+    f = tool.get("function")
+    if not isinstance(f, dict) or not isinstance(f.get("name"), str):
+        raise InvalidRequest("a tool's function needs a 'name'", f"{param}.function")
+    if not _NAME.fullmatch(f["name"]):
+        raise InvalidRequest("a function name is 1-64 letters, digits, '_' or '-'", param)
+    parameters = f.get("parameters") or _NO_PARAMETERS
+    if not isinstance(parameters, dict):
+        raise InvalidRequest("a function's 'parameters' must be a JSON schema object", param)
+    out = {"name": f["name"], "parameters": parameters}
+    if isinstance(f.get("description"), str):
+        out["description"] = f["description"]
+    return out
+
+
+def _choice(choice: Any, names: list[str]) -> str:
+    if choice is None:
+        return "auto"
+    if choice in ("auto", "required", "none"):
+        return str(choice)
+    function = choice.get("function") if isinstance(choice, dict) else None
+    if isinstance(function, dict) and function.get("name") in names:
+        return str(function["name"])
+    raise InvalidRequest(
+        "'tool_choice' must be 'none', 'auto', 'required' or one of the tools", "tool_choice"
+    )
+
+
+def _grammar(functions: list[dict[str, Any]], choice: str, parallel: bool) -> JsonSchema:
+    content = {"type": "object", "properties": {"content": {"type": "string"}},
+               "required": ["content"]}  # fmt: skip
+    call = [
+        {"type": "object", "required": ["name", "arguments"],
+         "properties": {"name": {"const": f["name"]}, "arguments": f["parameters"]}}
+        for f in functions
+    ]  # fmt: skip
+    calls = {"type": "array", "items": {"anyOf": call}, "minItems": 1}
+    if not parallel:
+        calls["maxItems"] = 1
+    called = {"type": "object", "properties": {"tool_calls": calls}, "required": ["tool_calls"]}
+    schema = content if choice == "none" else {"anyOf": [called, content]}
+    if choice not in ("auto", "none"):
+        schema = called
+    try:
+        return JsonSchema.compile(schema, lenient=True)
+    except SchemaError as err:
+        raise InvalidRequest(f"a tool's parameters: {err}", "tools") from err
