@@ -30,7 +30,7 @@ from llm_engine.api_request import ChatRequest, TextRequest
 from llm_engine.config import SamplingParams
 from llm_engine.errors import ContextLengthExceeded, InvalidRequest
 from llm_engine.history import common_prefix_len
-from llm_engine.tools import Tools
+from llm_engine.tools import Tools, begun_content
 
 if TYPE_CHECKING:
     from llm_engine.conversation import Conversation, Delta
@@ -152,12 +152,24 @@ class _Merged:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _tool_piece(tools: Tools, text: str, index: int, finish: str) -> Piece:
-    """A whole reply of a request with tools: its content, or its calls."""
-    content, calls = tools.reply(text)
-    if calls:
-        return Piece("", None, index, "tool_calls", calls)
-    return Piece(content or "", None, index, finish)
+@dataclass(slots=True)
+class _ToolReply:
+    """One choice of a request with tools: its JSON so far, and how much of its content (a
+    reply to the user) has been sent. Content streams as it is begun; calls come whole."""
+
+    text: str = ""
+    sent: int = 0
+
+    def feed(self, tools: Tools, delta: Delta, index: int) -> Piece | None:
+        self.text += delta.text
+        if delta.finish_reason is None:
+            begun = begun_content(self.text) or ""
+            new, self.sent = begun[self.sent :], max(self.sent, len(begun))
+            return Piece(new, None, index) if new else None
+        content, calls = tools.reply(self.text)
+        if calls:
+            return Piece("", None, index, "tool_calls", calls)
+        return Piece((content or "")[self.sent :], None, index, delta.finish_reason)
 
 
 def _wire_logprobs(content: list[dict[str, Any]] | None) -> dict[str, Any] | None:
@@ -269,16 +281,15 @@ class ChatService:
             # (left to the garbage collector, an abort could land after that request's
             # generate and fail it with "the conversation is generating")
             merged = await held.enter_async_context(_Merged(streams))
-            held_text = [""] * request.n  # with tools: each choice's JSON, read once whole
+            replies = [_ToolReply() for _ in range(request.n)]  # with tools
             async for i, delta in merged:
                 if not completion.usage.prompt_tokens:  # the prompt is known now
                     reused = common_prefix_len(before, slot.conv.tokens[: delta.position])
                     completion.usage = Usage(prompt_tokens=delta.position, cached_tokens=reused)
                 completion.usage.completion_tokens += len(delta.token_ids)
                 if request.tools is not None:
-                    held_text[i] += delta.text
-                    if delta.finish_reason:
-                        yield _tool_piece(request.tools, held_text[i], i, delta.finish_reason)
+                    if piece := replies[i].feed(request.tools, delta, i):
+                        yield piece
                     continue
                 logprobs = self._logprobs(delta, request.params)
                 if delta.text or logprobs or delta.finish_reason:

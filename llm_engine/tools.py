@@ -57,7 +57,8 @@ class Tools:
         try:
             obj = json.loads(text)
         except ValueError:
-            return _begun_content(text), None
+            begun = begun_content(text)
+            return (text if begun is None else begun), None
         if not isinstance(obj, dict):
             return text, None
         if "content" in obj:
@@ -77,18 +78,37 @@ class Tools:
 
 
 _CONTENT = re.compile(r'\s*\{\s*"content"\s*:\s*"')
+_SIMPLE_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
 
-def _begun_content(text: str) -> str:
-    """The string a reply cut short had begun as its content, or ``text`` if it had not."""
+def begun_content(text: str) -> str | None:
+    """The content a reply's text so far has begun (what it can say already, an escape cut
+    short left out), or None while it is not a reply to the user (a call, or too early to
+    tell). It only grows as the text does, so it can be streamed."""
     start = _CONTENT.match(text)
     if start is None:
-        return text
-    body = text[start.end() :]
-    for end in range(len(body), max(len(body) - 6, -1), -1):  # drop an escape cut short
-        with contextlib.suppress(ValueError):
-            return str(json.loads(f'"{body[:end]}"'))
-    return text
+        return None
+    out, i, body = [], start.end(), text
+    while i < len(body) and body[i] != '"':
+        if body[i] != "\\":
+            out.append(body[i])
+            i += 1
+            continue
+        escape = body[i + 1 : i + 2]
+        if escape == "u":
+            digits = body[i + 2 : i + 6]
+            if len(digits) < 4:
+                break
+            out.append(chr(int(digits, 16)))  # a surrogate pair's halves, as json.loads does
+            i += 6
+        elif escape:
+            out.append(_SIMPLE_ESCAPES.get(escape, escape))  # \\ \/ \"
+            i += 2
+        else:
+            break
+    if out and 0xD800 <= ord(out[-1]) <= 0xDBFF:
+        out.pop()  # half a surrogate pair: the other half comes next
+    return "".join(out).encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def assistant_text(content: str, calls: Any, param: str) -> str:

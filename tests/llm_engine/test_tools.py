@@ -11,7 +11,7 @@ import pytest
 from llm_engine.api_request import parse_chat_request
 from llm_engine.errors import InvalidRequest
 from llm_engine.grammar import START, feed, is_complete
-from llm_engine.tools import parse_tools
+from llm_engine.tools import begun_content, parse_tools
 
 ORDER = {
     "type": "function",
@@ -129,3 +129,16 @@ def test_bad_tool_requests_name_their_parameter(body, param):
     with pytest.raises(InvalidRequest) as raised:
         parse_chat_request(body)
     assert raised.value.param == param
+
+
+def test_begun_content_only_grows():
+    """Streamed as the reply is written: each prefix's content is a prefix of the next one's,
+    and the whole reply's is json.loads' reading of it."""
+    reply = json.dumps({"content": 'Hi "you" \\ é 😀\nbye\t!'}, ensure_ascii=True)
+    seen = ""
+    for end in range(len(reply) + 1):
+        begun = begun_content(reply[:end])
+        assert begun is None or begun.startswith(seen), (reply[:end], begun, seen)
+        seen = begun or seen
+    assert seen == json.loads(reply)["content"]
+    assert begun_content('{"tool_calls": [') is None and begun_content("{") is None

@@ -708,6 +708,11 @@ async def test_tool_calls_through_the_sdk(client):
     assert after.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
     reply = await client.chat.completions.create(messages=messages, tool_choice="none", **ask)
     assert reply.choices[0].message.tool_calls is None
+    stream = await client.chat.completions.create(
+        messages=messages, tool_choice="none", stream=True, **ask
+    )
+    texts = [c.choices[0].delta.content async for c in stream if c.choices[0].delta.content]
+    assert len(texts) > 1 and "".join(texts) == reply.choices[0].message.content  # as begun
     named = {"type": "function", "function": {"name": "get_order_status"}}
     forced = await client.chat.completions.create(
         messages=[{"role": "user", "content": "Hello!"}], tool_choice=named, **ask
