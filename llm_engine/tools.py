@@ -188,21 +188,43 @@ def _choice(choice: Any, names: list[str]) -> str:
     )
 
 
+def _hoisted(schema: Any, prefix: str, defs: dict[str, Any]) -> Any:
+    """``schema`` with its ``$defs`` moved into ``defs`` under ``prefix`` and its refs to them
+    renamed, so that every function's parameters fit in one schema."""
+    if isinstance(schema, list):
+        return [_hoisted(v, prefix, defs) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in ("$defs", "definitions") and isinstance(value, dict):
+            defs.update({prefix + k: _hoisted(v, prefix, defs) for k, v in value.items()})
+        elif key == "$ref" and isinstance(value, str):
+            name = value.removeprefix("#/$defs/").removeprefix("#/definitions/")
+            out[key] = f"#/$defs/{prefix}{name}" if name != value else value
+        else:
+            out[key] = _hoisted(value, prefix, defs)
+    return out
+
+
 def _grammar(functions: list[dict[str, Any]], choice: str, parallel: bool) -> JsonSchema:
     content = {"type": "object", "properties": {"content": {"type": "string"}},
                "required": ["content"]}  # fmt: skip
+    defs: dict[str, Any] = {}
     call = [
         {"type": "object", "required": ["name", "arguments"],
-         "properties": {"name": {"const": f["name"]}, "arguments": f["parameters"]}}
+         "properties": {"name": {"const": f["name"]},
+                        "arguments": _hoisted(f["parameters"], f"{f['name']}.", defs)}}
         for f in functions
     ]  # fmt: skip
     calls = {"type": "array", "items": {"anyOf": call}, "minItems": 1}
     if not parallel:
         calls["maxItems"] = 1
     called = {"type": "object", "properties": {"tool_calls": calls}, "required": ["tool_calls"]}
-    schema = content if choice == "none" else {"anyOf": [called, content]}
+    schema: dict[str, Any] = content if choice == "none" else {"anyOf": [called, content]}
     if choice not in ("auto", "none"):
         schema = called
+    schema = {**schema, "$defs": defs}
     try:
         return JsonSchema.compile(schema, lenient=True)
     except SchemaError as err:

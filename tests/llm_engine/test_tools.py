@@ -142,3 +142,32 @@ def test_begun_content_only_grows():
         seen = begun or seen
     assert seen == json.loads(reply)["content"]
     assert begun_content('{"tool_calls": [') is None and begun_content("{") is None
+
+
+def test_parameters_with_their_own_defs():
+    """Pydantic writes nested models as $defs; each function's are kept apart."""
+    address = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    ship = {
+        "type": "function",
+        "function": {
+            "name": "ship",
+            "parameters": {
+                "type": "object",
+                "properties": {"to": {"$ref": "#/$defs/Place"}},
+                "required": ["to"],
+                "$defs": {"Place": address},
+            },
+        },
+    }
+    bill = {"type": "function", "function": {"name": "bill", "parameters": {
+        "type": "object", "properties": {"to": {"$ref": "#/$defs/Place"}}, "required": ["to"],
+        "$defs": {"Place": {"type": "integer"}}}}}  # fmt: skip
+    tools = parse_tools([ship, bill], "auto", None)
+    assert tools is not None
+
+    def ok(text: str) -> bool:
+        return is_complete(feed(tools.grammar, [START], text.encode()))
+
+    assert ok('{"tool_calls": [{"name": "ship", "arguments": {"to": {"city": "Oslo"}}}]}')
+    assert ok('{"tool_calls": [{"name": "bill", "arguments": {"to": 7}}]}')
+    assert not ok('{"tool_calls": [{"name": "bill", "arguments": {"to": {"city": "Oslo"}}}]}')
