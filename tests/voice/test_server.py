@@ -675,7 +675,7 @@ ORDER_TOOL = {
 }
 
 
-async def test_tool_calls_through_the_sdk(client):
+async def test_tool_calls_through_the_sdk(client, smol_engine):
     """A call comes back as OpenAI's tool_calls (streamed and whole alike); the client runs it
     and sends the result, and the next request reuses the conversation's cache; tool_choice
     none gets a reply, a named choice that function."""
@@ -712,10 +712,13 @@ async def test_tool_calls_through_the_sdk(client):
         messages=messages, tool_choice="none", stream=True, **ask
     )
     texts = [c.choices[0].delta.content async for c in stream if c.choices[0].delta.content]
-    assert len(texts) > 1 and "".join(texts) == reply.choices[0].message.content  # as begun
+    content = reply.choices[0].message.content
+    assert "".join(texts) == content
+    if len(smol_engine.tokenizer.encode(content)) > 2:
+        assert len(texts) > 1  # streamed as it was written, not whole at the end
     named = {"type": "function", "function": {"name": "get_order_status"}}
     forced = await client.chat.completions.create(
-        messages=[{"role": "user", "content": "Hello!"}], tool_choice=named, **ask
+        messages=[{"role": "user", "content": "Hello! Order 555 please."}], tool_choice=named, **ask
     )
     assert forced.choices[0].message.tool_calls[0].function.name == "get_order_status"
 
