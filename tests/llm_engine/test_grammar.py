@@ -1,11 +1,13 @@
-"""JSON mode's grammar (llm_engine.grammar) against Python's own JSON parser, through bytes
-and through SmolLM2's real tokens, and the restricted sampler that asks it."""
+"""Structured outputs' grammar (llm_engine.grammar) against references: Python's JSON parser
+(and a seeded fuzz of it), Pydantic's validation of a schema's instances, SmolLM2's real tokens;
+and the restricted sampler that asks it."""
 
 from __future__ import annotations
 
 import contextlib
 import enum
 import json
+import random
 
 import pydantic
 import pytest
@@ -233,3 +235,49 @@ def test_recursive_and_literal_schemas():
 def test_schemas_it_cannot_follow_are_refused_by_name(schema, word):
     with pytest.raises(SchemaError, match=word):
         JsonSchema.compile(schema)
+
+
+def _random_value(rng: random.Random, depth: int) -> object:
+    kind = rng.choice(["obj", "arr", "str", "int", "float", "lit"] if depth < 4 else ["str", "int"])
+    if kind == "obj":
+        return {_random_text(rng): _random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))}
+    if kind == "arr":
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    if kind == "str":
+        return _random_text(rng)
+    if kind == "int":
+        return rng.randint(-(10**9), 10**9)
+    if kind == "float":
+        return rng.uniform(-1e6, 1e6) * 10 ** rng.randint(-8, 8)
+    return rng.choice([True, False, None])
+
+
+def _random_text(rng: random.Random) -> str:
+    return "".join(rng.choice('ab "\\/\n\té😀\x01') for _ in range(rng.randint(0, 6)))
+
+
+def _is_object(text: str) -> bool:
+    def refuse(name: str) -> None:
+        raise ValueError(name)  # NaN and Infinity: Python's extension, not JSON
+
+    try:
+        return isinstance(json.loads(text, parse_constant=refuse), dict)
+    except ValueError:
+        return False
+
+
+def test_random_documents_and_their_mutations_agree_with_pythons_parser():
+    """Seeded fuzz: objects as json.dumps writes them (compact, spaced, indented, escaped or
+    not) are whole objects to the grammar; ASCII mutations of them are exactly when Python's
+    parser says they are still objects."""
+    rng = random.Random(7)
+    for _ in range(150):
+        value = {_random_text(rng): _random_value(rng, 1) for _ in range(rng.randint(0, 4))}
+        style = rng.choice([{}, {"indent": 2}, {"separators": (",", ":")}])
+        text = json.dumps(value, ensure_ascii=rng.random() < 0.5, **style)
+        assert _complete(text.encode()), text
+        ascii_at = [i for i, ch in enumerate(text) if ord(ch) < 128]
+        for _ in range(6):
+            i = rng.choice(ascii_at)
+            mutated = text[:i] + rng.choice('{}[]":,0-.eE+ atfn\\u') + text[i + 1 :]
+            assert _complete(mutated.encode()) == _is_object(mutated), mutated
