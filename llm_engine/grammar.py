@@ -160,17 +160,16 @@ class JsonSchema:
         props, required = s.get("properties", {}), s.get("required", [])
         if not isinstance(props, dict) or not isinstance(required, list):
             raise SchemaError("'properties' must be an object and 'required' an array")
-        if missing := [r for r in required if r not in props]:
+        missing = [r for r in required if r not in props]
+        if missing and not self._lenient:  # else read as a note, as the other keywords
             raise SchemaError(f"required propert(ies) not in 'properties': {missing}")
         if not props:  # keys of any name, unless no others are allowed
             extra = s.get("additionalProperties", True)
             if extra is False:
                 return self._add(Node(OBJECT))
             return 1 if extra is True else self._add(Node(OBJECT, free=self._node(extra)))
-        node = self._add(Node(OBJECT))  # its id first: a property may refer back to it
         fields = tuple((_key_bytes(k), self._node(v), k in required) for k, v in props.items())
-        self.nodes[node] = Node(OBJECT, props=fields)
-        return node
+        return self._add(Node(OBJECT, props=fields))
 
     def _ref(self, ref: Any) -> int:
         if ref in self._refs:
