@@ -59,7 +59,12 @@ class ReplyParams:
 
 
 class Dialogue(abc.ABC):
-    """One session's conversation with a language model; see the module docstring."""
+    """One session's conversation with a language model; see the module docstring.
+
+    ``finish_reason`` is why the latest :meth:`reply` ended: ``"stop"`` (the model's end of
+    turn), ``"length"`` (``max_tokens``), or None while it runs or if it was cut off."""
+
+    finish_reason: str | None = None
 
     @property
     @abc.abstractmethod
@@ -152,6 +157,7 @@ class LocalDialogue(Dialogue):
         )
         self._reply_start = None
         self._reply_ends = []
+        self.finish_reason = None
         length = 0
         deltas = self._conv.generate(sampling, messages=turn)
         self._final, self._user_open = None, False
@@ -164,6 +170,7 @@ class LocalDialogue(Dialogue):
                 length += len(delta.text)
                 # a token completing a character carries it; tokens holding a partial one ""
                 self._reply_ends.extend([length] * len(delta.token_ids))
+                self.finish_reason = delta.finish_reason
                 if delta.text:
                     yield delta.text
 

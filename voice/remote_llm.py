@@ -441,9 +441,11 @@ class RemoteDialogue(Dialogue):
         msg: Message = {"role": "assistant", "content": ""}
         self._messages.append(msg)
         self._reply = msg
+        self.finish_reason = None
         try:
             async with aclosing(self._llm.stream(body)) as events:  # closed with this generator
                 async for event in events:
+                    self.finish_reason = event.finish_reason or self.finish_reason
                     if event.text:
                         msg["content"] += event.text
                         yield event.text

@@ -174,6 +174,7 @@ class Reply:
         self.item_id = item_id
         self.text = ""  # the raw reply text generated so far
         self.spoken = ""  # the transcript sent so far
+        self.finish_reason: str | None = None  # the dialogue's, once the text is all generated
         self.playout = Playout()
         self.times = ReplyTimes()
         self._dialogue = dialogue
@@ -256,6 +257,7 @@ class Reply:
                 self.text += piece
                 self.spoken += piece
                 self._emit(ev.TextDelta(self.response_id, self.item_id, 0, 0, piece))
+        self.finish_reason = self._dialogue.finish_reason
         await self._open()
 
     async def _generate(self, chunks: asyncio.Queue[Chunk | None]) -> None:
@@ -267,6 +269,7 @@ class Reply:
                     self.text += piece
                     for chunk in self._chunker.push(piece):
                         self._chunk_ready(chunk, chunks)
+            self.finish_reason = self._dialogue.finish_reason
             for chunk in self._chunker.flush():
                 self._chunk_ready(chunk, chunks)
         finally:

@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -230,6 +230,7 @@ class _ActiveReply:
     reply_mark: Any = None  # after the user's turn went in, before the reply
     cancel_reason: ev.CancelReason | None = None
     onset_wall: float | None = None
+    client_limit: bool = False  # the client's max_output_tokens bounds it, not the server's cap
 
 
 class Session:
@@ -688,24 +689,34 @@ class Session:
         td = self.config.turn_detection
         return td is not None and td.create_response
 
-    def _params(self) -> ReplyParams:
+    def _limit(self, limit: int | Literal["inf"] | None) -> int | None:
+        """The client's bound on a reply's tokens (``limit``, this response's, else the
+        session's) where it is below the server's cap, else None."""
+        asked = self.config.max_output_tokens if limit is None else limit
+        if asked in (None, "inf") or int(asked) >= self._svc.voice.max_reply_tokens:
+            return None
+        return int(asked)
+
+    def _params(self, limit: int | None) -> ReplyParams:
         v = self._svc.voice
-        return ReplyParams(max_tokens=v.max_reply_tokens, temperature=v.temperature)
+        return ReplyParams(max_tokens=limit or v.max_reply_tokens, temperature=v.temperature)
 
     async def _start_reply(
         self,
         utt: _Utterance | None,
         user_text: str | None,
         modalities: tuple[ev.Modality, ...] | None = None,
+        limit: int | Literal["inf"] | None = None,
     ) -> None:
         assert self._dialogue is not None and self._active is None
         mods = modalities or self.config.output_modalities
+        bound = self._limit(limit)
         audio = "audio" in mods
         reply = Reply(
             response_id=new_id("resp"),
             item_id=new_id("item"),
             dialogue=self._dialogue,
-            params=self._params(),
+            params=self._params(bound),
             tts=self._svc.tts if audio else None,
             output_format=self.config.output_format,
             chunker=self._svc.chunker,
@@ -716,7 +727,8 @@ class Session:
         mark = self._dialogue.mark()
         holder: list[_ActiveReply] = []  # the task first runs after _ActiveReply exists
         task = asyncio.create_task(self._reply_task(reply, user_text, holder))
-        self._active = self._last = _ActiveReply(reply, task, utt, mark)
+        limited = bound is not None
+        self._active = self._last = _ActiveReply(reply, task, utt, mark, client_limit=limited)
         holder.append(self._active)
         self._last_is_tail = True
         task.add_done_callback(lambda t: self._post(_ReplyEnded(t)))
@@ -779,7 +791,10 @@ class Session:
         error = None if task.cancelled() else task.exception()
         if error is not None and not isinstance(error, ParleyError | EngineError):
             log.error("reply failed", exc_info=error)
-        self._finish(active, "failed" if error is not None else "completed", error)
+        status: ev.ResponseStatus = "failed" if error is not None else "completed"
+        if status == "completed" and active.client_limit and active.reply.finish_reason == "length":
+            status = "incomplete"  # cut at the client's max_output_tokens (the server's cap: not)
+        self._finish(active, status, error)
         self._drain_pending = active.reply.audio and active.reply.playout.started
 
     async def _stop(self, active: _ActiveReply, reason: ev.CancelReason | None) -> None:
@@ -869,7 +884,7 @@ class Session:
             (ev.ContentPart(kind, reply.spoken),),
             "completed" if status == "completed" else "incomplete",
         )
-        if status == "completed":
+        if status in ("completed", "incomplete"):  # all of it was sent
             if reply.audio:
                 self._emit(ev.AudioDone(reply.response_id, reply.item_id, 0, 0))
                 self._emit(ev.TranscriptDone(reply.response_id, reply.item_id, 0, 0, reply.spoken))
@@ -884,7 +899,7 @@ class Session:
             output_modalities=("audio",) if reply.audio else ("text",),
             output_format=self.config.output_format,
             voice=self.config.voice,
-            status_reason=active.cancel_reason if status == "cancelled" else None,
+            status_reason=_STATUS_REASONS.get(status, active.cancel_reason),
             error=str(error) if error is not None else None,
             metrics=self._metrics(active, stopped),
         )
@@ -1059,7 +1074,7 @@ class Session:
                 "response.instructions",
                 m.event_id,
             )
-        await self._start_reply(None, None, m.output_modalities)
+        await self._start_reply(None, None, m.output_modalities, m.max_output_tokens)
 
     async def _on_response_cancel(self, m: ev.ResponseCancel, now: float) -> None:
         active = self._active
@@ -1068,6 +1083,14 @@ class Session:
                 "invalid_value", "no response in progress to cancel", "response_id", m.event_id
             )
         await self._interrupt("client_cancelled", None)
+
+
+# why a response ended, for the statuses that say (a cancelled one: its cancel reason)
+_STATUS_REASONS: dict[ev.ResponseStatus, ev.CancelReason | None] = {
+    "completed": None,
+    "failed": None,
+    "incomplete": "max_output_tokens",
+}
 
 
 def _padding_s(td: ev.TurnDetection | None) -> float:

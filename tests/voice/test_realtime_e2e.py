@@ -206,6 +206,29 @@ async def test_text_turn_in_text_mode(client):
     assert not client.of("response.output_audio.delta")
 
 
+async def test_max_output_tokens_cuts_a_reply_short_and_says_so(client):
+    """The client's max_output_tokens (the session's, or one response's) bounds a reply; a
+    reply cut by it is ``incomplete`` with reason ``max_output_tokens``."""
+    await client.send({"type": "session.update", "session": {"max_output_tokens": 3}})
+    updated = await client.wait_for("session.updated")
+    assert updated["session"]["max_output_tokens"] == 3
+    text_only = {"output_modalities": ["text"]}
+    await client.send(user_text("Tell me a long story about a dragon."))
+    mark = len(client.events)
+    await client.send({"type": "response.create", "response": text_only})
+    done = await client.wait_for("response.done", after=mark, timeout=60)
+    assert done["response"]["status"] == "incomplete"
+    assert done["response"]["status_details"]["reason"] == "max_output_tokens"
+    short = done["response"]["output"][0]["content"][0]["text"]
+    assert short and len(short.split()) <= 3  # 3 tokens
+    mark = len(client.events)
+    twelve = {**text_only, "max_output_tokens": 12}
+    await client.send({"type": "response.create", "response": twelve})
+    done = await client.wait_for("response.done", after=mark, timeout=60)
+    longer = done["response"]["output"][0]["content"][0]["text"]
+    assert done["response"]["status"] == "incomplete" and len(longer) > len(short)
+
+
 async def test_g711_ulaw_session(client, say, transcriber):
     ulaw_fmt = {"format": {"type": "audio/pcmu"}}
     audio = {"input": ulaw_fmt, "output": ulaw_fmt}

@@ -303,6 +303,32 @@ def test_response_create(dialect):
     )
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_max_output_tokens_either_name_and_its_bounds(dialect):
+    p = proto(dialect)
+
+    def update(**session: Any) -> Any:
+        return p.parse(frame(type="session.update", session=session)).max_output_tokens
+
+    assert update() is ev.UNSET
+    assert update(max_output_tokens=50) == 50 and update(max_response_output_tokens=7) == 7
+    assert update(max_output_tokens="inf") is None  # no limit beyond the server's cap
+    for bad, code in ((0, "invalid_value"), (4097, "invalid_value"), ("lots", "invalid_type"),
+                      (True, "invalid_type")):  # fmt: skip
+        with pytest.raises(ProtocolError) as raised:
+            update(max_output_tokens=bad)
+        assert raised.value.code == code and raised.value.param == "session.max_output_tokens"
+    response = p.parse(frame(type="response.create", response={"max_output_tokens": "inf"}))
+    assert response == ev.ResponseCreate(max_output_tokens="inf")
+    # sent back only once set, under the dialect's name
+    config = ev.SessionConfig("sess_1", "m", max_output_tokens=50)
+    body = json.loads(p.serialize(ev.SessionUpdated(config)))["session"]
+    key = "max_output_tokens" if dialect == "ga" else "max_response_output_tokens"
+    assert body[key] == 50
+    plain = json.loads(p.serialize(ev.SessionUpdated(ev.SessionConfig("sess_1", "m"))))["session"]
+    assert key not in plain
+
+
 def _message(role: str, *parts: Any, **extra: Any) -> str:
     item = {"type": "message", "role": role, "content": list(parts), **extra}
     return frame(type="conversation.item.create", event_id="e", item=item)

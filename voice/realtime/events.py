@@ -175,6 +175,7 @@ class SessionConfig:
     transcription: TranscriptionConfig | None = None
     output_modalities: tuple[Modality, ...] = ("audio",)
     pause_playback: bool = False
+    max_output_tokens: int | None = None  # a reply's tokens; None: "inf" (the server's cap)
 
 
 # -- conversation items -----------------------------------------------------------------------
@@ -225,6 +226,7 @@ class SessionUpdate:
     transcription: TranscriptionConfig | Unset | None = UNSET
     output_modalities: tuple[Modality, ...] | Unset = UNSET
     pause_playback: bool | Unset = UNSET
+    max_output_tokens: int | Unset | None = UNSET  # None: "inf"
     event_id: str | None = None
 
     def apply(self, config: SessionConfig) -> SessionConfig:
@@ -240,6 +242,7 @@ class SessionUpdate:
                 "transcription",
                 "output_modalities",
                 "pause_playback",
+                "max_output_tokens",
             )
             if not isinstance(value := getattr(self, name), Unset)
         }
@@ -290,6 +293,7 @@ class ResponseCreate:
     instructions: str | None = None
     output_modalities: tuple[Modality, ...] | None = None
     event_id: str | None = None
+    max_output_tokens: int | Literal["inf"] | None = None
 
 
 @dataclass(slots=True, frozen=True)

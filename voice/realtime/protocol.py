@@ -390,8 +390,35 @@ def _session_update(obj: _Obj) -> ev.SessionUpdate:
         ),
         output_modalities=_unset(_modalities(s)),
         pause_playback=_unset(parley.bool_("pause_playback") if parley else None),
+        max_output_tokens=_session_limit(_max_output_tokens(s)),
         event_id=obj.event_id,
     )
+
+
+MAX_OUTPUT_TOKENS = 4096  # the API's bound on a response's tokens
+
+
+def _max_output_tokens(obj: _Obj) -> int | Literal["inf"] | None:
+    """``max_output_tokens`` (GA) or ``max_response_output_tokens`` (beta): 1 to 4096 or
+    ``"inf"``; None when absent."""
+    key = "max_output_tokens" if obj.has("max_output_tokens") else "max_response_output_tokens"
+    value = obj.data.get(key)
+    if value is None:
+        return None
+    if value == "inf":
+        return "inf"
+    n = obj.int_(key)
+    if n is None or not 1 <= n <= MAX_OUTPUT_TOKENS:
+        bounds = f"1 to {MAX_OUTPUT_TOKENS} or 'inf'"
+        obj.fail("invalid_value", f"{obj.param(key)!r} must be {bounds}", key)
+    return n
+
+
+def _session_limit(value: int | Literal["inf"] | None) -> int | ev.Unset | None:
+    """A session's limit: absent is not sent, ``"inf"`` is no limit (None)."""
+    if value is None:
+        return ev.UNSET
+    return None if value == "inf" else value
 
 
 def _unset(value: _T | None) -> _T | ev.Unset:
@@ -489,7 +516,9 @@ def _response_create(obj: _Obj) -> ev.ResponseCreate:
         r.fail("unsupported_feature", "out-of-band responses are not supported", "conversation")
     if r.list_("input") is not None:
         r.fail("unsupported_feature", "responses with custom input are not supported", "input")
-    return ev.ResponseCreate(r.str_("instructions"), _modalities(r), event_id=obj.event_id)
+    return ev.ResponseCreate(
+        r.str_("instructions"), _modalities(r), obj.event_id, _max_output_tokens(r)
+    )
 
 
 _TEXT_TYPES: Mapping[str, tuple[str, ...]] = {
@@ -685,6 +714,9 @@ def _session_json(s: ev.SessionConfig, dialect: Dialect) -> _Json:
         }
     if s.pause_playback:  # only for a client that asked: the session looks like OpenAI's
         body["parley"] = {"pause_playback": True}
+    if s.max_output_tokens is not None:  # "inf" is the default, left out as before it existed
+        key = "max_output_tokens" if dialect == "ga" else "max_response_output_tokens"
+        body[key] = s.max_output_tokens
     return body
 
 
