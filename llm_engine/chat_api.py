@@ -167,8 +167,9 @@ class _ToolReply:
             new, self.sent = begun[self.sent :], max(self.sent, len(begun))
             return Piece(new, None, index) if new else None
         content, calls = tools.reply(self.text)
-        if calls:
-            return Piece("", None, index, "tool_calls", calls)
+        if calls:  # cut short by max_tokens, the finish says so
+            finish = "tool_calls" if delta.finish_reason == "stop" else delta.finish_reason
+            return Piece("", None, index, finish, calls)
         return Piece((content or "")[self.sent :], None, index, delta.finish_reason)
 
 

@@ -53,28 +53,51 @@ class Tools:
 
     def reply(self, text: str) -> tuple[str | None, list[dict[str, Any]] | None]:
         """(content, tool calls) of a whole reply in the grammar's shape. A reply cut short
-        is the content it had begun, or else its text as it stands."""
+        is the content it had begun, or the calls it had begun (the last one's arguments as
+        far as they got, as OpenAI's are when cut by ``max_tokens``), else its text."""
         try:
             obj = json.loads(text)
         except ValueError:
             begun = begun_content(text)
-            return (text if begun is None else begun), None
+            if begun is not None:
+                return begun, None
+            calls = _begun_calls(text)
+            return (None, calls) if calls else (text, None)
         if not isinstance(obj, dict):
             return text, None
         if "content" in obj:
             return str(obj["content"]), None
-        calls = [
-            {
-                "id": f"call_{uuid.uuid4().hex[:24]}",
-                "type": "function",
-                "function": {
-                    "name": call["name"],
-                    "arguments": json.dumps(call["arguments"], ensure_ascii=False),
-                },
-            }
-            for call in obj.get("tool_calls", ())
-        ]
-        return None, calls
+        return None, [_wire_call(c["name"], c["arguments"]) for c in obj.get("tool_calls", ())]
+
+
+def _wire_call(name: str, arguments: Any) -> dict[str, Any]:
+    """A call as OpenAI's ``tool_calls`` entries are; ``arguments`` as JSON text (a string
+    is taken as that text)."""
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": name, "arguments": text},
+    }
+
+
+_CALLS = re.compile(r'\s*\{\s*"tool_calls"\s*:\s*\[')
+_CALL = re.compile(r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
+
+
+def _begun_calls(text: str) -> list[dict[str, Any]]:
+    """The calls a reply cut short had begun: each whole one, and the last one's arguments
+    as far as they got."""
+    if not _CALLS.match(text):
+        return []
+    calls = []
+    for match in _CALL.finditer(text):
+        try:
+            arguments: Any = json.JSONDecoder().raw_decode(text, match.end())[0]
+        except ValueError:
+            arguments = text[match.end() :]  # cut short
+        calls.append(_wire_call(json.loads(f'"{match.group(1)}"'), arguments))
+    return calls
 
 
 _CONTENT = re.compile(r'\s*\{\s*"content"\s*:\s*"')

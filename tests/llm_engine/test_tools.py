@@ -73,8 +73,13 @@ def test_replies_read_back_as_openai_tool_calls():
     assert json.loads(calls[0]["function"]["arguments"]) == {"order_id": "7", "days": 2}
     assert calls[0]["type"] == "function" and calls[0]["id"] != calls[1]["id"]
     assert tools.reply(CONTENT) == ("Hello!", None)
-    # cut short by max_tokens: the content begun, else the text as it stands
-    assert tools.reply('{"tool_calls": [{"na') == ('{"tool_calls": [{"na', None)
+    # cut short by max_tokens: the content or the calls begun, else the text as it stands
+    for early in ('{"tool_calls": [{"na', "{"):  # nothing begun yet
+        assert tools.reply(early) == (early, None)
+    content, calls = tools.reply(TWO_CALLS[:-4])  # cut inside the second call's arguments
+    assert content is None and [c["function"]["name"] for c in calls] == ["get_order", "weather"]
+    assert json.loads(calls[0]["function"]["arguments"]) == {"order_id": "7", "days": 2}
+    assert calls[1]["function"]["arguments"] == "{"
     assert tools.reply('\n{ "content": "Hi \\"you\\" \\u00e9 \\u00') == ('Hi "you" é ', None)
 
 
