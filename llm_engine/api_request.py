@@ -13,11 +13,11 @@ distribution, before penalties, bias and temperature), ``seed``, ``stop``, ``n``
 the choices fork the prompt's KV and are generated together, the i-th with ``seed + i``),
 ``response_format`` ``json_object`` or ``json_schema`` (:mod:`llm_engine.grammar`), ``tools``
 with ``tool_choice`` and ``parallel_tool_calls`` (:mod:`llm_engine.tools`), and the common
-extensions ``top_k``, ``repetition_penalty`` and ``ignore_eos``. Anything else that would
-change the output (non-text content or output) is refused rather than silently ignored;
-such parameters sent at their defaults (as some clients always send them) are accepted,
-``null`` stands for a parameter's default, and bookkeeping that changes no output (``user``,
-``store``, ``metadata``, ...) is accepted and ignored. The legacy text completions
+extensions ``top_k``, ``repetition_penalty``, ``ignore_eos`` and ``min_tokens``. Anything else
+that would change the output (non-text content or output) is refused rather than silently
+ignored; such parameters sent at their defaults (as some clients always send them) are
+accepted, ``null`` stands for a parameter's default, and bookkeeping that changes no output
+(``user``, ``store``, ``metadata``, ...) is accepted and ignored. The legacy text completions
 take the same sampling parameters, a ``prompt`` (text, token ids, or a batch) and ``echo``.
 """
 
@@ -51,7 +51,7 @@ _KIND_NAMES = {str: "string", bool: "boolean", dict: "JSON object"}
 _SAMPLING = {
     "model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "seed", "stop",
     "n", "top_k", "repetition_penalty", "frequency_penalty", "presence_penalty", "logit_bias",
-    "logprobs", "ignore_eos", *_BOOKKEEPING,
+    "logprobs", "ignore_eos", "min_tokens", *_BOOKKEEPING,
 }  # fmt: skip
 _KNOWN = {
     *_SAMPLING, "messages", "max_completion_tokens", "response_format", "tools", "tool_choice",
@@ -260,8 +260,13 @@ def _sampling(
     temperature = _number(body, "temperature", 0, 2)
     top_p = _number(body, "top_p", 0, 1)
     penalty = _number(body, "repetition_penalty", 0.01, 10)
+    most = _integer(max_tokens, "max_tokens", 1, math.inf, default_max_tokens)
+    least = _integer(body.get("min_tokens"), "min_tokens", 0, most, 0)  # vLLM's
+    if least and json_schema is not None:
+        raise RequestError("'min_tokens' cannot be set with JSON replies or tools", "min_tokens")
     return SamplingParams(
-        max_tokens=_integer(max_tokens, "max_tokens", 1, math.inf, default_max_tokens),
+        max_tokens=most,
+        min_tokens=least,
         temperature=1.0 if temperature is None else temperature,  # the API's default
         top_p=1.0 if top_p is None or top_p == 0 else top_p,
         top_k=_integer(body.get("top_k"), "top_k", 0, math.inf, 0),

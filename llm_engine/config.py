@@ -169,7 +169,8 @@ class EngineConfig:
 class SamplingParams:
     """Per-request sampling. ``temperature == 0`` is greedy; ``seed`` makes sampling repeatable.
 
-    Generation stops at ``max_tokens``, at an end-of-turn token (unless ``ignore_eos``), or when
+    Generation stops at ``max_tokens``, at an end-of-turn token (unless ``ignore_eos``; never
+    before ``min_tokens``), or when
     the text contains one of ``stop`` (the stop string itself is not emitted).
 
     ``logit_bias`` adds to the logits of the given token ids before sampling (OpenAI's: -100
@@ -195,6 +196,7 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: int | None = None
     json_schema: JsonSchema | None = None
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         self.stop = tuple(self.stop)
@@ -221,8 +223,12 @@ class SamplingParams:
             raise InvalidRequest("logit_bias maps token ids (>= 0) to biases in [-100, 100]")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidRequest(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}]")
-        if self.json_schema is not None and self.ignore_eos:
-            raise InvalidRequest("a JSON reply ends when its object closes: no ignore_eos")
+        if self.json_schema is not None and (self.ignore_eos or self.min_tokens):
+            raise InvalidRequest(
+                "a JSON reply ends when its value is complete: no ignore_eos or min_tokens"
+            )
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise InvalidRequest("min_tokens must be in [0, max_tokens]")
 
     @property
     def greedy(self) -> bool:

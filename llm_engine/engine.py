@@ -537,7 +537,7 @@ class Engine:
         params = [g.params for g in gens]  # type: ignore[union-attr]
         seen = [s.tokens if p.penalized else [] for s, p in zip(seqs, params, strict=True)]
         done = [g.n for g in gens]  # type: ignore[union-attr]
-        allowed = [g.matcher.allows if g.matcher else None for g in gens]  # type: ignore[union-attr]
+        allowed = [self._allowed(g) for g in gens]  # type: ignore[arg-type]
         tokens = sample(logits, params, seen, [g.generator for g in gens], done, allowed)  # type: ignore[union-attr]
         logprobs: list[TokenLogprob | None] = [None] * len(tokens)
         if rows := [i for i, p in enumerate(params) if p.logprobs is not None]:
@@ -548,6 +548,16 @@ class Engine:
                 logprobs[i] = TokenLogprob(tok, logprob, top)
         for st, tok, token_logprob in zip(states, tokens, logprobs, strict=True):
             self._take_token(st, tok, token_logprob)
+
+    def _allowed(self, gen: _Gen) -> Callable[[int], bool] | None:
+        """What restricts a generation's next token: not the end of turn before ``min_tokens``,
+        its JSON grammar, or nothing."""
+        if gen.n < gen.params.min_tokens:
+            return self._not_end
+        return gen.matcher.allows if gen.matcher else None
+
+    def _not_end(self, token: int) -> bool:
+        return token not in self.tokenizer.eos_ids
 
     def _take_token(self, st: ConvState, tok: int, logprob: TokenLogprob | None = None) -> None:
         gen = st.gen

@@ -341,6 +341,15 @@ async def _post(base: str, body: bytes | str) -> tuple[int, dict]:
         ('{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream"),
         ('{"messages": [{"role": "user", "content": "hi"}], "ignore_eos": 1}', "ignore_eos"),
         (
+            '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "min_tokens": 6}',
+            "min_tokens",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}], "min_tokens": 2,'
+            ' "response_format": {"type": "json_object"}}',
+            "min_tokens",
+        ),
+        (
             '{"messages": [{"role": "user", "content": "hi"}],'
             ' "response_format": {"type": "json_schema", "json_schema": {"schema": 5}}}',
             "response_format.json_schema",
@@ -724,13 +733,16 @@ async def test_tool_calls_through_the_sdk(client, smol_engine):
 
 
 async def test_ignore_eos_generates_past_the_end_of_turn(client):
-    """vLLM's ``ignore_eos``, as load generators send it for replies of a fixed length."""
+    """vLLM's ``ignore_eos`` and ``min_tokens``, as load generators send them for replies of a
+    fixed or a least length."""
     ask = {"model": "smollm2", "max_tokens": 40, "temperature": 0,
            "messages": [SYSTEM, {"role": "user", "content": "Say hi."}]}  # fmt: skip
     natural = await client.chat.completions.create(**ask)
     assert natural.choices[0].finish_reason == "stop" and natural.usage.completion_tokens < 40
     fixed = await client.chat.completions.create(**ask, extra_body={"ignore_eos": True})
     assert fixed.choices[0].finish_reason == "length" and fixed.usage.completion_tokens == 40
+    least = await client.chat.completions.create(**ask, extra_body={"min_tokens": 30})
+    assert least.usage.completion_tokens >= 30 > natural.usage.completion_tokens
     text = await client.completions.create(
         model="smollm2", prompt="Hi", max_tokens=40, extra_body={"ignore_eos": True}
     )
