@@ -93,6 +93,19 @@ class _Gen:
     n: int = 0
 
 
+@dataclass(slots=True, frozen=True)
+class EngineStats:
+    """What the engine has done since it started (counters) and holds now (gauges)."""
+
+    steps: int  # forward passes
+    computed_tokens: int  # tokens the model ran: prefilled and decoded
+    generated_tokens: int  # tokens sampled for replies
+    conversations: int  # open, resident or evicted
+    generating: int  # replies being generated
+    free_blocks: int
+    total_blocks: int
+
+
 @dataclass(slots=True, eq=False)
 class ConvState:
     """Engine-side state of one conversation."""
@@ -125,6 +138,7 @@ class Engine:
         self._stopped = False
         self._started = False
         self._pauses, self._paused_until = 0, 0.0  # see paused()
+        self._steps = self._computed = self._generated = 0  # see stats()
         self._load_error: BaseException | None = None
         loaded = threading.Event()
         # all torch work happens on this one thread, loading included (see _thread_main)
@@ -250,6 +264,19 @@ class Engine:
         """Blocks of the KV pool not held by any sequence (a consistent snapshot)."""
         with self._lock:
             return self.scheduler.blocks.num_free
+
+    def stats(self) -> EngineStats:
+        """A consistent snapshot of the engine's counters and gauges (for monitoring)."""
+        with self._lock:
+            return EngineStats(
+                steps=self._steps,
+                computed_tokens=self._computed,
+                generated_tokens=self._generated,
+                conversations=len(self._convs),
+                generating=sum(st.gen is not None for st in self._convs.values()),
+                free_blocks=self.scheduler.blocks.num_free,
+                total_blocks=self.scheduler.blocks.num_blocks,
+            )
 
     def cached_prefix(self, tokens: list[int]) -> int:
         """How many leading ``tokens`` the pool's shared-prefix cache already holds."""
@@ -525,6 +552,8 @@ class Engine:
         with self._lock:
             ready = self.scheduler.complete(batch)
             assert [s.seq_id for s in ready] == [s.seq_id for s in out.seqs]
+            self._steps += 1
+            self._computed += len(batch.decodes) + sum(n for _, n in batch.prefills)
             if out.logits is not None:
                 self._emit(out.seqs, out.logits)
             for seq, _ in batch.prefills:
@@ -566,6 +595,7 @@ class Engine:
         self.scheduler.append_token(st.seq, tok)
         st.history.add_tokens([tok], self.tokenizer.token_bytes)
         gen.n += 1
+        self._generated += 1
         if gen.matcher is not None and not gen.matcher.advance(tok):
             log.error("conversation %d: token %d is not JSON; the reply ends", st.seq.seq_id, tok)
         eos = tok in self.tokenizer.eos_ids and not gen.params.ignore_eos

@@ -2,10 +2,10 @@
 
 Routes: ``GET /`` (the browser page) and ``/web/*``, ``GET /v1/realtime`` (the
 Realtime-compatible WebSocket, ``voice.realtime.handler``), ``GET /healthz`` (or ``/health``),
-and with the built-in engine ``GET /v1/models``, ``POST /v1/chat/completions`` and the legacy
-``POST /v1/completions`` (OpenAI-compatible, streaming SSE or not). Each request's errors
-become an OpenAI-style error body at this one boundary; a failing request never affects
-another.
+``GET /metrics`` (Prometheus), and with the built-in engine ``GET /v1/models``,
+``POST /v1/chat/completions`` and the legacy ``POST /v1/completions`` (OpenAI-compatible,
+streaming SSE or not). Each request's errors become an OpenAI-style error body at this one
+boundary; a failing request never affects another.
 """
 
 from __future__ import annotations
@@ -113,6 +113,35 @@ async def healthz(request: web.Request) -> web.Response:
     if SESSIONS_KEY in request.app:
         body["sessions"] = len(request.app[SESSIONS_KEY])
     return web.json_response(body, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus' text format: the engine's counters and gauges, and the voice sessions."""
+    rows: list[tuple[str, str, str, dict[str, int]]] = []  # name, type, help, samples
+    service = request.app.get(SERVICE_KEY)
+    if service is not None:
+        st = service.engine.stats()
+        used = st.total_blocks - st.free_blocks
+        rows += [
+            ("engine_steps_total", "counter", "Forward passes of the LLM engine.", {"": st.steps}),
+            ("engine_computed_tokens_total", "counter", "Tokens the model ran, prefill and "
+             "decode.", {"": st.computed_tokens}),
+            ("engine_generated_tokens_total", "counter", "Tokens sampled for replies.",
+             {"": st.generated_tokens}),
+            ("engine_conversations", "gauge", "Open conversations.", {"": st.conversations}),
+            ("engine_generating", "gauge", "Replies being generated.", {"": st.generating}),
+            ("kv_blocks", "gauge", "KV cache blocks by state.",
+             {'{state="free"}': st.free_blocks, '{state="used"}': used}),
+        ]  # fmt: skip
+    if SESSIONS_KEY in request.app:
+        sessions = len(request.app[SESSIONS_KEY])
+        rows.append(("sessions", "gauge", "Realtime voice sessions.", {"": sessions}))
+    lines = []
+    for name, kind, about, samples in rows:
+        lines += [f"# HELP parley_{name} {about}", f"# TYPE parley_{name} {kind}"]
+        lines += [f"parley_{name}{labels} {value}" for labels, value in samples.items()]
+    text = "\n".join(lines) + "\n"
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
 async def models(request: web.Request) -> web.Response:
@@ -223,6 +252,7 @@ def build_app(
     app[MAX_TOKENS_KEY] = config.default_max_tokens
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/health", healthz)  # the name vLLM, SGLang and llama.cpp's server use
+    app.router.add_get("/metrics", metrics)
     if service is not None:
         app[SERVICE_KEY] = service
         app.router.add_get("/v1/models", models)

@@ -779,6 +779,32 @@ async def test_bad_text_completions_get_a_400_with_a_message(api, body, param):
         assert error["message"] and error["param"] == param
 
 
+def _metrics(text: str) -> dict[str, float]:
+    samples = (line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    return {name: float(value) for name, value in samples}
+
+
+async def test_metrics_in_prometheus_text_follow_the_engine(api, client):
+    async def scrape() -> dict[str, float]:
+        async with aiohttp.ClientSession() as http, http.get(api[0] + "/metrics") as r:
+            assert r.status == 200 and r.content_type == "text/plain"
+            return _metrics(await r.text())
+
+    before = await scrape()
+    reply = await client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=5
+    )
+    after = await scrape()
+    generated = "parley_engine_generated_tokens_total"
+    assert after[generated] - before[generated] == reply.usage.completion_tokens
+    computed = "parley_engine_computed_tokens_total"
+    prefilled = reply.usage.prompt_tokens - reply.usage.prompt_tokens_details.cached_tokens
+    assert after[computed] - before[computed] >= prefilled
+    assert after["parley_engine_steps_total"] > before["parley_engine_steps_total"]
+    blocks = after['parley_kv_blocks{state="free"}'] + after['parley_kv_blocks{state="used"}']
+    assert blocks == api[1].engine.stats().total_blocks and after["parley_engine_generating"] == 0
+
+
 @pytest.mark.parametrize("path", ["/healthz", "/health"])
 async def test_healthz(api, path):
     async with aiohttp.ClientSession() as http, http.get(api[0] + path) as r:
