@@ -798,8 +798,9 @@ async def test_metrics_in_prometheus_text_follow_the_engine(api, client):
     generated = "parley_engine_generated_tokens_total"
     assert after[generated] - before[generated] == reply.usage.completion_tokens
     computed = "parley_engine_computed_tokens_total"
-    prefilled = reply.usage.prompt_tokens - reply.usage.prompt_tokens_details.cached_tokens
-    assert after[computed] - before[computed] >= prefilled
+    # each reply token but the last was fed back, and at least one prompt token ran (others
+    # may come from any conversation's cached blocks, which the API's cached_tokens omits)
+    assert after[computed] - before[computed] >= reply.usage.completion_tokens
     assert after["parley_engine_steps_total"] > before["parley_engine_steps_total"]
     blocks = after['parley_kv_blocks{state="free"}'] + after['parley_kv_blocks{state="used"}']
     assert blocks == api[1].engine.stats().total_blocks and after["parley_engine_generating"] == 0
