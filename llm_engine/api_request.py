@@ -76,6 +76,10 @@ class ChatRequest:
     n: int = 1  # choices
     tools: Tools | None = None  # the reply is a tool call or content (llm_engine.tools)
 
+    @property
+    def choices(self) -> int:
+        return self.n
+
 
 @dataclass(slots=True)
 class TextRequest:

@@ -173,6 +173,11 @@ class _ToolReply:
         return Piece((content or "")[self.sent :], None, index, delta.finish_reason)
 
 
+def _choice_params(params: SamplingParams, i: int) -> SamplingParams:
+    """The i-th choice of a request samples with ``seed + i``."""
+    return dataclasses.replace(params, seed=None if params.seed is None else params.seed + i)
+
+
 def _wire_logprobs(content: list[dict[str, Any]] | None) -> dict[str, Any] | None:
     return None if content is None else {"content": content, "refusal": None}
 
@@ -269,13 +274,9 @@ class ChatService:
                 ]
             else:  # the transcript once; each choice forks its KV
                 await slot.conv.set_messages(request.messages)
-                convs = [slot.conv, *await self._forks(slot, request.n - 1, held)]
-                seed = request.params.seed
+                convs = [slot.conv, *await self._forks(slot.conv, request.n - 1, held)]
                 streams = [
-                    conv.generate(
-                        dataclasses.replace(request.params, seed=None if seed is None else seed + i)
-                    )
-                    for i, conv in enumerate(convs)
+                    conv.generate(_choice_params(request.params, i)) for i, conv in enumerate(convs)
                 ]
             # entered last, so closed first: the generations' aborts are queued before the
             # locks are released, ahead of any command of the next request for these slots
@@ -298,17 +299,20 @@ class ChatService:
             slot.used = time.monotonic()
 
     async def _forks(
-        self, slot: _Slot, n: int, held: contextlib.AsyncExitStack
+        self, conv: Conversation, n: int, held: contextlib.AsyncExitStack
     ) -> list[Conversation]:
-        """``n`` forks of ``slot``'s conversation, listed as slots (a client may continue any
-        choice) and locked in ``held``."""
-        forks = [await slot.conv.fork() for _ in range(n)]
-        await self._trim(room=n)
-        for conv in forks:
-            fork = _Slot(conv)
-            await held.enter_async_context(fork.lock)  # free: taken without a wait
-            self._slots.append(fork)
+        """``n`` forks of ``conv``, held as slots (see :meth:`_hold`)."""
+        forks = [await conv.fork() for _ in range(n)]
+        await self._hold(forks, held)
         return forks
+
+    async def _hold(self, convs: list[Conversation], held: contextlib.AsyncExitStack) -> None:
+        """List ``convs`` as slots (a client may continue any of them), locked in ``held``."""
+        await self._trim(room=len(convs))
+        for conv in convs:
+            slot = _Slot(conv)
+            await held.enter_async_context(slot.lock)  # free: taken without a wait
+            self._slots.append(slot)
 
     async def complete_text(
         self, request: TextRequest, completion: Completion
@@ -326,12 +330,8 @@ class ChatService:
                 convs, reused = await self._text_conversations(ids, request.n, held)
                 completion.usage.prompt_tokens += len(ids)
                 completion.usage.cached_tokens += reused
-                seed = params.seed
                 streams += [
-                    conv.generate(
-                        dataclasses.replace(params, seed=None if seed is None else seed + i),
-                        add_generation_prompt=False,
-                    )
+                    conv.generate(_choice_params(params, i), add_generation_prompt=False)
                     for i, conv in enumerate(convs)
                 ]
             merged = await held.enter_async_context(_Merged(streams))  # see complete()
@@ -375,13 +375,10 @@ class ChatService:
                 conv = await source.fork(reused)
         if conv is None:
             conv, reused = self.engine.open_conversation(), 0
-        await self._trim(room=1)
-        slot = _Slot(conv)
-        await held.enter_async_context(slot.lock)
-        self._slots.append(slot)
+        await self._hold([conv], held)
         if reused < len(ids):  # n == 1: prefilled by generate, together with other prompts
             await conv.append_tokens(ids[reused:], wait=n > 1)
-        return [conv, *await self._forks(slot, n - 1, held)], reused
+        return [conv, *await self._forks(conv, n - 1, held)], reused
 
     def _logprobs(self, delta: Delta, params: SamplingParams) -> list[dict[str, Any]] | None:
         if delta.logprobs is None:
@@ -449,7 +446,7 @@ class ChatService:
         self, c: Completion, request: ChatRequest | TextRequest, pieces: list[Piece]
     ) -> dict[str, Any]:
         """The whole reply, from every piece the service yielded for ``request``."""
-        n = request.choices if isinstance(request, TextRequest) else request.n
+        n = request.choices
         texts = [""] * n
         finishes: list[str | None] = [None] * n
         logprobs: list[list[dict[str, Any]]] = [[] for _ in range(n)]

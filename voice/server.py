@@ -183,9 +183,9 @@ async def _completions(request: web.Request, text: bool) -> web.StreamResponse:
         return _error(400, str(err), "invalid_request_error", err.param)
     completion = Completion(text=text)
     if isinstance(parsed, TextRequest):
-        stream, choices = service.complete_text(parsed, completion), parsed.choices
+        stream = service.complete_text(parsed, completion)
     else:
-        stream, choices = service.complete(parsed, completion), parsed.n
+        stream = service.complete(parsed, completion)
     try:
         if not parsed.stream:
             pieces = [piece async for piece in stream]
@@ -193,7 +193,9 @@ async def _completions(request: web.Request, text: bool) -> web.StreamResponse:
         first = await anext(stream, None)  # errors before the first byte are still HTTP errors
     except EngineError as err:
         return _request_error(err)
-    return await _sse(request, service, completion, stream, first, choices, parsed.include_usage)
+    return await _sse(
+        request, service, completion, stream, first, parsed.choices, parsed.include_usage
+    )
 
 
 async def _sse(
