@@ -38,6 +38,8 @@ _OPEN_OBJECT, _CLOSE_OBJECT, _OPEN_ARRAY, _CLOSE_ARRAY = 0x7B, 0x7D, 0x5B, 0x5D
 
 # node kinds
 ANY, OBJECT, ARRAY, STRING, NUMBER, INTEGER, LITERALS, UNION = range(8)
+# the node ids every grammar starts with: any value, any object, any array
+_ANY_VALUE, _ANY_OBJECT, _ANY_ARRAY = range(3)
 # object frame phases: after '{', after ',', inside a key, after a key, before a value, after one
 _FIRST_KEY, _NEXT_KEY, _IN_KEY, _AFTER_KEY, _BEFORE_VALUE, _AFTER_VALUE = range(6)
 # array frame phases: after '[', after ',', after a value
@@ -87,8 +89,8 @@ class JsonSchema:
 
     def __init__(self) -> None:
         # the nodes every grammar has: any value, any object, any array
-        self.nodes: list[Node] = [Node(ANY), Node(OBJECT, free=0), Node(ARRAY, items=0)]
-        self.root = 1
+        self.nodes = [Node(ANY), Node(OBJECT, free=_ANY_VALUE), Node(ARRAY, items=_ANY_VALUE)]
+        self.root = _ANY_OBJECT
         self._refs: dict[str, int] = {}
         self._defs: dict[str, Any] = {}
         self._lenient = False
@@ -116,7 +118,7 @@ class JsonSchema:
 
     def _node(self, s: Any) -> int:
         if s is True or s == {}:
-            return ANY
+            return _ANY_VALUE
         if not isinstance(s, dict):
             raise SchemaError(f"a schema must be an object or true, got {s!r}")
         if (unknown := sorted(set(s) - _NOTES - _FOLLOWED)) and not self._lenient:
@@ -136,7 +138,7 @@ class JsonSchema:
                 return self._add(Node(UNION, options=tuple(self._node(o) for o in s[key])))
         kind = s.get("type", "object" if "properties" in s else None)
         if kind is None:
-            return ANY
+            return _ANY_VALUE
         if isinstance(kind, list):
             return self._add(Node(UNION, options=tuple(self._node({**s, "type": t}) for t in kind)))
         return self._typed(kind, s)
@@ -167,7 +169,9 @@ class JsonSchema:
             extra = s.get("additionalProperties", True)
             if extra is False:
                 return self._add(Node(OBJECT))
-            return 1 if extra is True else self._add(Node(OBJECT, free=self._node(extra)))
+            if extra is True:
+                return _ANY_OBJECT
+            return self._add(Node(OBJECT, free=self._node(extra)))
         fields = tuple((_key_bytes(k), self._node(v), k in required) for k, v in props.items())
         return self._add(Node(OBJECT, props=fields))
 
@@ -242,7 +246,9 @@ class JsonSchema:
         if n.kind == UNION:
             return [s for option in n.options for s in self._begin(option, b, frames)]
         if n.kind == ANY:  # an object, an array, or a scalar of any kind
-            containers = [s for any_id in (1, 2) for s in self._begin(any_id, b, frames)]
+            containers = [
+                s for any_id in (_ANY_OBJECT, _ANY_ARRAY) for s in self._begin(any_id, b, frames)
+            ]
             literals = (b"true", b"false", b"null")
             return containers + [
                 s
