@@ -15,10 +15,11 @@ operations in call order):
   appends the turn first, prefilled with the assistant header in one forward pass.
 - ``await conv.prefilled()`` returns once the queued tokens are prefilled.
 - ``await conv.truncate(n)`` rolls back to the first ``n`` tokens without recomputing.
+- ``await conv.score(ids)`` appends token ids and returns each one's logprob given all before.
 - ``conv.tokens`` is the token list, the source of truth; history is never re-tokenized.
 - ``await conv.close()`` frees its KV blocks. Closed conversations raise ``InvalidRequest``.
 
-- Only one ``generate`` at a time; ``append``/``truncate`` during a generation raise
+- Only one ``generate`` or ``score`` at a time; ``append``/``truncate`` during either raise
   ``InvalidRequest`` (cancel the generation first).
 
 Errors: ``InvalidRequest`` (bad input, busy), ``ContextLengthExceeded``, ``EngineClosed``.
@@ -32,7 +33,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from llm_engine.config import SamplingParams
+from llm_engine.config import MAX_TOP_LOGPROBS, SamplingParams
 from llm_engine.errors import InvalidRequest
 from llm_engine.tokenizer import Message, check_utf8, validate_messages
 
@@ -152,12 +153,31 @@ class Conversation:
 
     async def append_tokens(self, token_ids: list[int], *, wait: bool = True) -> int:
         """Append token ids verbatim and prefill them (``wait=False``: as :meth:`append`)."""
+        ids = self._checked_ids(token_ids)
+        eng = self._engine
+        return int(await eng._call(lambda st: eng._apply_tokens(st, ids, wait), self._state))
+
+    async def score(self, token_ids: list[int], top: int = 0) -> list[TokenLogprob | None]:
+        """Append token ids verbatim and return each one's logprob given everything before it,
+        with the ``top`` most likely tokens at its place (``None`` for a conversation's very
+        first token, which nothing predicts). For evaluating a model on given text and for the
+        legacy API's ``echo`` with ``logprobs``.
+
+        The position before the tokens is computed again to get its logits, and the tokens
+        themselves are computed even where the pool's shared-prefix cache holds them.
+        """
+        ids = self._checked_ids(token_ids)
+        if not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise InvalidRequest(f"top must be in [0, {MAX_TOP_LOGPROBS}]")
+        eng = self._engine
+        found = await eng._call(lambda st: eng._apply_score(st, ids, top), self._state)
+        return list(found)
+
+    def _checked_ids(self, token_ids: list[int]) -> list[int]:
         vocab = self._engine.model_config.vocab_size
         if not token_ids or any(not 0 <= int(t) < vocab for t in token_ids):
             raise InvalidRequest(f"token ids must be a non-empty list within [0, {vocab})")
-        ids = [int(t) for t in token_ids]
-        eng = self._engine
-        return int(await eng._call(lambda st: eng._apply_tokens(st, ids, wait), self._state))
+        return [int(t) for t in token_ids]
 
     async def truncate(self, n_tokens: int) -> None:
         """Roll back to the first ``n_tokens`` tokens (KV kept, nothing recomputed)."""

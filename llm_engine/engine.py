@@ -93,6 +93,31 @@ class _Gen:
     n: int = 0
 
 
+@dataclass(slots=True)
+class _Score:
+    """Scoring in progress (engine thread only): ``logprobs[i]`` is token ``first + i``'s,
+    ``None`` until its row is computed, and for a conversation's very first token."""
+
+    first: int
+    top: int
+    logprobs: list[TokenLogprob | None]
+
+    @property
+    def end(self) -> int:
+        return self.first + len(self.logprobs)
+
+
+@dataclass(slots=True, frozen=True)
+class _Later:
+    """What a command returns to resolve its caller only once the conversation's tokens so
+    far are computed: with ``value()``, or with their count."""
+
+    value: Callable[[], Any] | None = None
+
+
+_DEFER = _Later()
+
+
 @dataclass(slots=True, frozen=True)
 class EngineStats:
     """What the engine has done since it started (counters) and holds now (gauges)."""
@@ -113,7 +138,9 @@ class ConvState:
     seq: Sequence
     history: History
     gen: _Gen | None = None
-    waiters: list[tuple[int, _Reply]] = field(default_factory=list)  # (token count, reply)
+    score: _Score | None = None
+    # (token count, reply, value): the reply gets value() (or the count) once it is computed
+    waiters: list[tuple[int, _Reply, Callable[[], Any] | None]] = field(default_factory=list)
     closed: bool = False
     conv: Conversation | None = None
 
@@ -314,7 +341,8 @@ class Engine:
 
     def _call(self, fn: Callable[[ConvState], Any], state: ConvState | None) -> asyncio.Future[Any]:
         """Run ``fn(state)`` on the engine thread; its return value resolves the future, unless
-        it is ``_DEFER``: then the future resolves once the conversation's prefill is done."""
+        it is a :class:`_Later`: then the future resolves once the conversation's prefill is
+        done."""
         self._check_running()
         reply = _Reply(asyncio.get_running_loop())
 
@@ -328,11 +356,11 @@ class Engine:
             except Exception as err:
                 reply.fail(err)
                 return
-            if result is not _DEFER:
+            if not isinstance(result, _Later):
                 reply.ok(result)
             else:
                 assert state is not None
-                state.waiters.append((len(state.seq.tokens), reply))
+                state.waiters.append((len(state.seq.tokens), reply, result.value))
                 self._resolve_waiters(state)
 
         self._commands.put(command)
@@ -341,6 +369,8 @@ class Engine:
     def _busy_check(self, state: ConvState) -> None:
         if state.gen is not None:
             raise InvalidRequest("the conversation is generating; cancel that first")
+        if state.score is not None:
+            raise InvalidRequest("the conversation is being scored; wait for that first")
 
     def _apply_plan(self, state: ConvState, plan: AppendPlan, extra: int = 0) -> list[int]:
         ids = self.tokenizer.encode(plan.text) if plan.text else []
@@ -380,6 +410,41 @@ class Engine:
 
     def _await_prefill(self, state: ConvState) -> object:
         return _DEFER
+
+    def _apply_score(self, state: ConvState, ids: list[int], top: int) -> object:
+        """Append ``ids`` and compute them keeping the logits of every position from the one
+        before them on (recomputed if cached): each token gets its logprob given all before."""
+        self._busy_check(state)
+        seq = state.seq
+        if len(seq.tokens) + len(ids) > self.max_context:
+            raise ContextLengthExceeded(len(seq.tokens) + len(ids), self.max_context)
+        first = len(seq.tokens)
+        self.scheduler.uncache_from(seq, max(first - 1, 0))
+        seq.logits_from = max(first - 1, 0)
+        state.history.add_tokens(ids, self.tokenizer.token_bytes)
+        self.scheduler.extend(seq, ids)
+        score = state.score = _Score(first, top, [None] * len(ids))
+        return _Later(lambda: score.logprobs)
+
+    def _keep_scores(self, state: ConvState, first: int, hidden: torch.Tensor) -> None:
+        """The logprobs of the tokens after positions ``first ..`` from their final hidden
+        states, a few hundred rows at a time (each row's logits are the whole vocabulary)."""
+        score, seq = state.score, state.seq
+        assert score is not None and seq.logits_from is not None
+        model = self.runner.model
+        for lo in range(0, hidden.shape[0], _SCORE_ROWS):
+            rows = hidden[lo : lo + _SCORE_ROWS]
+            # row r holds position first + lo + r; it scores the token after it, if wanted
+            targets = range(first + lo + 1, first + lo + 1 + rows.shape[0])
+            wanted = [i for i, t in enumerate(targets) if score.first <= t < score.end]
+            if not wanted:
+                continue
+            picked = [seq.tokens[targets[i]] for i in wanted]
+            found = token_logprobs(model.logits(rows[wanted]), picked, [score.top] * len(wanted))
+            for i, tok, (logprob, top) in zip(wanted, picked, found, strict=True):
+                score.logprobs[targets[i] - score.first] = TokenLogprob(tok, logprob, top)
+        # positions scored so far need not be computed again if the sequence is evicted
+        seq.logits_from = max(seq.logits_from, first + hidden.shape[0])
 
     def _fork(self, state: ConvState, n: int | None) -> Conversation:
         # a generation only appends, so the tokens there are now stay as they are: a
@@ -466,9 +531,10 @@ class Engine:
 
     def _close(self, state: ConvState) -> None:
         self._abort(state)
-        for _, reply in state.waiters:
+        for _, reply, _ in state.waiters:
             reply.fail(InvalidRequest("the conversation was closed"))
         state.waiters.clear()
+        state.score = None
         state.closed = True
         self.scheduler.remove(state.seq)
         del self._convs[state.seq.seq_id]
@@ -554,6 +620,8 @@ class Engine:
             assert [s.seq_id for s in ready] == [s.seq_id for s in out.seqs]
             self._steps += 1
             self._computed += len(batch.decodes) + sum(n for _, n in batch.prefills)
+            for seq, first, hidden in out.scored:
+                self._keep_scores(self._convs[seq.seq_id], first, hidden)
             if out.logits is not None:
                 self._emit(out.seqs, out.logits)
             for seq, _ in batch.prefills:
@@ -622,22 +690,25 @@ class Engine:
     def _resolve_waiters(self, st: ConvState) -> None:
         """Wake appends whose tokens are computed; a finished plain prefill goes idle."""
         seq = st.seq
+        if st.score is not None and seq.num_cached >= st.score.end:
+            st.score, seq.logits_from = None, None
         if seq.pending and self.scheduler.is_done(seq):
             self.scheduler.stop(seq)
         waiting = []
-        for target, reply in st.waiters:
+        for target, reply, value in st.waiters:
             if not seq.pending or seq.num_cached >= min(target, len(seq.tokens)):
-                reply.ok(target)
+                reply.ok(target if value is None else value())
             else:
-                waiting.append((target, reply))
+                waiting.append((target, reply, value))
         st.waiters = waiting
 
     def _fail_all(self, err: EngineError) -> None:
         with self._lock:
             for st in self._convs.values():
-                for _, reply in st.waiters:
+                for _, reply, _ in st.waiters:
                     reply.fail(err)
                 st.waiters.clear()
+                st.score = None
                 if st.gen is not None:
                     st.gen.sink(err)
                     st.gen = None
@@ -652,4 +723,4 @@ class Engine:
                 cmd()
 
 
-_DEFER = object()
+_SCORE_ROWS = 256  # positions scored per logits matrix: 256 x 49,152 float32 is 50 MB

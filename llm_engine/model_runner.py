@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -26,10 +26,13 @@ from llm_engine.scheduler import ScheduledBatch, Sequence
 
 @dataclass(slots=True)
 class StepOutput:
-    """``logits[i]`` ([vocab], float32) is the next-token distribution of ``seqs[i]``."""
+    """``logits[i]`` ([vocab], float32) is the next-token distribution of ``seqs[i]``.
+    ``scored`` holds the final hidden states of the positions that scoring sequences keep
+    (``Sequence.logits_from``): (sequence, first position, hidden ``[n, hidden]``)."""
 
     seqs: list[Sequence]
     logits: Tensor | None  # [len(seqs), vocab]
+    scored: list[tuple[Sequence, int, Tensor]] = field(default_factory=list)
 
 
 class ModelRunner:
@@ -64,12 +67,16 @@ class ModelRunner:
         parts = [self._decode_inputs(batch.decodes)] if batch.decodes else []
         parts += [self._prefill_inputs(seq, seq.num_cached, n) for seq, n in batch.prefills]
         seqs, rows = list(batch.decodes), list(range(len(batch.decodes)))
+        kept: list[tuple[Sequence, int, int, int]] = []  # (seq, first position, rows start, end)
         end = len(batch.decodes)
         for seq, n in batch.prefills:  # a chunk that completes a generating turn: its last row
-            end += n
-            if seq.generating and seq.num_cached + n == len(seq.tokens):
+            start, end = seq.num_cached, end + n
+            if seq.generating and start + n == len(seq.tokens):
                 seqs.append(seq)
                 rows.append(end - 1)
+            if seq.logits_from is not None and seq.logits_from < start + n:
+                first = max(start, seq.logits_from)
+                kept.append((seq, first, end - n + first - start, end))
         if not parts:
             return StepOutput([], None)
         if len(parts) == 1:
@@ -80,9 +87,10 @@ class ModelRunner:
             pos = torch.cat([p[1].view(-1) for p in parts]).view(1, -1)
             metas = [(*p[0].shape, p[2]) for p in parts]
             hidden = self._forward(ids, pos, self.kv, metas)[0]
+        scored = [(seq, first, hidden[lo:hi]) for seq, first, lo, hi in kept]
         if not seqs:
-            return StepOutput([], None)
-        return StepOutput(seqs, self.model.logits(hidden[rows]))
+            return StepOutput([], None, scored)
+        return StepOutput(seqs, self.model.logits(hidden[rows]), scored)
 
     def _tensor(self, data: list[int] | list[list[int]]) -> Tensor:
         return torch.tensor(data, dtype=torch.int64, device=self.device)

@@ -29,6 +29,9 @@ class Sequence:
     generating: bool = False  # sample after the last token is computed
     arrival: int = 0  # when the current work was requested (lower = older = first)
     last_used: int = 0
+    # scoring: positions from here on are computed (not taken from the pool's shared prefix
+    # cache) and their logits kept, so that every token after them gets its logprob
+    logits_from: int | None = None
 
     @property
     def num_uncached(self) -> int:
@@ -119,8 +122,13 @@ class Scheduler:
     def uncache_last(self, seq: Sequence) -> None:
         """Forget the last token's KV so computing it again yields next-token logits."""
         if seq.tokens and seq.num_uncached == 0:
-            seq.num_cached -= 1
-            self.blocks.truncate(seq.block_table, seq.num_cached)
+            self.uncache_from(seq, len(seq.tokens) - 1)
+
+    def uncache_from(self, seq: Sequence, pos: int) -> None:
+        """Forget the KV of positions ``pos`` on (kept in the tokens, computed again)."""
+        if seq.num_cached > pos:
+            seq.num_cached = pos
+            self.blocks.truncate(seq.block_table, pos)
 
     def is_done(self, seq: Sequence) -> bool:
         """True when a pending non-generating request (an append) has nothing left to compute."""
@@ -149,7 +157,10 @@ class Scheduler:
             if budget <= 0:
                 break
             if seq.num_cached == 0 and not seq.block_table:
-                seq.num_cached = self.blocks.allocate_prefix(seq.block_table, seq.tokens)
+                usable = (
+                    seq.tokens if seq.logits_from is None else seq.tokens[: seq.logits_from + 1]
+                )
+                seq.num_cached = self.blocks.allocate_prefix(seq.block_table, usable)
             n = min(budget, seq.num_uncached)
             if n > 0 and self._reserve(seq, n, protected, batch):
                 batch.prefills.append((seq, n))

@@ -11,7 +11,7 @@ import torch
 
 from llm_engine import SamplingParams
 from llm_engine.errors import InvalidRequest
-from tests.llm_engine.helpers import greedy, hf_logits, next_logits
+from tests.llm_engine.helpers import greedy, hf_greedy, hf_logits, next_logits
 
 SYSTEM = "You are a helpful assistant who answers briefly."
 TURNS = ["What is the capital of France?", "And of Italy?", "Which one is bigger?"]
@@ -490,3 +490,62 @@ async def test_a_bias_outside_the_vocabulary_is_refused_before_anything_changes(
         assert conv.tokens == before and not conv.messages[1:]
         reply, _ = await greedy(conv, 2)  # and the conversation still serves
         assert len(reply) == 2
+
+
+SCORED = (
+    "The lighthouse keeper climbed the spiral stairs each evening at dusk. He trimmed the "
+    "wick, polished the great lens and wrote the weather in a leather book. Ships passed "
+    "safely through the narrow channel, and nobody in the village ever thanked him for it."
+)
+
+
+async def test_score_is_each_tokens_logprob_given_all_before(
+    smol_engine: Any, hf_smol: Any
+) -> None:
+    """score() gives each token the log-softmax of the model's logits at the position before
+    it: from a fresh conversation (the first token has none); again when the pool's
+    shared-prefix cache holds the tokens (they are computed anyway); after a resident
+    history (the position before is computed again). The conversation continues as any."""
+    ids = smol_engine.tokenizer.encode(SCORED)
+    assert len(ids) > smol_engine.config.block_size * 3
+    want = hf_logits(hf_smol, ids).double().log_softmax(-1)
+    async with smol_engine.open_conversation() as fresh:
+        scored = await fresh.score(ids, top=3)
+    assert scored[0] is None and len(scored) == len(ids)
+    for i in range(1, len(ids)):
+        step, row = scored[i], want[i - 1]
+        assert step is not None and step.token_id == ids[i]
+        assert step.logprob == pytest.approx(float(row[ids[i]]), abs=1e-3)
+        top = row.topk(3)
+        assert [lp for _, lp in step.top] == pytest.approx(top.values.tolist(), abs=1e-3)
+        assert row[[t for t, _ in step.top]].tolist() == pytest.approx(
+            top.values.tolist(), abs=1e-3
+        )
+    assert smol_engine.cached_prefix(ids) >= 3 * smol_engine.config.block_size
+    async with smol_engine.open_conversation() as again:
+        assert await again.score(ids, top=3) == scored
+    cut = 21
+    async with smol_engine.open_conversation() as resident:
+        await resident.append_tokens(ids[:cut])
+        tail = await resident.score(ids[cut:])
+        assert [s.top for s in tail if s is not None] == [[]] * (len(ids) - cut)
+        assert [s.logprob for s in tail if s] == pytest.approx(
+            [s.logprob for s in scored[cut:] if s], abs=1e-4
+        )
+        got, _ = await greedy(resident, 5, add_generation_prompt=False)
+    assert got == hf_greedy(hf_smol, ids, 5)
+
+
+async def test_a_conversation_being_scored_refuses_other_changes(smol_engine: Any) -> None:
+    ids = smol_engine.tokenizer.encode(SCORED * 6)
+    assert len(ids) > smol_engine.config.max_step_tokens  # two steps at least
+    async with smol_engine.open_conversation() as conv:
+        scoring = asyncio.ensure_future(conv.score(ids))
+        await asyncio.sleep(0)  # the score is queued first
+        with pytest.raises(InvalidRequest, match="scored"):
+            await conv.append_tokens(ids[:3])
+        assert len(await scoring) == len(ids) and conv.tokens == ids
+        with pytest.raises(InvalidRequest, match="top"):
+            await conv.score(ids[:2], top=21)
+        with pytest.raises(InvalidRequest, match="token ids"):
+            await conv.score([])

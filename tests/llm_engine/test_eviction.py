@@ -99,3 +99,35 @@ async def test_forks_over_capacity_evict_recompute_and_match_big_pool(
     assert await scenario(tiny_pool) == want
     assert tiny_pool.scheduler.num_evicted > evicted_before
     assert tiny_pool.free_blocks() == tiny_pool.config.num_blocks
+
+
+async def test_a_prompt_scored_while_the_pool_runs_out_scores_as_in_a_big_one(
+    smol_dir: Path, smol_engine: Any
+) -> None:
+    """A generation that outgrows a small pool preempts a prompt being scored, in small steps,
+    again and again; the prompt's logprobs and the generation still equal the big pool's."""
+    from llm_engine import Engine, EngineConfig, SamplingParams
+
+    story = "Once upon a time, in a village by the sea, there lived an old fisherman and his cat"
+    scored = "Tell me a long and detailed story about cats, with many characters. " * 6
+
+    async def run(engine: Any) -> tuple[list[int], list[Any]]:
+        async with engine.open_conversation() as writer, engine.open_conversation() as reader:
+            await writer.append_tokens(engine.tokenizer.encode(story))
+            params = SamplingParams(max_tokens=70, ignore_eos=True)
+            stream = writer.generate(params, add_generation_prompt=False)
+            first = await anext(stream)  # generating: the score arrives after it
+            scores = await reader.score(engine.tokenizer.encode(scored), top=2)
+            return first.token_ids + [t async for d in stream for t in d.token_ids], scores
+
+    want = await run(smol_engine)
+    config = EngineConfig(model_dir=smol_dir, dtype="float32", quant="none", num_blocks=8,
+                          block_size=16, max_batch=4, max_step_tokens=8)  # fmt: skip
+    async with Engine(config) as small:
+        got = await run(small)
+        assert small.scheduler.num_evicted > 0 and small.free_blocks() == config.num_blocks
+    assert got[0] == want[0]
+    assert [s and s.token_id for s in got[1]] == [s and s.token_id for s in want[1]]
+    assert [s.logprob for s in got[1] if s] == pytest.approx(
+        [s.logprob for s in want[1] if s], abs=1e-4
+    )
