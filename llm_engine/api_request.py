@@ -18,7 +18,11 @@ that would change the output (non-text content or output) is refused rather than
 ignored; such parameters sent at their defaults (as some clients always send them) are
 accepted, ``null`` stands for a parameter's default, and bookkeeping that changes no output
 (``user``, ``store``, ``metadata``, ...) is accepted and ignored. The legacy text completions
-take the same sampling parameters, a ``prompt`` (text, token ids, or a batch) and ``echo``.
+take the same sampling parameters, a ``prompt`` (text, token ids, or a batch) and ``echo``;
+``echo`` with ``logprobs`` scores the prompt too (each of its tokens' logprobs), and with
+``max_tokens`` 0 only that: how evaluation harnesses score text. :func:`parse_tokenize_request`
+and :func:`parse_detokenize_request` read vLLM's ``/tokenize`` and ``/detokenize`` bodies, with
+which such clients use the served model's own tokenizer.
 """
 
 from __future__ import annotations
@@ -93,6 +97,12 @@ class TextRequest:
     include_usage: bool = False
     n: int = 1  # choices per prompt
     echo: bool = False  # each choice's text starts with its prompt
+    generate: bool = True  # False: max_tokens 0 with echo, the prompt alone (params unused)
+
+    @property
+    def scored(self) -> bool:
+        """Whether the prompts' own tokens get logprobs (``echo`` with ``logprobs``)."""
+        return self.echo and self.params.logprobs is not None
 
     @property
     def choices(self) -> int:
@@ -342,10 +352,7 @@ def _response_format(fmt: dict[str, Any]) -> JsonSchema | None:
 def _prompts(value: Any) -> list[str | list[int]]:
     """``prompt``: a string, token ids, or a list of either (a batch)."""
 
-    def token_ids(v: Any) -> bool:
-        return isinstance(v, list) and bool(v) and all(_within(t, int, 0, math.inf) for t in v)
-
-    if isinstance(value, str) or token_ids(value):
+    if isinstance(value, str) or _token_ids(value):
         value = [value]
     if not isinstance(value, list) or not value or len(value) > MAX_PROMPTS:
         raise RequestError(
@@ -353,7 +360,7 @@ def _prompts(value: Any) -> list[str | list[int]]:
             "prompt",
         )
     for i, p in enumerate(value):
-        if not ((isinstance(p, str) and p) or token_ids(p)):
+        if not ((isinstance(p, str) and p) or _token_ids(p)):
             raise RequestError(
                 f"prompt[{i}] must be a non-empty string or non-empty token ids", "prompt"
             )
@@ -374,16 +381,69 @@ def parse_text_request(body: Any, default_max_tokens: int = 16) -> TextRequest:
         raise RequestError("'suffix' is not supported", "suffix")
     logprobs = _integer(body.get("logprobs"), "logprobs", 0, MAX_TOP_LOGPROBS, None)
     echo = _flag(body, "echo")
-    if echo and logprobs is not None:
-        raise RequestError(
-            "'echo' with 'logprobs' (the prompt's logprobs) is not supported", "echo"
-        )
+    max_tokens = body.get("max_tokens")
+    # max_tokens 0 asks for the prompt alone: its echo, and with logprobs its scores
+    generate = not (echo and _within(max_tokens, int, 0, 0))
     return TextRequest(
         prompts=prompts,
-        params=_sampling(body, body.get("max_tokens"), default_max_tokens, logprobs),
+        params=_sampling(body, max_tokens if generate else 1, default_max_tokens, logprobs),
         model=str(body.get("model") or ""),
         stream=_flag(body, "stream"),
         include_usage=_include_usage(body),
         n=n,
         echo=echo,
+        generate=generate,
     )
+
+
+def _token_ids(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(_within(t, int, 0, math.inf) for t in v)
+
+
+@dataclass(slots=True)
+class TokenizeRequest:
+    """vLLM's ``POST /tokenize``: a ``prompt`` as it is, or chat ``messages`` (and ``tools``)
+    as the chat endpoint renders them, so the count is what that request would prefill."""
+
+    prompt: str | None
+    messages: list[dict[str, str]] | None
+    add_special_tokens: bool  # what the tokenizer's post-processor adds (a BOS, for some)
+    add_generation_prompt: bool  # chat: the assistant header after the messages
+    token_strs: bool  # also each token as the vocabulary spells it
+
+
+_KNOWN_TOKENIZE = {"model", "prompt", "messages", "tools", "add_special_tokens",
+                   "add_generation_prompt", "return_token_strs"}  # fmt: skip
+
+
+def parse_tokenize_request(body: Any) -> TokenizeRequest:
+    body = _body(body, _KNOWN_TOKENIZE)
+    if ("prompt" in body) == ("messages" in body):
+        raise RequestError("give either 'prompt' or 'messages'", "prompt")
+    prompt, messages = body.get("prompt"), None
+    if prompt is not None and not isinstance(prompt, str):
+        raise RequestError("'prompt' must be a string", "prompt")
+    if prompt is None:
+        messages = _messages(body["messages"], parse_tools(body.get("tools"), None, None))
+    elif "tools" in body:
+        raise RequestError("'tools' go with 'messages'", "tools")
+    chat = messages is not None
+    special = body.get("add_special_tokens", not chat)  # vLLM's defaults
+    generation_prompt = body.get("add_generation_prompt", True)
+    for key, value in (
+        ("add_special_tokens", special),
+        ("add_generation_prompt", generation_prompt),
+    ):
+        if not isinstance(value, bool):
+            raise RequestError(f"'{key}' must be a boolean", key)
+    return TokenizeRequest(prompt, messages, special, generation_prompt and chat,
+                           _flag(body, "return_token_strs"))  # fmt: skip
+
+
+def parse_detokenize_request(body: Any) -> list[int]:
+    """vLLM's ``POST /detokenize``: the ``tokens`` to turn back into text."""
+    body = _body(body, {"model", "tokens"})
+    tokens = body.get("tokens")
+    if not (tokens == [] or _token_ids(tokens)):
+        raise RequestError("'tokens' must be an array of token ids", "tokens")
+    return list(tokens)

@@ -26,14 +26,15 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from llm_engine.api_request import ChatRequest, TextRequest
+from llm_engine.api_request import ChatRequest, TextRequest, TokenizeRequest
 from llm_engine.config import SamplingParams
 from llm_engine.errors import ContextLengthExceeded, InvalidRequest
 from llm_engine.history import common_prefix_len
+from llm_engine.tokenizer import validate_messages
 from llm_engine.tools import Tools, begun_content
 
 if TYPE_CHECKING:
-    from llm_engine.conversation import Conversation, Delta
+    from llm_engine.conversation import Conversation, Delta, TokenLogprob
     from llm_engine.engine import Engine
 
 MIN_LOGPROB = -9999.0  # what OpenAI reports for a token of (near) zero probability
@@ -189,7 +190,12 @@ def _text_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | Non
     return {
         "tokens": [e["token"] for e in entries],
         "token_logprobs": [e["logprob"] for e in entries],
-        "top_logprobs": [{a["token"]: a["logprob"] for a in e["top_logprobs"]} for e in entries],
+        "top_logprobs": [
+            None
+            if e["top_logprobs"] is None
+            else {a["token"]: a["logprob"] for a in e["top_logprobs"]}
+            for e in entries
+        ],
         "text_offset": [e["text_offset"] for e in entries],
     }
 
@@ -320,35 +326,73 @@ class ChatService:
         """Yield the pieces of a text completion: each prompt continued as it is, with no chat
         template, its choices interleaved with every other prompt's. A prompt starts from the
         resident conversation that shares the most leading tokens with it (forked, so that
-        one is left as it is), and stays resident after. Fills ``completion.usage``; closing
+        one is left as it is), and stays resident after; a prompt whose tokens are scored
+        (``echo`` with ``logprobs``) is computed whole. Fills ``completion.usage``; closing
         the iterator aborts the generations within one engine step."""
         tokenizer, params = self.engine.tokenizer, request.params
         prompts = [self._prompt_ids(p) for p in request.prompts]
         async with contextlib.AsyncExitStack() as held:
-            streams = []
+            streams, scores = [], []
             for ids in prompts:
-                convs, reused = await self._text_conversations(ids, request.n, held)
+                if request.scored:
+                    convs, score = await self._scored_conversations(ids, request, held)
+                    scores.append(self._prompt_logprobs(ids, score))
+                    reused = 0
+                elif request.generate:
+                    convs, reused = await self._text_conversations(ids, request.n, held)
+                else:
+                    convs, reused = [], 0
                 completion.usage.prompt_tokens += len(ids)
                 completion.usage.cached_tokens += reused
                 streams += [
                     conv.generate(_choice_params(params, i), add_generation_prompt=False)
-                    for i, conv in enumerate(convs)
+                    for i, conv in enumerate(convs if request.generate else ())
                 ]
             merged = await held.enter_async_context(_Merged(streams))  # see complete()
-            offsets = [0] * len(streams)  # each choice's text so far, in characters
+            offsets = [0] * request.choices  # each choice's text so far, in characters
             if request.echo:
-                for j in range(len(streams)):
+                end = None if request.generate else "length"
+                for j in range(request.choices):
                     echoed = tokenizer.decode(prompts[j // request.n])
                     offsets[j] = len(echoed)
-                    yield Piece(echoed, None, j)
+                    prompt_logprobs = scores[j // request.n] if scores else None
+                    yield Piece(echoed, prompt_logprobs, j, end)
             async for j, delta in merged:
                 completion.usage.completion_tokens += len(delta.token_ids)
-                logprobs = self._logprobs(delta, params)
+                logprobs = self._logprobs(delta, params, with_end=True)
                 for entry in logprobs or ():  # where each token starts in the choice's text
                     entry["text_offset"] = offsets[j]
                     offsets[j] += len(entry["token"])
                 if delta.text or logprobs or delta.finish_reason:
                     yield Piece(delta.text, logprobs, j, delta.finish_reason)
+
+    async def _scored_conversations(
+        self, ids: list[int], request: TextRequest, held: contextlib.AsyncExitStack
+    ) -> tuple[list[Conversation], list[TokenLogprob | None]]:
+        """A new conversation of ``ids`` computed whole, with each token's logprob (the first
+        has none), and a fork of it for each further choice: listed as slots, locked in
+        ``held``."""
+        conv = self.engine.open_conversation()
+        await self._hold([conv], held)
+        score = await conv.score(ids, request.params.logprobs or 0)
+        forks = await self._forks(conv, request.n - 1, held) if request.generate else []
+        return [conv, *forks], score
+
+    def _prompt_logprobs(
+        self, ids: list[int], score: list[TokenLogprob | None]
+    ) -> list[dict[str, Any]]:
+        """The legacy logprobs entries of a prompt's tokens, ``text_offset`` from 0; the first
+        token's logprob and alternatives are ``None``, as OpenAI's are."""
+        entries, offset = [], 0
+        for tok, found in zip(ids, score, strict=True):
+            if found is None:
+                entry = {**self._entry(tok, None), "top_logprobs": None}
+            else:
+                entry = self._logprobs_entry(found)
+            entry["text_offset"] = offset
+            offset += len(entry["token"])
+            entries.append(entry)
+        return entries
 
     def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
         engine = self.engine
@@ -380,23 +424,29 @@ class ChatService:
             await conv.append_tokens(ids[reused:], wait=n > 1)
         return [conv, *await self._forks(conv, n - 1, held)], reused
 
-    def _logprobs(self, delta: Delta, params: SamplingParams) -> list[dict[str, Any]] | None:
+    def _logprobs(
+        self, delta: Delta, params: SamplingParams, with_end: bool = False
+    ) -> list[dict[str, Any]] | None:
+        """The wire's logprobs entries of a delta's tokens. A chat reply's end-of-turn token is
+        left out (it is not in the message); ``with_end`` keeps it, as the legacy API lists
+        every token it generated (evaluation harnesses count on that)."""
         if delta.logprobs is None:
             return None
-        tokenizer = self.engine.tokenizer
-        end = () if params.ignore_eos else tokenizer.eos_ids
+        end = () if params.ignore_eos or with_end else self.engine.tokenizer.eos_ids
+        return [self._logprobs_entry(t) for t in delta.logprobs if t.token_id not in end]
 
-        def entry(token_id: int, logprob: float) -> dict[str, Any]:
-            raw = tokenizer.token_bytes(token_id)
-            # a token may hold part of a character: ``bytes`` has it whole
-            text = raw.decode("utf-8", errors="backslashreplace")
-            return {"token": text, "logprob": max(logprob, MIN_LOGPROB), "bytes": list(raw)}
+    def _logprobs_entry(self, t: TokenLogprob) -> dict[str, Any]:
+        return {
+            **self._entry(t.token_id, t.logprob),
+            "top_logprobs": [self._entry(*alt) for alt in t.top],
+        }
 
-        return [
-            {**entry(t.token_id, t.logprob), "top_logprobs": [entry(*alt) for alt in t.top]}
-            for t in delta.logprobs
-            if t.token_id not in end
-        ]
+    def _entry(self, token_id: int, logprob: float | None) -> dict[str, Any]:
+        raw = self.engine.tokenizer.token_bytes(token_id)
+        # a token may hold part of a character: ``bytes`` has it whole
+        text = raw.decode("utf-8", errors="backslashreplace")
+        value = None if logprob is None else max(logprob, MIN_LOGPROB)
+        return {"token": text, "logprob": value, "bytes": list(raw)}
 
     # --- OpenAI wire objects -------------------------------------------------------------
 
@@ -474,6 +524,39 @@ class ChatService:
                     {"index": i, "message": message, "finish_reason": finish, "logprobs": lp}
                 )
         return {**self._envelope(c, False), "choices": choices, "usage": c.usage.as_dict()}
+
+    # --- the tokenizer (vLLM's endpoints, which evaluation harnesses use) ----------------
+
+    def tokenize(self, request: TokenizeRequest) -> dict[str, Any]:
+        """The tokens of a prompt, or of chat messages as a chat request would prefill them."""
+        tok = self.engine.tokenizer
+        text = request.prompt
+        if request.messages is not None:
+            messages = validate_messages(request.messages)
+            text = tok.render(messages, add_generation_prompt=request.add_generation_prompt)
+        assert text is not None
+        ids = tok.encode(text, request.add_special_tokens)
+        strs = [tok.token_str(t) for t in ids] if request.token_strs else None
+        return {"count": len(ids), "max_model_len": self.engine.max_context, "tokens": ids,
+                "token_strs": strs}  # fmt: skip
+
+    def detokenize(self, ids: list[int]) -> dict[str, Any]:
+        vocab = self.engine.model_config.vocab_size
+        if any(t >= vocab for t in ids):
+            raise InvalidRequest(f"token ids must be within [0, {vocab})", "tokens")
+        return {"prompt": self.engine.tokenizer.decode(ids)}
+
+    def tokenizer_info(self) -> dict[str, Any]:
+        """The model's ``tokenizer_config.json`` (special tokens as their text) and the chat
+        template the engine renders with, as vLLM's ``/tokenizer_info`` gives them."""
+        tok = self.engine.tokenizer
+        info = {k: v for k, v in tok.config.items() if not k.endswith("_file")}
+        for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            if isinstance(info.get(key), dict):  # {"content": "<|im_end|>", ...}
+                info[key] = info[key].get("content")
+        info.setdefault("eos_token", tok.eos_token)
+        info.setdefault("model_max_length", self.engine.max_context)
+        return {**info, "tokenizer_class": info.get("tokenizer_class") or "PreTrainedTokenizerFast"}
 
     def model(self) -> dict[str, Any]:
         return {"id": self.model_name, "object": "model", "created": 0, "owned_by": "parley"}

@@ -73,10 +73,15 @@ class Tokenizer:
             table.append(bytes(dec[c] for c in s) if all(c in dec for c in s) else s.encode())
         return table
 
-    def encode(self, text: str) -> list[int]:
-        """Tokens of ``text``; special tokens written in the text are parsed, nothing is added."""
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Tokens of ``text``; special tokens written in the text are parsed, and nothing is
+        added unless ``add_special_tokens`` (what the tokenizer's post-processor adds)."""
         check_utf8(text)
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
+        return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def token_str(self, token_id: int) -> str:
+        """The token as the vocabulary spells it (byte-level BPE: "Ġthe" for " the")."""
+        return self._tok.id_to_token(token_id) or ""
 
     def token_bytes(self, token_id: int) -> bytes:
         return self._bytes[token_id]

@@ -28,7 +28,9 @@ from llm_engine.api_request import (
     ChatRequest,
     TextRequest,
     parse_chat_request,
+    parse_detokenize_request,
     parse_text_request,
+    parse_tokenize_request,
 )
 from llm_engine.chat_api import ChatService, Completion, Piece
 from llm_engine.errors import ContextLengthExceeded, EngineClosed, EngineError, InvalidRequest
@@ -46,6 +48,7 @@ log = logging.getLogger("parley.server")
 SERVICE_KEY = web.AppKey("chat", ChatService)
 MAX_TOKENS_KEY = web.AppKey("default_max_tokens", int)
 MAX_BODY = 4 << 20
+TOKENIZER_PATHS = ("/tokenize", "/detokenize", "/tokenizer_info")  # vLLM's, at the root
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 # How long a thread may keep the GIL while another waits (CPython's default: 5 ms). The event
 # loop takes it back after every call that releases it (a VAD frame, a socket read), each time
@@ -84,7 +87,7 @@ async def api_errors(
     expect, which is logged with its traceback and answered with a 500. Nothing here can reach
     another request. A WebSocket reports its own errors in-band, once upgraded."""
     if (
-        not request.path.startswith("/v1/")
+        not (request.path.startswith("/v1/") or request.path in TOKENIZER_PATHS)
         or request.headers.get("Upgrade", "").lower() == "websocket"
     ):
         return await handler(request)
@@ -156,6 +159,38 @@ async def model(request: web.Request) -> web.Response:
     return web.json_response(service.model())
 
 
+async def _json_body(request: web.Request) -> Any:
+    """The request's decoded JSON; raises :class:`InvalidRequest` saying what is wrong."""
+    try:
+        return await request.json()
+    except RecursionError:
+        raise InvalidRequest("the body's JSON is nested too deeply") from None
+    except ValueError as err:  # malformed, or not UTF-8
+        raise InvalidRequest(f"the body is not valid JSON: {err}") from None
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    """vLLM's ``POST /tokenize``: a prompt's or chat messages' tokens, by the served model's
+    own tokenizer (evaluation harnesses ask it rather than loading one from a model hub)."""
+    try:
+        parsed = parse_tokenize_request(await _json_body(request))
+        return web.json_response(request.app[SERVICE_KEY].tokenize(parsed))
+    except InvalidRequest as err:
+        return _error(400, str(err), "invalid_request_error", err.param)
+
+
+async def detokenize(request: web.Request) -> web.Response:
+    try:
+        ids = parse_detokenize_request(await _json_body(request))
+        return web.json_response(request.app[SERVICE_KEY].detokenize(ids))
+    except InvalidRequest as err:
+        return _error(400, str(err), "invalid_request_error", err.param)
+
+
+async def tokenizer_info(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SERVICE_KEY].tokenizer_info())
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     return await _completions(request, text=False)
 
@@ -167,14 +202,9 @@ async def text_completions(request: web.Request) -> web.StreamResponse:
 
 async def _completions(request: web.Request, text: bool) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
-    try:
-        body = await request.json()
-    except RecursionError:
-        return _error(400, "the body's JSON is nested too deeply", "invalid_request_error")
-    except ValueError as err:  # malformed, or not UTF-8
-        return _error(400, f"the body is not valid JSON: {err}", "invalid_request_error")
     parsed: ChatRequest | TextRequest
     try:
+        body = await _json_body(request)
         if text:
             parsed = parse_text_request(body)
         else:
@@ -261,6 +291,9 @@ def build_app(
         app.router.add_get("/v1/models/{model:.+}", model)  # ids may hold a slash
         app.router.add_post("/v1/chat/completions", chat_completions)
         app.router.add_post("/v1/completions", text_completions)
+        app.router.add_post("/tokenize", tokenize)
+        app.router.add_post("/detokenize", detokenize)
+        app.router.add_get("/tokenizer_info", tokenizer_info)
     if voice is not None:
         app[VOICE_KEY] = voice
         app[SESSIONS_KEY] = {}

@@ -572,6 +572,58 @@ async def test_text_completions_batch_prompts_and_choices(client):
     assert batch.usage.completion_tokens == 4 * 8
 
 
+async def test_echo_with_logprobs_scores_the_prompt_as_evaluation_harnesses_ask(
+    client, smol_engine
+):
+    """lm-evaluation-harness scores a continuation so: the context and continuation as token
+    ids, ``echo``, ``logprobs`` 1, ``max_tokens`` 1; the continuation's logprobs are
+    ``token_logprobs[len(context):-1]``, and it is greedy if each equals its top one. With
+    ``max_tokens`` 0 only the prompt comes back; a batch scores each prompt as alone."""
+    tok = smol_engine.tokenizer
+    context = tok.encode("Question: What colour is the sky on a clear day?\nAnswer:")
+    ids = context + tok.encode(" blue")
+    async with smol_engine.open_conversation() as conv:
+        want = await conv.score(ids, top=1)
+    scored = await client.completions.create(
+        model="smollm2", prompt=[ids], max_tokens=1, logprobs=1, echo=True, temperature=0
+    )
+    choice, lp = scored.choices[0], scored.choices[0].logprobs
+    assert choice.text.startswith(tok.decode(ids)) and len(lp.token_logprobs) == len(ids) + 1
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[1 : len(ids)] == pytest.approx([w.logprob for w in want[1:]], abs=1e-4)
+    assert lp.tokens[: len(ids)] == [tok.token_bytes(t).decode() for t in ids]
+    assert lp.text_offset == [sum(map(len, lp.tokens[:i])) for i in range(len(ids) + 1)]
+    greedy = [w.top[0][0] == w.token_id for w in want[len(context) :]]
+    continuation = zip(lp.token_logprobs[len(context) : -1], lp.top_logprobs[len(context) : -1])
+    assert [logprob == max(top.values()) for logprob, top in continuation] == greedy
+    assert scored.usage.prompt_tokens == len(ids) and scored.usage.completion_tokens == 1
+
+    prompts = ["The cat sat on the mat.", "Rain fell all day long"]
+    alone = []
+    for prompt in prompts:
+        async with smol_engine.open_conversation() as conv:
+            alone.append(await conv.score(tok.encode(prompt)))
+    batch = await client.completions.create(
+        model="smollm2", prompt=prompts, max_tokens=0, logprobs=0, echo=True
+    )
+    assert [c.text for c in batch.choices] == prompts and batch.usage.completion_tokens == 0
+    for c, want_scores in zip(batch.choices, alone, strict=True):
+        assert c.finish_reason == "length" and c.logprobs.top_logprobs[1:] == [{}] * (
+            len(want_scores) - 1
+        )
+        assert c.logprobs.token_logprobs[1:] == pytest.approx(
+            [w.logprob for w in want_scores[1:]], abs=1e-4
+        )
+    stream = await client.completions.create(
+        model="smollm2", prompt=prompts[0], max_tokens=0, logprobs=0, echo=True, stream=True
+    )
+    chunks = [c.choices[0] async for c in stream if c.choices]
+    assert "".join(c.text for c in chunks) == prompts[0]
+    assert sum((c.logprobs.token_logprobs for c in chunks if c.logprobs), []) == (
+        batch.choices[0].logprobs.token_logprobs
+    )
+
+
 async def test_a_text_completion_leaves_the_chat_conversation_it_reuses_intact(client, smol_engine):
     """A prompt that shares tokens with a resident chat forks it: that KV is reused, the
     prompt is continued as it is (no assistant header added after the chat's closed user
@@ -762,7 +814,7 @@ async def test_ignore_eos_generates_past_the_end_of_turn(client):
         ({"prompt": ["a"] * 9, "n": 15}, "n"),
         ({"prompt": "a", "suffix": "b"}, "suffix"),
         ({"prompt": "a", "best_of": 2}, "best_of"),
-        ({"prompt": "a", "echo": True, "logprobs": 1}, "echo"),
+        ({"prompt": "a", "echo": True, "max_tokens": -1}, "max_tokens"),
         ({"prompt": "a", "logprobs": True}, "logprobs"),
         ({"prompt": "a", "messages": []}, "messages"),
         ({"prompt": "a", "max_tokens": 0}, "max_tokens"),
@@ -810,3 +862,67 @@ async def test_metrics_in_prometheus_text_follow_the_engine(api, client):
 async def test_healthz(api, path):
     async with aiohttp.ClientSession() as http, http.get(api[0] + path) as r:
         assert r.status == 200 and (await r.json())["status"] == "ok"
+
+
+async def test_the_tokenizer_endpoints_are_the_served_models_own(api, client, smol_dir):
+    """vLLM's /tokenize, /detokenize and /tokenizer_info, which lm-evaluation-harness uses as
+    its tokenizer when a server has them: the same tokens and spellings as the model's HF
+    tokenizer, a chat's count equal to what the chat endpoint prefills (tools included), and
+    a round trip back to the text."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(smol_dir)
+    text = "Héllo wörld, 1234 tokens! <|im_end|> ok"
+    messages = [SYSTEM, {"role": "user", "content": "Where is my order 12345?"}]
+
+    async def post(path: str, body: dict) -> dict:
+        async with aiohttp.ClientSession() as http, http.post(api[0] + path, json=body) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    plain = await post("/tokenize", {"prompt": text, "add_special_tokens": False,
+                                     "return_token_strs": True})  # fmt: skip
+    assert plain["tokens"] == hf(text, add_special_tokens=False)["input_ids"]
+    assert plain["token_strs"] == hf.convert_ids_to_tokens(plain["tokens"])
+    assert plain["count"] == len(plain["tokens"]) and plain["max_model_len"] > 0
+    default = await post("/tokenize", {"prompt": text})
+    assert default["tokens"] == hf(text)["input_ids"] and default["token_strs"] is None
+    assert (await post("/detokenize", {"tokens": plain["tokens"]}))["prompt"] == text
+    for tools in (None, [ORDER_TOOL]):
+        counted = await post("/tokenize", {"messages": messages, "tools": tools})
+        chat = await client.chat.completions.create(
+            model="smollm2", messages=messages, max_tokens=1, **({"tools": tools} if tools else {})
+        )
+        assert counted["count"] == chat.usage.prompt_tokens
+    bare = await post("/tokenize", {"messages": messages, "add_generation_prompt": False})
+    assert bare["tokens"] == hf(hf.apply_chat_template(messages, tokenize=False),
+                                add_special_tokens=False)["input_ids"]  # fmt: skip
+    async with aiohttp.ClientSession() as http, http.get(api[0] + "/tokenizer_info") as r:
+        info = await r.json()
+    assert info["eos_token"] == hf.eos_token and info["chat_template"] == hf.chat_template
+    assert info["tokenizer_class"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/tokenize", {}, "prompt"),
+        ("/tokenize", {"prompt": "a", "messages": []}, "prompt"),
+        ("/tokenize", {"prompt": 5}, "prompt"),
+        ("/tokenize", {"prompt": "a", "tools": []}, "tools"),
+        ("/tokenize", {"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ("/tokenize", {"prompt": "a", "add_special_tokens": "yes"}, "add_special_tokens"),
+        ("/tokenize", {"prompt": "a", "continue_final_message": True}, "continue_final_message"),
+        ("/detokenize", {"tokens": [-1]}, "tokens"),
+        ("/detokenize", {"tokens": [49152]}, "tokens"),
+        ("/detokenize", {"tokens": "abc"}, "tokens"),
+        ("/detokenize", [], None),
+    ],
+)
+async def test_bad_tokenizer_requests_get_a_400_with_a_message(api, path, body, param):
+    async with aiohttp.ClientSession() as http, http.post(api[0] + path, json=body) as r:
+        assert r.status == 400
+        error = (await r.json())["error"]
+        assert error["message"] and error["param"] == param
+    async with aiohttp.ClientSession() as http, http.get(api[0] + path) as r:
+        assert r.status == 405 and (await r.json())["error"]["message"]
