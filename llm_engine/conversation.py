@@ -165,12 +165,17 @@ class Conversation:
 
         The position before the tokens is computed again to get its logits, and the tokens
         themselves are computed even where the pool's shared-prefix cache holds them.
+        Cancelling the awaiting task stops the scoring; the tokens stay, as an ``append``'s.
         """
         ids = self._checked_ids(token_ids)
         if not 0 <= top <= MAX_TOP_LOGPROBS:
             raise InvalidRequest(f"top must be in [0, {MAX_TOP_LOGPROBS}]")
         eng = self._engine
-        found = await eng._call(lambda st: eng._apply_score(st, ids, top), self._state)
+        try:
+            found = await eng._call(lambda st: eng._apply_score(st, ids, top), self._state)
+        except asyncio.CancelledError:  # the tokens stay, prefilled as by append, not scored
+            eng._commands.put(lambda: eng._stop_scoring(self._state))
+            raise
         return list(found)
 
     def _checked_ids(self, token_ids: list[int]) -> list[int]:

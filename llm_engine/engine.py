@@ -426,6 +426,11 @@ class Engine:
         score = state.score = _Score(first, top, [None] * len(ids))
         return _Later(lambda: score.logprobs)
 
+    def _stop_scoring(self, state: ConvState) -> None:
+        """Drop a scoring nobody waits for: the rest of its tokens are only prefilled."""
+        if state.score is not None:
+            state.score, state.seq.logits_from = None, None
+
     def _keep_scores(self, state: ConvState, first: int, hidden: torch.Tensor) -> None:
         """The logprobs of the tokens after positions ``first ..`` from their final hidden
         states, a few hundred rows at a time (each row's logits are the whole vocabulary)."""

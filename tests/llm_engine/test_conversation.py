@@ -549,3 +549,17 @@ async def test_a_conversation_being_scored_refuses_other_changes(smol_engine: An
             await conv.score(ids[:2], top=21)
         with pytest.raises(InvalidRequest, match="token ids"):
             await conv.score([])
+
+
+async def test_a_cancelled_score_leaves_its_tokens_prefilled_and_the_conversation_free(
+    smol_engine: Any,
+) -> None:
+    ids = smol_engine.tokenizer.encode(SCORED * 6)
+    async with smol_engine.open_conversation() as conv:
+        scoring = asyncio.ensure_future(conv.score(ids))
+        await asyncio.sleep(0)
+        scoring.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await scoring
+        await conv.append_tokens(ids[:3])  # no longer busy
+        assert conv.tokens == ids + ids[:3] and conv.num_cached == len(conv.tokens)

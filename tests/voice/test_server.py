@@ -594,7 +594,9 @@ async def test_echo_with_logprobs_scores_the_prompt_as_evaluation_harnesses_ask(
     assert lp.tokens[: len(ids)] == [tok.token_bytes(t).decode() for t in ids]
     assert lp.text_offset == [sum(map(len, lp.tokens[:i])) for i in range(len(ids) + 1)]
     greedy = [w.top[0][0] == w.token_id for w in want[len(context) :]]
-    continuation = zip(lp.token_logprobs[len(context) : -1], lp.top_logprobs[len(context) : -1])
+    continuation = zip(
+        lp.token_logprobs[len(context) : -1], lp.top_logprobs[len(context) : -1], strict=True
+    )
     assert [logprob == max(top.values()) for logprob, top in continuation] == greedy
     assert scored.usage.prompt_tokens == len(ids) and scored.usage.completion_tokens == 1
 
@@ -619,9 +621,8 @@ async def test_echo_with_logprobs_scores_the_prompt_as_evaluation_harnesses_ask(
     )
     chunks = [c.choices[0] async for c in stream if c.choices]
     assert "".join(c.text for c in chunks) == prompts[0]
-    assert sum((c.logprobs.token_logprobs for c in chunks if c.logprobs), []) == (
-        batch.choices[0].logprobs.token_logprobs
-    )
+    streamed = [lp for c in chunks if c.logprobs for lp in c.logprobs.token_logprobs]
+    assert streamed == batch.choices[0].logprobs.token_logprobs
 
 
 async def test_a_text_completion_leaves_the_chat_conversation_it_reuses_intact(client, smol_engine):
