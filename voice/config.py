@@ -6,6 +6,7 @@ typo in a profile is reported rather than silently ignored.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -20,6 +21,8 @@ from voice.session import VoiceConfig
 from voice.streaming_asr import StreamingAsrConfig
 from voice.tts import TtsConfig
 from voice.turns import TurnConfig
+
+API_KEY_ENV = "PARLEY_API_KEY"  # overrides [server] api_key: a secret need not sit in a profile
 
 
 @dataclass(slots=True)
@@ -38,6 +41,10 @@ class ServerConfig:
     port: int = 8000
     default_max_tokens: int = 512
     max_conversations: int = 64
+    # when set, /v1/ and the tokenizer routes need it ("Authorization: Bearer <key>"; a
+    # browser's WebSocket may offer it as the subprotocol "openai-insecure-api-key.<key>");
+    # the environment's PARLEY_API_KEY, when set, overrides it
+    api_key: str = ""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -140,4 +147,6 @@ def load_config(path: Path | None = None) -> ParleyConfig:
     cache = Path(data["cache_dir"]).expanduser() if "cache_dir" in data else None
     registry = Path(data["registry"]).expanduser() if "registry" in data else None
     engine = _engine_section(data.get("engine", {}))
+    if key := os.environ.get(API_KEY_ENV):
+        sections["server"].api_key = key
     return ParleyConfig(cache_dir=cache, registry=registry, engine=engine, **sections)

@@ -4,14 +4,16 @@ Routes: ``GET /`` (the browser page) and ``/web/*``, ``GET /v1/realtime`` (the
 Realtime-compatible WebSocket, ``voice.realtime.handler``), ``GET /healthz`` (or ``/health``),
 ``GET /metrics`` (Prometheus), and with the built-in engine ``GET /v1/models``,
 ``POST /v1/chat/completions`` and the legacy ``POST /v1/completions`` (OpenAI-compatible,
-streaming SSE or not). Each request's errors become an OpenAI-style error body at this one
-boundary; a failing request never affects another.
+streaming SSE or not) and vLLM's tokenizer routes. Each request's errors become an
+OpenAI-style error body at this one boundary; a failing request never affects another. With
+``[server] api_key`` set, the API routes need it (:func:`require_api_key`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import signal
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from llm_engine.api_request import (
     ChatRequest,
@@ -38,6 +41,7 @@ from voice.asr import Transcriber
 from voice.config import ParleyConfig, ServerConfig
 from voice.llm import Dialogue, local_dialogue
 from voice.realtime.handler import SESSIONS_KEY, VOICE_KEY, realtime
+from voice.realtime.protocol import subprotocols
 from voice.remote_llm import RemoteLlm
 from voice.responder import TtsWorker
 from voice.session import VoiceServices
@@ -86,10 +90,7 @@ async def api_errors(
     (an unknown path, a wrong method, a body over the size limit) and any a handler did not
     expect, which is logged with its traceback and answered with a 500. Nothing here can reach
     another request. A WebSocket reports its own errors in-band, once upgraded."""
-    if (
-        not (request.path.startswith("/v1/") or request.path in TOKENIZER_PATHS)
-        or request.headers.get("Upgrade", "").lower() == "websocket"
-    ):
+    if not _api_path(request) or request.headers.get("Upgrade", "").lower() == "websocket":
         return await handler(request)
     try:
         return await handler(request)
@@ -107,6 +108,43 @@ async def api_errors(
     except Exception:  # a bug: answer as JSON, log it, and keep serving every other request
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return _error(500, "the server failed to handle the request", "server_error")
+
+
+def _api_path(request: web.Request) -> bool:
+    """Whether the path is one of the API's: the OpenAI routes, Realtime's socket included, and
+    vLLM's tokenizer routes (the page, its files, health and metrics are not)."""
+    return request.path.startswith("/v1/") or request.path in TOKENIZER_PATHS
+
+
+def require_api_key(key: str) -> Middleware:
+    """A middleware that answers an API request without ``key`` with OpenAI's 401. The key
+    comes as ``Authorization: Bearer <key>``, or, on a WebSocket upgrade (a browser cannot set
+    headers there), as the subprotocol ``openai-insecure-api-key.<key>``, as OpenAI's own
+    browser clients send it."""
+    expected = key.encode()
+
+    @web.middleware
+    async def check(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if not _api_path(request):
+            return await handler(request)
+        offered = [request.headers.get("Authorization", "").removeprefix("Bearer ").strip()]
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            protocols = subprotocols(request.headers.get("Sec-WebSocket-Protocol", ""))
+            offered += [p.removeprefix(_KEY_PROTOCOL) for p in protocols
+                        if p.startswith(_KEY_PROTOCOL)]  # fmt: skip
+        if any(hmac.compare_digest(k.encode(), expected) for k in offered if k):
+            return await handler(request)
+        message = "a valid API key is required: send 'Authorization: Bearer <key>'"
+        response = _error(401, message, "invalid_request_error", None, "invalid_api_key")
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    return check
+
+
+_KEY_PROTOCOL = "openai-insecure-api-key."
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -280,7 +318,10 @@ def build_app(
 ) -> web.Application:
     """The app: chat completions when the engine is local, the realtime API and the page when
     ``voice`` is given, and ``/healthz`` always."""
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[api_errors])
+    middlewares: list[Middleware] = [api_errors]
+    if config.api_key:
+        middlewares.append(require_api_key(config.api_key))
+    app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
     app[MAX_TOKENS_KEY] = config.default_max_tokens
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/health", healthz)  # the name vLLM, SGLang and llama.cpp's server use

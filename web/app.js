@@ -133,7 +133,11 @@ function release(s) {
 
 function openSocket(s) {
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  const ws = new WebSocket(`${scheme}://${location.host}/v1/realtime`);
+  // A server with an API key is opened as /#key=<key> (a fragment never leaves the browser);
+  // the key goes as a subprotocol, as OpenAI's browser clients send theirs.
+  const key = new URLSearchParams(location.hash.slice(1)).get('key');
+  const protocols = key ? ['realtime', `openai-insecure-api-key.${key}`] : ['realtime'];
+  const ws = new WebSocket(`${scheme}://${location.host}/v1/realtime`, protocols);
   let opened = false;
   return new Promise((resolve, reject) => {
     ws.onopen = () => {
@@ -145,7 +149,8 @@ function openSocket(s) {
     ws.onclose = (e) => {
       if (session === s) stats.connected = false;
       if (!opened) {
-        reject(new Error(`Could not connect to the server (WebSocket closed, code ${e.code}).`));
+        const hint = key ? '' : ' If the server has an API key, open this page as /#key=<key>.';
+        reject(new Error(`Could not connect to the server (WebSocket closed, code ${e.code}).${hint}`));
         return;
       }
       if (s.closing || session !== s) return;

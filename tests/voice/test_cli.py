@@ -152,3 +152,15 @@ def test_unknown_model_and_bad_profile(tmp_path):
     assert_one_line_error(parley("--config", str(bad), "models", "list"), "beem_size")
     bad.write_text("not toml [")
     assert_one_line_error(parley("--config", str(bad), "models", "list"), "not valid TOML")
+
+
+def test_the_api_key_comes_from_the_profile_or_the_environment(tmp_path, monkeypatch):
+    from voice.config import load_config
+
+    profile = tmp_path / "keyed.toml"
+    profile.write_text('[server]\napi_key = "from-profile"\n')
+    monkeypatch.delenv("PARLEY_API_KEY", raising=False)
+    assert load_config().server.api_key == ""  # the default: no key
+    assert load_config(profile).server.api_key == "from-profile"
+    monkeypatch.setenv("PARLEY_API_KEY", "from-env")
+    assert load_config(profile).server.api_key == "from-env"

@@ -1313,6 +1313,8 @@ def test_new_id():
         ({"openai-beta": "assistants=v2, realtime=v1"}, "beta"),
         ({"OpenAI-Beta": "assistants=v2"}, "ga"),
         ({"Authorization": "Bearer x"}, "ga"),
+        ({"Sec-WebSocket-Protocol": "realtime, openai-beta.realtime-v1"}, "beta"),
+        ({"Sec-WebSocket-Protocol": "realtime, openai-insecure-api-key.k"}, "ga"),
     ],
 )
 def test_dialect_from_headers(headers, dialect):

@@ -927,3 +927,40 @@ async def test_bad_tokenizer_requests_get_a_400_with_a_message(api, path, body, 
         assert error["message"] and error["param"] == param
     async with aiohttp.ClientSession() as http, http.get(api[0] + path) as r:
         assert r.status == 405 and (await r.json())["error"]["message"]
+
+
+async def test_with_an_api_key_the_api_needs_it_and_health_does_not(smol_engine):
+    """``[server] api_key``: OpenAI's clients send theirs as a bearer token and get an
+    AuthenticationError without the right one; health and metrics stay open to probes."""
+    from openai import AsyncOpenAI, AuthenticationError
+
+    service = ChatService(smol_engine, "smollm2")
+    server = TestServer(build_app(service, ServerConfig(api_key="s3cret")), host="127.0.0.1")
+    await server.start_server()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        messages = [{"role": "user", "content": "Hi"}]
+        for key in ("wrong", "s3cret-and-more"):
+            client = AsyncOpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+            with pytest.raises(AuthenticationError) as raised:
+                await client.chat.completions.create(model="smollm2", messages=messages)
+            assert raised.value.body["code"] == "invalid_api_key"
+        client = AsyncOpenAI(base_url=base + "/v1", api_key="s3cret", max_retries=0)
+        reply = await client.chat.completions.create(
+            model="smollm2", messages=messages, max_tokens=2
+        )
+        assert reply.usage.completion_tokens == 2
+        async with aiohttp.ClientSession() as http:
+            for path in ("/health", "/healthz", "/metrics"):
+                async with http.get(base + path) as r:
+                    assert r.status == 200
+            async with http.post(base + "/tokenize", json={"prompt": "a"}) as r:
+                assert r.status == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+            headers = {"Authorization": "Bearer s3cret"}
+            async with http.post(base + "/tokenize", json={"prompt": "a"}, headers=headers) as r:
+                assert r.status == 200
+            async with http.get(base + "/v1/nowhere", headers=headers) as r:
+                assert r.status == 404  # the key is right: the path is what is wrong
+    finally:
+        await server.close()
+        await service.close()

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pytest
+from aiohttp.test_utils import TestServer
 from playwright.async_api import ConsoleMessage, Page, async_playwright
 
 from audio.wav import write_wav
@@ -298,3 +299,72 @@ async def test_stop_while_starting_leaves_nothing_open(voice_app, speech_wav, na
         assert not s["connected"], s
         assert s["errors"] == [], s["errors"]
         assert page.problems == [], page.problems
+
+
+CONNECT_JS = """async (url, protocols) => {
+  const ws = new WebSocket(url, protocols);
+  return await new Promise((resolve) => {
+    ws.onmessage = (e) => {
+      resolve({opened: true, protocol: ws.protocol, event: JSON.parse(e.data)});
+      ws.close();
+    };
+    ws.onclose = (e) => resolve({opened: false, code: e.code});
+  });
+}"""
+
+
+@pytest.mark.skipif(find_chromium() is None, reason=NO_CHROMIUM)
+async def test_browser_clients_connect_with_openais_subprotocols_and_key(
+    voice_app, speech_wav
+) -> None:
+    """OpenAI's browser clients open the Realtime socket offering the subprotocols "realtime",
+    "openai-insecure-api-key.<key>" and, for beta events, "openai-beta.realtime-v1". A browser
+    fails the handshake unless the server picks one it offered: Parley picks "realtime" and
+    speaks the dialect asked for. With ``[server] api_key`` set, that key admits the socket
+    and no other does; Parley's own page, opened as ``/#key=<key>``, sends it."""
+    from voice.config import ServerConfig
+    from voice.realtime.handler import VOICE_KEY
+    from voice.server import build_app
+
+    url, app = voice_app
+    keyed = TestServer(build_app(None, ServerConfig(api_key="k3y"), voice=app[VOICE_KEY]))
+    await keyed.start_server()
+    keyed_url = f"ws://127.0.0.1:{keyed.port}/v1/realtime"
+    beta = ["realtime", "openai-insecure-api-key.k3y", "openai-beta.realtime-v1"]
+    try:
+        async with open_browser("chromium", speech_wav(QUESTION)) as browser:
+            page = browser.page
+            await page.goto(url + "/")  # a page of the server's own origin
+            ws_url = url.replace("http", "ws", 1) + "/v1/realtime"
+            for target, protocols, dialect_key in [
+                (ws_url, beta, "input_audio_format"),  # the key is not checked here
+                (ws_url, ["realtime"], "audio"),  # GA: audio settings nested
+                (keyed_url, beta, "input_audio_format"),
+                (keyed_url, ["realtime", "openai-insecure-api-key.k3y"], "audio"),
+            ]:
+                got = await page.evaluate(
+                    f"({CONNECT_JS})({json.dumps(target)}, {json.dumps(protocols)})"
+                )
+                assert got["opened"], (target, protocols, got)
+                assert got["protocol"] == "realtime"
+                assert got["event"]["type"] == "session.created"
+                assert dialect_key in got["event"]["session"]
+            for protocols in (["realtime", "openai-insecure-api-key.nope"], ["realtime"]):
+                got = await page.evaluate(
+                    f"({CONNECT_JS})({json.dumps(keyed_url)}, {json.dumps(protocols)})"
+                )
+                assert not got["opened"]
+            keyed_page = f"http://127.0.0.1:{keyed.port}/"
+            await page.goto(keyed_page)  # no key: the page says it cannot connect
+            await page.click("#start")
+            await wait_for(page, "s.errors.length > 0 && !s.connected", CONNECT_MS)
+            assert "/#key=" in (await stats(page))["errors"][0]
+            await page.goto("about:blank")  # a new fragment alone would not load the page again
+            await page.goto(keyed_page + "#key=k3y")
+            await page.click("#start")
+            await wait_for(page, "s.connected && s.state === 'listening'", CONNECT_MS)
+            await page.click("#start")  # Stop
+            await wait_for(page, "!s.connected && s.state === 'idle'", CONNECT_MS)
+            assert (await stats(page))["errors"] == []
+    finally:
+        await keyed.close()

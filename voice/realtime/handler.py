@@ -1,11 +1,13 @@
 """``GET /v1/realtime``: the OpenAI-Realtime-compatible WebSocket, one Session per connection.
 
-The dialect follows the upgrade request: ``OpenAI-Beta: realtime=v1`` gets the beta event
-names, anything else GA. A reader task parses text frames into client events and queues them
-on the session (waiting while it is behind: backpressure on a client that sends too fast); a
-writer task serializes the session's outbox. This is the one place where a connection's
-errors become ``error`` events; a frame Parley cannot read never closes the connection, a
-client that stops reading does (code 1008), and nothing here can affect another connection.
+The dialect follows the upgrade request: ``OpenAI-Beta: realtime=v1`` (or, from a browser,
+the subprotocol ``openai-beta.realtime-v1``) gets the beta event names, anything else GA; the
+subprotocol ``realtime`` is accepted when offered, as browsers require. A reader task parses
+text frames into client events and queues them on the session (waiting while it is behind:
+backpressure on a client that sends too fast); a writer task serializes the session's outbox.
+This is the one place where a connection's errors become ``error`` events; a frame Parley
+cannot read never closes the connection, a client that stops reading does (code 1008), and
+nothing here can affect another connection.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ MAX_FRAME = 2 << 20  # one text frame; an append over Limits.max_append_bytes is
 async def realtime(request: web.Request) -> web.StreamResponse:
     services = request.app[VOICE_KEY]
     protocol = RealtimeProtocol(dialect_from_headers(request.headers))
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30.0)
+    # a browser offers "realtime" (with its key and dialect as further subprotocols) and fails
+    # the handshake unless the server picks one of those it offered
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=30.0, protocols=("realtime",))
     await ws.prepare(request)
     outbox = Outbox(services.voice.max_outbox_events)
     session = Session(services, outbox, model=request.query.get("model"))

@@ -38,6 +38,7 @@ __all__ = [
     "dialect_from_headers",
     "error_event",
     "new_id",
+    "subprotocols",
 ]
 
 Dialect: TypeAlias = Literal["ga", "beta"]
@@ -115,13 +116,23 @@ def new_id(prefix: str) -> str:
 
 
 def dialect_from_headers(headers: Mapping[str, str]) -> Dialect:
-    """``"beta"`` if the upgrade request carries ``OpenAI-Beta: realtime=v1``, else ``"ga"``."""
+    """``"beta"`` if the upgrade request carries ``OpenAI-Beta: realtime=v1``, or offers the
+    subprotocol ``openai-beta.realtime-v1`` (how a browser, which cannot set headers, says it),
+    else ``"ga"``."""
     for name, value in headers.items():
         if name.lower() == "openai-beta":
             betas = {b.strip().lower() for b in value.split(",")}
             if "realtime=v1" in betas:
                 return "beta"
+        offered = subprotocols(value) if name.lower() == "sec-websocket-protocol" else []
+        if "openai-beta.realtime-v1" in offered:
+            return "beta"
     return "ga"
+
+
+def subprotocols(header: str) -> list[str]:
+    """The subprotocols a ``Sec-WebSocket-Protocol`` header offers, in order."""
+    return [p.strip() for p in header.split(",") if p.strip()]
 
 
 @dataclass(slots=True)
