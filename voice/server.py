@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from llm_engine.errors import ContextLengthExceeded, EngineClosed, EngineError, 
 from voice.asr import Transcriber
 from voice.config import ParleyConfig, ServerConfig
 from voice.llm import Dialogue, local_dialogue
+from voice.metrics import ApiMetrics, Row, api_rows, render, voice_rows
 from voice.realtime.handler import SESSIONS_KEY, VOICE_KEY, realtime
 from voice.realtime.protocol import subprotocols
 from voice.remote_llm import RemoteLlm
@@ -51,6 +53,7 @@ from voice.tts import Synthesizer
 log = logging.getLogger("parley.server")
 SERVICE_KEY = web.AppKey("chat", ChatService)
 MAX_TOKENS_KEY = web.AppKey("default_max_tokens", int)
+API_METRICS_KEY = web.AppKey("api_metrics", ApiMetrics)
 MAX_BODY = 4 << 20
 TOKENIZER_PATHS = ("/tokenize", "/detokenize", "/tokenizer_info")  # vLLM's, at the root
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -157,32 +160,53 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus' text format: the engine's counters and gauges, and the voice sessions."""
-    rows: list[tuple[str, str, str, dict[str, int]]] = []  # name, type, help, samples
+    """Prometheus' text format: the engine's counters and gauges, the API's requests and
+    latencies, and the voice sessions and their replies' latencies."""
+    rows: list[Row] = []
     service = request.app.get(SERVICE_KEY)
     if service is not None:
         st = service.engine.stats()
         used = st.total_blocks - st.free_blocks
         rows += [
-            ("engine_steps_total", "counter", "Forward passes of the LLM engine.", {"": st.steps}),
+            ("engine_steps_total", "counter", "Forward passes of the LLM engine.",
+             [("", st.steps)]),
             ("engine_computed_tokens_total", "counter", "Tokens the model ran, prefill and "
-             "decode.", {"": st.computed_tokens}),
+             "decode.", [("", st.computed_tokens)]),
             ("engine_generated_tokens_total", "counter", "Tokens sampled for replies.",
-             {"": st.generated_tokens}),
-            ("engine_conversations", "gauge", "Open conversations.", {"": st.conversations}),
-            ("engine_generating", "gauge", "Replies being generated.", {"": st.generating}),
+             [("", st.generated_tokens)]),
+            ("engine_conversations", "gauge", "Open conversations.", [("", st.conversations)]),
+            ("engine_generating", "gauge", "Replies being generated.", [("", st.generating)]),
             ("kv_blocks", "gauge", "KV cache blocks by state.",
-             {'{state="free"}': st.free_blocks, '{state="used"}': used}),
+             [('{state="free"}', st.free_blocks), ('{state="used"}', used)]),
         ]  # fmt: skip
+    rows += api_rows(request.app[API_METRICS_KEY])
     if SESSIONS_KEY in request.app:
         sessions = len(request.app[SESSIONS_KEY])
-        rows.append(("sessions", "gauge", "Realtime voice sessions.", {"": sessions}))
-    lines = []
-    for name, kind, about, samples in rows:
-        lines += [f"# HELP parley_{name} {about}", f"# TYPE parley_{name} {kind}"]
-        lines += [f"parley_{name}{labels} {value}" for labels, value in samples.items()]
-    text = "\n".join(lines) + "\n"
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        rows.append(("sessions", "gauge", "Realtime voice sessions.", [("", sessions)]))
+        rows += voice_rows(request.app[VOICE_KEY].metrics)
+    return web.Response(text=render(rows), content_type="text/plain", charset="utf-8")
+
+
+@web.middleware
+async def count_requests(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Count API requests by route (its pattern: no label per model name or unknown path)
+    and status."""
+    if not _api_path(request):
+        return await handler(request)
+    info = request.match_info
+    route = info.route.resource.canonical if info.route.resource is not None else "unmatched"
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as err:
+        status = err.status
+        raise
+    finally:
+        request.app[API_METRICS_KEY].requests[(route, status)] += 1
 
 
 async def models(request: web.Request) -> web.Response:
@@ -254,6 +278,7 @@ async def _completions(request: web.Request, text: bool) -> web.StreamResponse:
         stream = service.complete_text(parsed, completion)
     else:
         stream = service.complete(parsed, completion)
+    stream = _timed(stream, completion, request.app[API_METRICS_KEY])
     try:
         if not parsed.stream:
             pieces = [piece async for piece in stream]
@@ -264,6 +289,26 @@ async def _completions(request: web.Request, text: bool) -> web.StreamResponse:
     return await _sse(
         request, service, completion, stream, first, parsed.choices, parsed.include_usage
     )
+
+
+async def _timed(
+    stream: AsyncGenerator[Piece, None], completion: Completion, metrics: ApiMetrics
+) -> AsyncGenerator[Piece, None]:
+    """``stream``, its first piece's and its end's time since now and its tokens recorded in
+    ``metrics`` (a stream the client left is not a finished one)."""
+    started, first = time.monotonic(), True
+    try:
+        async for piece in stream:
+            if first:
+                metrics.first_token_s.observe(time.monotonic() - started)
+                first = False
+            yield piece
+    finally:
+        await stream.aclose()
+    metrics.duration_s.observe(time.monotonic() - started)
+    metrics.prompt_tokens += completion.usage.prompt_tokens
+    metrics.cached_tokens += completion.usage.cached_tokens
+    metrics.completion_tokens += completion.usage.completion_tokens
 
 
 async def _sse(
@@ -318,10 +363,11 @@ def build_app(
 ) -> web.Application:
     """The app: chat completions when the engine is local, the realtime API and the page when
     ``voice`` is given, and ``/healthz`` always."""
-    middlewares: list[Middleware] = [api_errors]
+    middlewares: list[Middleware] = [count_requests, api_errors]
     if config.api_key:
         middlewares.append(require_api_key(config.api_key))
     app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
+    app[API_METRICS_KEY] = ApiMetrics()
     app[MAX_TOKENS_KEY] = config.default_max_tokens
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/health", healthz)  # the name vLLM, SGLang and llama.cpp's server use

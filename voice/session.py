@@ -49,6 +49,7 @@ from voice import turns as tt
 from voice.chunker import ChunkerConfig
 from voice.errors import ParleyError
 from voice.llm import Dialogue, ReplyParams
+from voice.metrics import VoiceMetrics
 from voice.realtime import events as ev
 from voice.realtime.protocol import ProtocolError, new_id
 from voice.responder import Reply, TtsWorker
@@ -135,6 +136,7 @@ class VoiceServices:
     turns: tt.TurnConfig = field(default_factory=tt.TurnConfig)
     chunker: ChunkerConfig = field(default_factory=ChunkerConfig)
     streaming: StreamingAsrConfig = field(default_factory=StreamingAsrConfig)
+    metrics: VoiceMetrics = field(default_factory=VoiceMetrics)  # every session's replies
 
 
 class OutboxFull(ParleyError):
@@ -904,6 +906,16 @@ class Session:
             metrics=self._metrics(active, stopped),
         )
         self._emit(ev.ResponseDone(response))
+        self._observe(response)
+
+    def _observe(self, response: ev.Response) -> None:
+        """Count the reply in the process's metrics (``GET /metrics``)."""
+        stats, m = self._svc.metrics, response.metrics
+        stats.responses[response.status] += 1
+        if m is not None and m.end_of_turn_ms is not None and m.first_audio_ms is not None:
+            stats.first_audio_s.observe(m.first_audio_ms / 1000)  # a spoken turn's reply
+        if m is not None and m.barge_in_stop_ms is not None:
+            stats.barge_in_stop_s.observe(m.barge_in_stop_ms / 1000)
 
     def _metrics(self, active: _ActiveReply, stopped: float | None) -> ev.TurnMetrics:
         utt, times = active.utt, active.reply.times

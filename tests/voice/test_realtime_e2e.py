@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -44,7 +45,15 @@ def session_of(voice_app, rt: RealtimeClient):
     return voice_app[1][SESSIONS_KEY][sid]
 
 
-async def test_spoken_question_gets_a_spoken_answer(client, say, transcriber):
+async def scrape(url: str) -> dict[str, float]:
+    """``GET /metrics`` as sample name -> value."""
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as r:
+        lines = (line.rsplit(" ", 1) for line in (await r.text()).splitlines())
+        return {name: float(value) for name, value in lines if not name.startswith("#")}
+
+
+async def test_spoken_question_gets_a_spoken_answer(client, say, transcriber, voice_server):
+    before = await scrape(voice_server)
     await client.silence(0.3)
     await client.stream(say(QUESTION))
     await client.silence(1.5)
@@ -70,6 +79,15 @@ async def test_spoken_question_gets_a_spoken_answer(client, say, transcriber):
     for key in ("end_of_turn_ms", "asr_final_ms", "first_token_ms", "first_chunk_ms"):
         assert metrics[key] is not None and metrics[key] >= 0, key
     assert metrics["first_audio_ms"] >= metrics["first_chunk_ms"]
+    # and the server's own metrics count the turn (other tests' sessions may still be ending)
+    after = await scrape(voice_server)
+    completed = 'parley_voice_responses_total{status="completed"}'
+    assert after[completed] - before.get(completed, 0) >= 1
+    first_audio = "parley_voice_first_audio_seconds"
+    assert after[f"{first_audio}_count"] - before[f"{first_audio}_count"] >= 1
+    assert after[f"{first_audio}_sum"] - before[f"{first_audio}_sum"] >= (
+        metrics["first_audio_ms"] / 1000 - 1e-3
+    )
 
 
 async def pause_playback(client: RealtimeClient) -> None:

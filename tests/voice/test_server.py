@@ -859,6 +859,51 @@ async def test_metrics_in_prometheus_text_follow_the_engine(api, client):
     assert blocks == api[1].engine.stats().total_blocks and after["parley_engine_generating"] == 0
 
 
+async def test_metrics_count_the_apis_requests_tokens_and_latencies(api, client):
+    """Each request by route pattern and status; each finished completion's time to first
+    token and duration (histograms, their buckets cumulative) and its usage."""
+
+    async def scrape() -> dict[str, float]:
+        async with aiohttp.ClientSession() as http, http.get(api[0] + "/metrics") as r:
+            return _metrics(await r.text())
+
+    before = await scrape()
+    messages = [SYSTEM, {"role": "user", "content": "Name a colour."}]
+    first = await client.chat.completions.create(model="smollm2", messages=messages, max_tokens=6)
+    messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "Another?"}]  # fmt: skip
+    stream = await client.chat.completions.create(
+        model="smollm2", messages=messages, max_tokens=4, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    second = [chunk async for chunk in stream][-1].usage
+    await client.models.retrieve("smollm2")
+    with contextlib.suppress(Exception):
+        await client.models.retrieve("no-such-model")
+    async with aiohttp.ClientSession() as http, http.get(api[0] + "/v1/no/such/path") as r:
+        assert r.status == 404
+    after = await scrape()
+
+    def moved(name: str) -> float:
+        return after.get(name, 0) - before.get(name, 0)
+
+    chat = 'parley_api_requests_total{route="/v1/chat/completions",code="200"}'
+    assert moved(chat) == 2
+    assert moved('parley_api_requests_total{route="/v1/models/{model}",code="200"}') == 1
+    assert moved('parley_api_requests_total{route="/v1/models/{model}",code="404"}') == 1
+    assert moved('parley_api_requests_total{route="unmatched",code="404"}') == 1
+    for histogram in ("api_time_to_first_token_seconds", "api_request_duration_seconds"):
+        name = f"parley_{histogram}"
+        assert moved(f"{name}_count") == 2 and moved(f"{name}_sum") > 0
+        buckets = [v for k, v in after.items() if k.startswith(f"{name}_bucket")]
+        assert buckets == sorted(buckets) and buckets[-1] == after[f"{name}_count"]
+    usage = [first.usage, second]
+    assert moved("parley_api_prompt_tokens_total") == sum(u.prompt_tokens for u in usage)
+    assert moved("parley_api_completion_tokens_total") == sum(u.completion_tokens for u in usage)
+    cached = sum(u.prompt_tokens_details.cached_tokens for u in usage)
+    assert moved("parley_api_cached_prompt_tokens_total") == cached > 0  # the second reused
+
+
 @pytest.mark.parametrize("path", ["/healthz", "/health"])
 async def test_healthz(api, path):
     async with aiohttp.ClientSession() as http, http.get(api[0] + path) as r:
