@@ -559,7 +559,9 @@ class ChatService:
         return {**info, "tokenizer_class": info.get("tokenizer_class") or "PreTrainedTokenizerFast"}
 
     def model(self) -> dict[str, Any]:
-        return {"id": self.model_name, "object": "model", "created": 0, "owned_by": "parley"}
+        # max_model_len: the context a request may fill, as vLLM's model cards give it
+        return {"id": self.model_name, "object": "model", "created": 0, "owned_by": "parley",
+                "max_model_len": self.engine.max_context}  # fmt: skip
 
     def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [self.model()]}

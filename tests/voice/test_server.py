@@ -36,7 +36,7 @@ def client(api):
     return AsyncOpenAI(base_url=api[0] + "/v1", api_key="unused", max_retries=0)
 
 
-async def test_sdk_streaming_equals_non_streaming(client):
+async def test_sdk_streaming_equals_non_streaming(client, smol_engine):
     messages = [SYSTEM, {"role": "user", "content": "Name three colors."}]
     full = await client.chat.completions.create(  # options at their defaults, as some send
         model="smollm2", messages=messages, max_tokens=24, temperature=0, logit_bias={},
@@ -66,7 +66,8 @@ async def test_sdk_streaming_equals_non_streaming(client):
     assert usage is not None and usage.completion_tokens == full.usage.completion_tokens
     models = await client.models.list()
     assert [m.id for m in models.data] == ["smollm2"]
-    assert (await client.models.retrieve("smollm2")).id == "smollm2"
+    card = await client.models.retrieve("smollm2")
+    assert card.id == "smollm2" and card.max_model_len == smol_engine.max_context
     from openai import NotFoundError
 
     with pytest.raises(NotFoundError, match="org/other"):
