@@ -51,6 +51,7 @@ SHORT_PROMPT = "Give me one tip for a good night's sleep."
 JSON_TURN = {"role": "user", "content": "Describe a cat as a JSON object: its name, age and toys."}
 PARLEY, HF, HF_RESEND, LLAMA = "Parley", "HF transformers", "HF re-send history", "llama.cpp"
 PARLEY_API = "Parley via the API"
+SCORED_DOCS = 8  # texts scored one at a time (every token's logprob) in the scoring figure
 
 # BATCH_LAST: each backend runs the batch after its other scenarios. The batch is the one that
 # first touches hundreds of MB (Parley's KV pool: ~660 MB), and on the VMs these figures come
@@ -322,6 +323,16 @@ async def parley_json(engine: Any, n: int) -> Result:
     return {key: statistics.median(v) for key, v in runs.items()}
 
 
+async def parley_score(engine: Any, docs: list[list[int]]) -> float:
+    """Prompt tokens/s of scoring each text (every token's logprob, as ``echo`` with
+    ``logprobs`` asks), one text at a time in a fresh conversation."""
+    t0 = perf_counter()
+    for ids in docs:
+        async with engine.open_conversation() as conv:
+            await conv.score(ids, top=1)
+    return sum(map(len, docs)) / (perf_counter() - t0)
+
+
 async def parley_summaries(engine: Any, docs: list[str], n: int) -> float:
     """Total tokens/s of one conversation per text, all generating concurrently."""
     t0 = perf_counter()
@@ -408,6 +419,7 @@ async def parley_main(w: Workload) -> Result:
         r: Result = {"label": PARLEY, "bytes_per_token": parley_weight_bytes(engine)}
         r["layer_shapes"] = layer_shapes(mc)
         r["prefill_flop"] = 2 * mc.num_layers * weights(r["layer_shapes"])  # per token
+        r["head_flop"] = 2 * mc.hidden_size * mc.vocab_size  # per token whose logits are needed
         r["attn_flop"] = 4 * mc.num_heads * mc.head_dim * mc.num_layers  # per (query, key)
         r["setup"] = (
             f"dtype {cfg.resolved_dtype()}, quant {cfg.resolved_quant()}, "
@@ -425,6 +437,7 @@ async def parley_main(w: Workload) -> Result:
         r["sampling"] = await parley_sampling(engine, s.short, s.sampled_batch)
         r["json"] = await parley_json(engine, s.short)
         r["abort_s"], r["abort_extra"] = await parley_abort(engine)
+        r["score_tps"] = await parley_score(engine, w.doc_ids[:SCORED_DOCS])
         r["batch1_tps"] = await parley_summaries(engine, w.docs[:1], s.summary)
         r["batch_tps"] = await parley_summaries(engine, w.docs, s.summary)
         progress(r, "rounds", "batch_tps", "batch1_tps")
@@ -471,6 +484,20 @@ def hf_batch(model: Any, prompts: list[list[int]], n: int, pad: int) -> float:
             do_sample=False, pad_token_id=pad,
         )  # fmt: skip
     return len(prompts) * n / (perf_counter() - t0)
+
+
+def hf_score(model: Any, docs: list[list[int]]) -> float:
+    """Prompt tokens/s of scoring each text as lm-evaluation-harness's HF backend does: one
+    forward, the log-softmax of every position, each next token's logprob and top-1."""
+    import torch
+
+    t0 = perf_counter()
+    with torch.inference_mode():
+        for ids in docs:
+            logp = model(torch.tensor([ids])).logits[0, :-1].float().log_softmax(-1)
+            logp.gather(1, torch.tensor(ids[1:])[:, None]).tolist()
+            logp.max(-1)
+    return sum(map(len, docs)) / (perf_counter() - t0)
 
 
 def hf_rounds(
@@ -522,6 +549,7 @@ def run_hf(w: Workload) -> Result:
     r["rounds_resend"] = per_round(
         [hf_rounds(models[pre], sys_ids, t, s.reply, False) for t in w.turn_ids]
     )
+    r["score_tps"] = hf_score(models[pre], w.doc_ids[:SCORED_DOCS])
     r["batch_tps"] = hf_batch(models[pre], w.doc_ids, s.summary, w.pad_id)  # last (BATCH_LAST)
     progress(r, "rounds", "rounds_resend", "batch_tps")
     return r
@@ -633,17 +661,28 @@ def attention_bound(w: Workload, ours: Result) -> None:
 
 
 def prefill_bound(w: Workload, ours: Result) -> None:
-    """The batch's prompts alone at the CPU's GEMM rate: how far batching can go here."""
+    """The batch at the CPU's GEMM rate: how far batching can go here. Its prompts alone; and
+    with its generated tokens, each a row of every projection and of the output head."""
     rate, dtype = isolated(gemm_rate, w.threads, ours["layer_shapes"])
     prompt = sum(len(ids) for ids in w.doc_ids)
     flop = ours["prefill_flop"]
     floor_s = prompt * flop / rate
-    best = len(w.doc_ids) * w.sizes.summary / floor_s
+    generated = len(w.doc_ids) * w.sizes.summary
+    best = generated / floor_s
     print(
         f"  prefill bound: {prompt} prompt tokens x {flop / 1e6:.0f} MFLOP at the measured "
         f"{rate / 1e9:.0f} GFLOP/s ({dtype} GEMM, 256 rows) take >= {floor_s:.1f} s, so even "
         f"with free decoding the batch reaches at most {best:.0f} tok/s = "
         f"{best / ours['batch1_tps']:.2f}x batch-1"
+    )
+    per_token = flop + ours["head_flop"]
+    whole_s = floor_s + generated * per_token / rate
+    best = generated / whole_s
+    print(
+        f"  FLOP bound: with its {generated} generated tokens ({per_token / 1e6:.0f} MFLOP"
+        f" each, the output head included) the batch takes >= {whole_s:.1f} s at that rate:"
+        f" at most {best:.0f} tok/s = {best / ours['batch1_tps']:.2f}x batch-1 "
+        f"(measured {ours['batch_tps'] / best:.0%} of it)"
     )
 
 
@@ -660,6 +699,8 @@ def report(w: Workload, results: list[Result], bandwidth: float) -> None:
         print(f"  Parley vs {batch1}: {gain:.2f}x (target >= 5x)")
         prefill_bound(w, ours)
     report_rounds(w, results, w.sizes.conversations)
+    compare(f"5. Scoring {SCORED_DOCS} texts (every token's logprob, as echo + logprobs asks),"
+            " one at a time: prompt", "tok/s", figures(results, "score_tps"))  # fmt: skip
     print(f"\n## Memory-bandwidth ceiling (read bandwidth {bandwidth / 1e9:.1f} GB/s)")
     for r in results:
         ceiling = bandwidth / r["bytes_per_token"]

@@ -15,6 +15,7 @@ SECTIONS = [
     "## 2. Long reply: decode",
     "## 3. Batch of summaries: total",
     "## 4. Conversation: time to first token per round",
+    "## 5. Scoring",
     "## Memory-bandwidth ceiling",
     "## Sampled replies",
     "## JSON mode",
