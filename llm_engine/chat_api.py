@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,13 +32,14 @@ from llm_engine.config import SamplingParams
 from llm_engine.errors import ContextLengthExceeded, InvalidRequest
 from llm_engine.history import common_prefix_len
 from llm_engine.tokenizer import validate_messages
-from llm_engine.tools import Tools, begun_content
+from llm_engine.tools import Tools, assistant_text, begun_content
 
 if TYPE_CHECKING:
     from llm_engine.conversation import Conversation, Delta, TokenLogprob
     from llm_engine.engine import Engine
 
 MIN_LOGPROB = -9999.0  # what OpenAI reports for a token of (near) zero probability
+MAX_WRITTEN = 4096  # replies with tools whose own spelling is kept (see ChatService._remember)
 
 
 @dataclass(slots=True)
@@ -212,6 +214,8 @@ class ChatService:
         self.model_name = model_name
         self.max_conversations = max_conversations
         self._slots: list[_Slot] = []
+        # with tools, a reply as the history writes it back -> as the model wrote it
+        self._written: OrderedDict[str, str] = OrderedDict()
 
     def _pick(self, messages: list[dict[str, str]]) -> tuple[_Slot | None, int]:
         """The slot sharing the most leading messages with ``messages`` (ties: an idle one,
@@ -269,6 +273,8 @@ class ChatService:
 
         Closing the iterator (client gone) aborts the generations within one engine step.
         """
+        if request.tools is not None:
+            request = dataclasses.replace(request, messages=self._as_written(request.messages))
         slot = await self._slot_for(request.messages)
         async with contextlib.AsyncExitStack() as held:
             await held.enter_async_context(slot.lock)
@@ -298,11 +304,34 @@ class ChatService:
                 if request.tools is not None:
                     if piece := replies[i].feed(request.tools, delta, i):
                         yield piece
+                    if delta.finish_reason == "stop":
+                        self._remember(request.tools, replies[i].text)
                     continue
                 logprobs = self._logprobs(delta, request.params)
                 if delta.text or logprobs or delta.finish_reason:
                     yield Piece(delta.text, logprobs, i, delta.finish_reason)
             slot.used = time.monotonic()
+
+    def _remember(self, tools: Tools, reply: str) -> None:
+        """Keep how the model wrote a finished reply with tools. The client sends it back as
+        content or calls, which the history writes in one canonical JSON form; the model's own
+        spacing differs, and only its own text matches the conversation's tokens."""
+        content, calls = tools.reply(reply)
+        written = assistant_text(content or "", calls, "tool_calls")
+        if written != reply:
+            self._written[written] = reply
+            self._written.move_to_end(written)
+            while len(self._written) > MAX_WRITTEN:
+                self._written.popitem(last=False)
+
+    def _as_written(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """``messages`` with the assistant's replies as the model wrote them, where known."""
+        return [
+            {**m, "content": self._written.get(m["content"], m["content"])}
+            if m["role"] == "assistant"
+            else m
+            for m in messages
+        ]
 
     async def _forks(
         self, conv: Conversation, n: int, held: contextlib.AsyncExitStack
