@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -38,6 +38,12 @@ from llm_engine.api_request import (
 )
 from llm_engine.chat_api import ChatService, Completion, Piece
 from llm_engine.errors import ContextLengthExceeded, EngineClosed, EngineError, InvalidRequest
+from llm_engine.responses_api import (
+    ResponseStore,
+    ResponseWriter,
+    deleted,
+    parse_responses_request,
+)
 from voice.asr import Transcriber
 from voice.config import ParleyConfig, ServerConfig
 from voice.llm import Dialogue, local_dialogue
@@ -54,6 +60,7 @@ log = logging.getLogger("parley.server")
 SERVICE_KEY = web.AppKey("chat", ChatService)
 MAX_TOKENS_KEY = web.AppKey("default_max_tokens", int)
 API_METRICS_KEY = web.AppKey("api_metrics", ApiMetrics)
+RESPONSES_KEY = web.AppKey("responses", ResponseStore)
 MAX_BODY = 4 << 20
 TOKENIZER_PATHS = ("/tokenize", "/detokenize", "/tokenizer_info")  # vLLM's, at the root
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -286,9 +293,104 @@ async def _completions(request: web.Request, text: bool) -> web.StreamResponse:
         first = await anext(stream, None)  # errors before the first byte are still HTTP errors
     except EngineError as err:
         return _request_error(err)
-    return await _sse(
-        request, service, completion, stream, first, parsed.choices, parsed.include_usage
-    )
+    wire = _ChatWire(service, completion, parsed.choices, parsed.include_usage)
+    return await _sse(request, wire, stream, first)
+
+
+class _Wire(Protocol):
+    """How one API streams: the events before, for and after the pieces, and a failure's."""
+
+    named: bool  # each event's "type" also goes as its SSE event name
+    done: bool  # the stream ends with "data: [DONE]"
+
+    def opening(self) -> list[dict[str, Any]]: ...
+    def piece(self, p: Piece) -> list[dict[str, Any]]: ...
+    def closing(self) -> list[dict[str, Any]]: ...
+    def error(self, message: str) -> dict[str, Any]: ...
+
+
+@dataclass(slots=True)
+class _ChatWire:
+    """Chat and legacy completions: chunks, an optional usage chunk, then [DONE]."""
+
+    service: ChatService
+    completion: Completion
+    choices: int
+    include_usage: bool
+    named: bool = False
+    done: bool = True
+
+    def opening(self) -> list[dict[str, Any]]:
+        return self.service.opening_chunks(self.completion, self.choices)
+
+    def piece(self, p: Piece) -> list[dict[str, Any]]:
+        return self.service.piece_chunks(self.completion, p)
+
+    def closing(self) -> list[dict[str, Any]]:
+        return [self.service.usage_chunk(self.completion)] if self.include_usage else []
+
+    def error(self, message: str) -> dict[str, Any]:
+        return {"error": {"message": message, "type": "server_error"}}
+
+
+@dataclass(slots=True)
+class _ResponsesWire:
+    """The Responses API: typed events, named; the last one carries the whole response."""
+
+    writer: ResponseWriter
+    completion: Completion
+    named: bool = True
+    done: bool = False
+
+    def opening(self) -> list[dict[str, Any]]:
+        return self.writer.opening()
+
+    def piece(self, p: Piece) -> list[dict[str, Any]]:
+        return self.writer.piece(p)
+
+    def closing(self) -> list[dict[str, Any]]:
+        return self.writer.closing(self.completion.usage)
+
+    def error(self, message: str) -> dict[str, Any]:
+        return self.writer.error_event(message)
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    """The Responses API (``llm_engine.responses_api``), served as the chat request it
+    amounts to; a stored response is what a later ``previous_response_id`` goes on from."""
+    service, store = request.app[SERVICE_KEY], request.app[RESPONSES_KEY]
+    try:
+        parsed = parse_responses_request(
+            await _json_body(request), store, request.app[MAX_TOKENS_KEY]
+        )
+    except InvalidRequest as err:
+        return _error(400, str(err), "invalid_request_error", err.param)
+    completion = Completion()
+    writer = ResponseWriter(parsed, service.model_name, store)
+    stream = _timed(service.complete(parsed.chat, completion), completion,
+                    request.app[API_METRICS_KEY])  # fmt: skip
+    try:
+        if not parsed.stream:
+            async for piece in stream:
+                writer.piece(piece)
+            return web.json_response(writer.finished(completion.usage))
+        first = await anext(stream, None)
+    except EngineError as err:
+        return _request_error(err)
+    return await _sse(request, _ResponsesWire(writer, completion), stream, first)
+
+
+async def stored_response(request: web.Request) -> web.Response:
+    """``GET`` a stored response, or ``DELETE`` it."""
+    store, response_id = request.app[RESPONSES_KEY], request.match_info["response_id"]
+    found = store.get(response_id)
+    if found is None:
+        message = f"no stored response with id '{response_id}'"
+        return _error(404, message, "invalid_request_error", "response_id", "not_found")
+    if request.method == "DELETE":
+        store.delete(response_id)
+        return web.json_response(deleted(response_id))
+    return web.json_response(found.response)
 
 
 async def _timed(
@@ -313,12 +415,9 @@ async def _timed(
 
 async def _sse(
     request: web.Request,
-    service: ChatService,
-    completion: Completion,
+    wire: _Wire,
     stream: AsyncGenerator[Piece, None],
     first: Piece | None,
-    choices: int,
-    include_usage: bool,
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -327,20 +426,22 @@ async def _sse(
 
     async def send(obj: dict[str, Any] | str) -> None:
         data = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"))
-        await response.write(f"data: {data}\n\n".encode())
+        name = f"event: {obj['type']}\n" if wire.named and isinstance(obj, dict) else ""
+        await response.write(f"{name}data: {data}\n\n".encode())
 
     try:
-        for chunk in service.opening_chunks(completion, choices):
-            await send(chunk)
+        for event in wire.opening():
+            await send(event)
         if first is not None:
-            for chunk in service.piece_chunks(completion, first):
-                await send(chunk)
+            for event in wire.piece(first):
+                await send(event)
             async for piece in stream:
-                for chunk in service.piece_chunks(completion, piece):
-                    await send(chunk)
-        if include_usage:
-            await send(service.usage_chunk(completion))
-        await send("[DONE]")
+                for event in wire.piece(piece):
+                    await send(event)
+        for event in wire.closing():
+            await send(event)
+        if wire.done:
+            await send("[DONE]")
     except ConnectionResetError:  # the client left (a barge-in closes the stream): routine
         log.info("client left mid-stream; generation aborted")
     except Exception as err:  # mid-stream: the status is sent, so report in-band
@@ -349,7 +450,7 @@ async def _sse(
             log.exception("unexpected error streaming %s", request.path)
             message = "the server failed to finish the reply"
         with contextlib.suppress(ConnectionResetError):
-            await send({"error": {"message": message, "type": "server_error"}})
+            await send(wire.error(message))
     except asyncio.CancelledError:
         log.info("request cancelled mid-stream; generation aborted")
         raise
@@ -378,6 +479,10 @@ def build_app(
         app.router.add_get("/v1/models/{model:.+}", model)  # ids may hold a slash
         app.router.add_post("/v1/chat/completions", chat_completions)
         app.router.add_post("/v1/completions", text_completions)
+        app.router.add_post("/v1/responses", responses)
+        app.router.add_get("/v1/responses/{response_id}", stored_response)
+        app.router.add_delete("/v1/responses/{response_id}", stored_response)
+        app[RESPONSES_KEY] = ResponseStore()
         app.router.add_post("/tokenize", tokenize)
         app.router.add_post("/detokenize", detokenize)
         app.router.add_get("/tokenizer_info", tokenizer_info)

@@ -1013,3 +1013,133 @@ async def test_with_an_api_key_the_api_needs_it_and_health_does_not(smol_engine)
     finally:
         await server.close()
         await service.close()
+
+
+async def test_responses_api_answers_streams_and_goes_on_from_a_stored_response(client):
+    """/v1/responses serves what the chat endpoint does for the same conversation: whole,
+    streamed as typed events (which the SDK's own accumulator reads back), and continued
+    from ``previous_response_id`` with only the new input sent and the resident KV reused;
+    stored responses can be retrieved and deleted, unstored ones cannot be named."""
+    import openai
+
+    system = "You are a concise assistant."
+    ask = {"model": "smollm2", "instructions": system, "max_output_tokens": 40, "temperature": 0}
+    first = await client.responses.create(input="Name a fruit.", **ask)
+    asked = [{"role": "system", "content": system}, {"role": "user", "content": "Name a fruit."}]
+    chat = await client.chat.completions.create(
+        model="smollm2", max_tokens=40, temperature=0, messages=asked
+    )
+    assert first.id.startswith("resp_") and first.object == "response"
+    assert first.output_text == chat.choices[0].message.content
+    cut = chat.choices[0].finish_reason == "length"
+    assert first.status == ("incomplete" if cut else "completed")
+    assert first.usage.input_tokens == chat.usage.prompt_tokens
+    assert first.usage.output_tokens == chat.usage.completion_tokens
+
+    events = [
+        e async for e in await client.responses.create(input="Name a fruit.", stream=True, **ask)
+    ]
+    kinds = [e.type for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]  # fmt: skip
+    assert kinds[-1] == ("response.incomplete" if cut else "response.completed")
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == first.output_text == events[-1].response.output_text
+    if not cut:  # the SDK's accumulator gives a final response only for a completed one
+        async with client.responses.stream(input="Name a fruit.", **ask) as stream:
+            final = await stream.get_final_response()
+        assert final.output_text == first.output_text
+
+    second = await client.responses.create(
+        input="And a vegetable?", previous_response_id=first.id, **ask
+    )
+    history = [
+        {"role": "system", "content": system}, {"role": "user", "content": "Name a fruit."},
+        {"role": "assistant", "content": first.output_text},
+        {"role": "user", "content": "And a vegetable?"},
+    ]  # fmt: skip
+    again = await client.chat.completions.create(
+        model="smollm2", messages=history, max_tokens=40, temperature=0
+    )
+    assert second.output_text == again.choices[0].message.content
+    assert second.previous_response_id == first.id
+    seen = first.usage.input_tokens + first.usage.output_tokens
+    assert second.usage.input_tokens_details.cached_tokens >= seen  # the KV went on
+
+    assert (await client.responses.retrieve(first.id)).output_text == first.output_text
+    await client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(first.id)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.responses.create(input="More?", previous_response_id=first.id, **ask)
+    assert refused.value.body["param"] == "previous_response_id"
+    unstored = await client.responses.create(input="Hi", store=False, **ask)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(unstored.id)
+
+
+async def test_responses_api_tool_call_round_trip_and_structured_output(client):
+    """A function call comes back as a function_call item; its output, sent as the next
+    request's input after the stored response, gets the reply. ``text.format`` with a
+    schema (the SDK's ``parse``) gets a value of the schema."""
+    from pydantic import BaseModel
+
+    tool = {"type": "function", **ORDER_TOOL["function"]}
+    ask = {"model": "smollm2", "tools": [tool], "max_output_tokens": 60, "temperature": 0,
+           "instructions": "You are a customer service assistant."}  # sent every time  # fmt: skip
+    called = await client.responses.create(
+        input="Where is my order 12345?", tool_choice="required", **ask
+    )
+    (call,) = called.output
+    assert call.type == "function_call" and call.name == "get_order_status"
+    assert set(json.loads(call.arguments)) == {"order_id"} and call.call_id.startswith("call_")
+    result = {
+        "type": "function_call_output",
+        "call_id": call.call_id,
+        "output": '{"status": "shipped"}',
+    }
+    answered = await client.responses.create(
+        input=[result], previous_response_id=called.id, tool_choice="none", **ask
+    )
+    assert [item.type for item in answered.output] == ["message"] and answered.output_text
+    seen = called.usage.input_tokens + called.usage.output_tokens
+    assert answered.usage.input_tokens_details.cached_tokens >= seen
+
+    class Pet(BaseModel):
+        name: str
+        age: int
+
+    parsed = await client.responses.parse(
+        model="smollm2", input="Tom is a 3 year old cat. Give his name and age.",
+        text_format=Pet, max_output_tokens=40, temperature=0,
+    )  # fmt: skip
+    assert isinstance(parsed.output_parsed, Pet)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({}, "input"),
+        ({"input": []}, "input"),
+        ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, "input.0"),
+        ({"input": [{"type": "reasoning", "summary": []}]}, "input.0"),
+        ({"input": [{"type": "function_call", "call_id": "c", "name": "f"}]}, "input.0"),
+        ({"input": [{"role": "wizard", "content": "hi"}]}, "input.0.role"),
+        ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools.0"),
+        ({"input": "hi", "previous_response_id": "resp_nope"}, "previous_response_id"),
+        ({"input": "hi", "reasoning": {"effort": "high"}}, "reasoning"),
+        ({"input": "hi", "background": True}, "background"),
+        ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
+        ({"input": "hi", "text": {"format": {"type": "grammar"}}}, "text"),
+        ({"input": "hi", "store": "yes"}, "store"),
+        ({"input": "hi", "instructions": 5}, "instructions"),
+        ({"input": "hi", "frequency": 1}, "frequency"),
+        ([], None),
+    ],
+)
+async def test_bad_responses_requests_get_a_400_with_a_message(api, body, param):
+    async with aiohttp.ClientSession() as http, http.post(api[0] + "/v1/responses", json=body) as r:
+        assert r.status == 400, await r.text()
+        error = (await r.json())["error"]
+        assert error["message"] and error["param"] == param
