@@ -138,7 +138,7 @@ def parse_responses_request(
         "instructions": instructions,
         "max_output_tokens": body.get("max_output_tokens"),
         "metadata": body.get("metadata") or {},
-        "parallel_tool_calls": bool(body.get("parallel_tool_calls", True)),
+        "parallel_tool_calls": bool(body.get("parallel_tool_calls", False)),  # Parley's default
         "previous_response_id": prev_id,
         "temperature": body.get("temperature", 1.0),
         "text": {"format": body.get("text", {}).get("format") or {"type": "text"}},
