@@ -1112,7 +1112,7 @@ async def test_responses_api_tool_call_round_trip_and_structured_output(client):
 
     parsed = await client.responses.parse(
         model="smollm2", input="Tom is a 3 year old cat. Give his name and age.",
-        text_format=Pet, max_output_tokens=40, temperature=0,
+        text_format=Pet, max_output_tokens=120, temperature=0,
     )  # fmt: skip
     assert isinstance(parsed.output_parsed, Pet)
 
