@@ -117,7 +117,7 @@ def parse_responses_request(
         "top_p": body.get("top_p"),
         "seed": body.get("seed"),
         "stream": body.get("stream"),
-        "response_format": _response_format(body.get("text")),
+        "response_format": None if "text" not in body else _response_format(body["text"]),
         "tools": _tools(body.get("tools")),
         "tool_choice": _tool_choice(body.get("tool_choice")),
         "parallel_tool_calls": body.get("parallel_tool_calls"),
@@ -206,10 +206,14 @@ def _text(content: Any, where: str) -> str:
 
 
 def _response_format(text: Any) -> dict[str, Any] | None:
-    if text is None:
+    if not isinstance(text, dict):
+        raise RequestError("'text' must be an object", "text")
+    if unknown := sorted(set(text) - {"format", "verbosity"}):  # verbosity: a hint, unheeded
+        raise RequestError(f"unsupported parameter(s): text.{unknown[0]}", f"text.{unknown[0]}")
+    fmt = text.get("format")
+    if fmt is None:  # e.g. only a verbosity hint: plain text
         return None
-    fmt = text.get("format") if isinstance(text, dict) else None
-    if fmt is None or not isinstance(fmt, dict):
+    if not isinstance(fmt, dict):
         raise RequestError("'text.format' must be an object", "text.format")
     if fmt.get("type") != "json_schema":
         return fmt  # text, json_object (anything else is refused as the chat API refuses it)

@@ -1074,7 +1074,9 @@ async def test_responses_api_answers_streams_and_goes_on_from_a_stored_response(
     with pytest.raises(openai.BadRequestError) as refused:
         await client.responses.create(input="More?", previous_response_id=first.id, **ask)
     assert refused.value.body["param"] == "previous_response_id"
-    unstored = await client.responses.create(input="Hi", store=False, **ask)
+    unstored = await client.responses.create(
+        input="Hi", store=False, text={"verbosity": "low"}, **ask
+    )
     with pytest.raises(openai.NotFoundError):
         await client.responses.retrieve(unstored.id)
 
@@ -1132,6 +1134,8 @@ async def test_responses_api_tool_call_round_trip_and_structured_output(client):
         ({"input": "hi", "background": True}, "background"),
         ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
         ({"input": "hi", "text": {"format": {"type": "grammar"}}}, "text"),
+        ({"input": "hi", "text": "plain"}, "text"),
+        ({"input": "hi", "text": {"style": "terse"}}, "text.style"),
         ({"input": "hi", "store": "yes"}, "store"),
         ({"input": "hi", "instructions": 5}, "instructions"),
         ({"input": "hi", "frequency": 1}, "frequency"),
