@@ -12,6 +12,10 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llm_engine.engine import EngineStats
 
 
 class Histogram:
@@ -83,6 +87,21 @@ def render(rows: Iterable[Row], prefix: str = "parley_") -> str:
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def engine_rows(st: EngineStats) -> list[Row]:
+    used = st.total_blocks - st.free_blocks
+    return [
+        ("engine_steps_total", "counter", "Forward passes of the LLM engine.", [("", st.steps)]),
+        ("engine_computed_tokens_total", "counter", "Tokens the model ran, prefill and decode.",
+         [("", st.computed_tokens)]),
+        ("engine_generated_tokens_total", "counter", "Tokens sampled for replies.",
+         [("", st.generated_tokens)]),
+        ("engine_conversations", "gauge", "Open conversations.", [("", st.conversations)]),
+        ("engine_generating", "gauge", "Replies being generated.", [("", st.generating)]),
+        ("kv_blocks", "gauge", "KV cache blocks by state.",
+         [('{state="free"}', st.free_blocks), ('{state="used"}', used)]),
+    ]  # fmt: skip
 
 
 def api_rows(m: ApiMetrics) -> list[Row]:

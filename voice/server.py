@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -47,7 +47,7 @@ from llm_engine.responses_api import (
 from voice.asr import Transcriber
 from voice.config import ParleyConfig, ServerConfig
 from voice.llm import Dialogue, local_dialogue
-from voice.metrics import ApiMetrics, Row, api_rows, render, voice_rows
+from voice.metrics import ApiMetrics, Row, api_rows, engine_rows, render, voice_rows
 from voice.realtime.handler import SESSIONS_KEY, VOICE_KEY, realtime
 from voice.realtime.protocol import subprotocols
 from voice.remote_llm import RemoteLlm
@@ -57,6 +57,7 @@ from voice.streaming_asr import AsrWorker
 from voice.tts import Synthesizer
 
 log = logging.getLogger("parley.server")
+T = TypeVar("T")
 SERVICE_KEY = web.AppKey("chat", ChatService)
 MAX_TOKENS_KEY = web.AppKey("default_max_tokens", int)
 API_METRICS_KEY = web.AppKey("api_metrics", ApiMetrics)
@@ -100,7 +101,7 @@ async def api_errors(
     (an unknown path, a wrong method, a body over the size limit) and any a handler did not
     expect, which is logged with its traceback and answered with a 500. Nothing here can reach
     another request. A WebSocket reports its own errors in-band, once upgraded."""
-    if not _api_path(request) or request.headers.get("Upgrade", "").lower() == "websocket":
+    if not _api_path(request) or _upgrading(request):
         return await handler(request)
     try:
         return await handler(request)
@@ -118,6 +119,11 @@ async def api_errors(
     except Exception:  # a bug: answer as JSON, log it, and keep serving every other request
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return _error(500, "the server failed to handle the request", "server_error")
+
+
+def _upgrading(request: web.Request) -> bool:
+    """Whether the request asks to become a WebSocket."""
+    return request.headers.get("Upgrade", "").lower() == "websocket"
 
 
 def _api_path(request: web.Request) -> bool:
@@ -140,7 +146,7 @@ def require_api_key(key: str) -> Middleware:
         if not _api_path(request):
             return await handler(request)
         offered = [request.headers.get("Authorization", "").removeprefix("Bearer ").strip()]
-        if request.headers.get("Upgrade", "").lower() == "websocket":
+        if _upgrading(request):
             protocols = subprotocols(request.headers.get("Sec-WebSocket-Protocol", ""))
             offered += [p.removeprefix(_KEY_PROTOCOL) for p in protocols
                         if p.startswith(_KEY_PROTOCOL)]  # fmt: skip
@@ -172,20 +178,7 @@ async def metrics(request: web.Request) -> web.Response:
     rows: list[Row] = []
     service = request.app.get(SERVICE_KEY)
     if service is not None:
-        st = service.engine.stats()
-        used = st.total_blocks - st.free_blocks
-        rows += [
-            ("engine_steps_total", "counter", "Forward passes of the LLM engine.",
-             [("", st.steps)]),
-            ("engine_computed_tokens_total", "counter", "Tokens the model ran, prefill and "
-             "decode.", [("", st.computed_tokens)]),
-            ("engine_generated_tokens_total", "counter", "Tokens sampled for replies.",
-             [("", st.generated_tokens)]),
-            ("engine_conversations", "gauge", "Open conversations.", [("", st.conversations)]),
-            ("engine_generating", "gauge", "Replies being generated.", [("", st.generating)]),
-            ("kv_blocks", "gauge", "KV cache blocks by state.",
-             [('{state="free"}', st.free_blocks), ('{state="used"}', used)]),
-        ]  # fmt: skip
+        rows += engine_rows(service.engine.stats())
     rows += api_rows(request.app[API_METRICS_KEY])
     if SESSIONS_KEY in request.app:
         sessions = len(request.app[SESSIONS_KEY])
@@ -238,22 +231,25 @@ async def _json_body(request: web.Request) -> Any:
         raise InvalidRequest(f"the body is not valid JSON: {err}") from None
 
 
+async def _answer(
+    request: web.Request, parse: Callable[[Any], T], serve: Callable[[ChatService, T], Any]
+) -> web.Response:
+    """The JSON answer to a request the service serves at once: its body parsed, or a 400."""
+    try:
+        parsed = parse(await _json_body(request))
+        return web.json_response(serve(request.app[SERVICE_KEY], parsed))
+    except InvalidRequest as err:
+        return _request_error(err)
+
+
 async def tokenize(request: web.Request) -> web.Response:
     """vLLM's ``POST /tokenize``: a prompt's or chat messages' tokens, by the served model's
     own tokenizer (evaluation harnesses ask it rather than loading one from a model hub)."""
-    try:
-        parsed = parse_tokenize_request(await _json_body(request))
-        return web.json_response(request.app[SERVICE_KEY].tokenize(parsed))
-    except InvalidRequest as err:
-        return _error(400, str(err), "invalid_request_error", err.param)
+    return await _answer(request, parse_tokenize_request, ChatService.tokenize)
 
 
 async def detokenize(request: web.Request) -> web.Response:
-    try:
-        ids = parse_detokenize_request(await _json_body(request))
-        return web.json_response(request.app[SERVICE_KEY].detokenize(ids))
-    except InvalidRequest as err:
-        return _error(400, str(err), "invalid_request_error", err.param)
+    return await _answer(request, parse_detokenize_request, ChatService.detokenize)
 
 
 async def tokenizer_info(request: web.Request) -> web.Response:
@@ -279,7 +275,7 @@ async def _completions(request: web.Request, text: bool) -> web.StreamResponse:
         else:
             parsed = parse_chat_request(body, request.app[MAX_TOKENS_KEY])
     except InvalidRequest as err:  # a RequestError, or params the sampler refuses
-        return _error(400, str(err), "invalid_request_error", err.param)
+        return _request_error(err)
     completion = Completion(text=text)
     if isinstance(parsed, TextRequest):
         stream = service.complete_text(parsed, completion)
@@ -364,7 +360,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
             await _json_body(request), store, request.app[MAX_TOKENS_KEY]
         )
     except InvalidRequest as err:
-        return _error(400, str(err), "invalid_request_error", err.param)
+        return _request_error(err)
     completion = Completion()
     writer = ResponseWriter(parsed, service.model_name, store)
     stream = _timed(service.complete(parsed.chat, completion), completion,
