@@ -414,20 +414,17 @@ class Engine:
     def _apply_score(self, state: ConvState, ids: list[int], top: int) -> object:
         """Append ``ids`` and compute them keeping the logits of every position from the one
         before them on (recomputed if cached): each token gets its logprob given all before."""
-        self._busy_check(state)
         seq = state.seq
-        if len(seq.tokens) + len(ids) > self.max_context:
-            raise ContextLengthExceeded(len(seq.tokens) + len(ids), self.max_context)
         first = len(seq.tokens)
-        self.scheduler.uncache_from(seq, max(first - 1, 0))
+        self._apply_tokens(state, ids, wait=False)
         seq.logits_from = max(first - 1, 0)
-        state.history.add_tokens(ids, self.tokenizer.token_bytes)
-        self.scheduler.extend(seq, ids)
+        self.scheduler.uncache_from(seq, seq.logits_from)
         score = state.score = _Score(first, top, [None] * len(ids))
         return _Later(lambda: score.logprobs)
 
     def _stop_scoring(self, state: ConvState) -> None:
-        """Drop a scoring nobody waits for: the rest of its tokens are only prefilled."""
+        """End a scoring (done, or nobody waits for it: the rest of its tokens are only
+        prefilled)."""
         if state.score is not None:
             state.score, state.seq.logits_from = None, None
 
@@ -696,7 +693,7 @@ class Engine:
         """Wake appends whose tokens are computed; a finished plain prefill goes idle."""
         seq = st.seq
         if st.score is not None and seq.num_cached >= st.score.end:
-            st.score, seq.logits_from = None, None
+            self._stop_scoring(st)  # done: later prefills of it keep no logits
         if seq.pending and self.scheduler.is_done(seq):
             self.scheduler.stop(seq)
         waiting = []
