@@ -185,6 +185,15 @@ def _wire_logprobs(content: list[dict[str, Any]] | None) -> dict[str, Any] | Non
     return None if content is None else {"content": content, "refusal": None}
 
 
+def _place(entries: list[dict[str, Any]], offset: int) -> int:
+    """Give each legacy logprobs entry its ``text_offset``, where its token starts in the
+    choice's text, from ``offset`` on; return the offset after the last."""
+    for entry in entries:
+        entry["text_offset"] = offset
+        offset += len(entry["token"])
+    return offset
+
+
 def _text_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
     """The legacy completions' logprobs: parallel lists, the alternatives as token -> logprob."""
     if entries is None:
@@ -389,9 +398,7 @@ class ChatService:
             async for j, delta in merged:
                 completion.usage.completion_tokens += len(delta.token_ids)
                 logprobs = self._logprobs(delta, params, with_end=True)
-                for entry in logprobs or ():  # where each token starts in the choice's text
-                    entry["text_offset"] = offsets[j]
-                    offsets[j] += len(entry["token"])
+                offsets[j] = _place(logprobs or [], offsets[j])
                 if delta.text or logprobs or delta.finish_reason:
                     yield Piece(delta.text, logprobs, j, delta.finish_reason)
 
@@ -412,15 +419,13 @@ class ChatService:
     ) -> list[dict[str, Any]]:
         """The legacy logprobs entries of a prompt's tokens, ``text_offset`` from 0; the first
         token's logprob and alternatives are ``None``, as OpenAI's are."""
-        entries, offset = [], 0
-        for tok, found in zip(ids, score, strict=True):
-            if found is None:
-                entry = {**self._entry(tok, None), "top_logprobs": None}
-            else:
-                entry = self._logprobs_entry(found)
-            entry["text_offset"] = offset
-            offset += len(entry["token"])
-            entries.append(entry)
+        entries = [
+            {**self._entry(tok, None), "top_logprobs": None}
+            if found is None
+            else self._logprobs_entry(found)
+            for tok, found in zip(ids, score, strict=True)
+        ]
+        _place(entries, 0)
         return entries
 
     def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
