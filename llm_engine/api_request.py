@@ -236,10 +236,10 @@ def _logprobs(body: dict[str, Any]) -> int | None:
     return top if wanted else None
 
 
-def _check_unsupported(body: dict[str, Any], known: set[str]) -> None:
+def _check_unsupported(body: dict[str, Any], known: set[str], at_default: dict[str, Any]) -> None:
     if unknown := sorted(set(body) - known):
         raise RequestError(f"unsupported parameter(s): {', '.join(unknown)}", unknown[0])
-    for key, default in _IGNORED_IF_DEFAULT.items():
+    for key, default in at_default.items():
         if body.get(key, default) != default:
             raise RequestError(f"'{key}' is not supported (only its default)", key)
     for key, kind in _BOOKKEEPING.items():
@@ -253,13 +253,16 @@ def _check_unsupported(body: dict[str, Any], known: set[str]) -> None:
         )
 
 
-def _body(body: Any, known: set[str]) -> dict[str, Any]:
+def request_body(
+    body: Any, known: set[str], at_default: dict[str, Any] = _IGNORED_IF_DEFAULT
+) -> dict[str, Any]:
     """The request's JSON object, ``null`` values dropped (they mean "the default"), refused
-    if it holds a parameter outside ``known`` or one that would change the output."""
+    if it holds a parameter outside ``known``, one of ``at_default`` at another value than
+    its default, or bookkeeping of the wrong type."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     body = {k: v for k, v in body.items() if v is not None}
-    _check_unsupported(body, known)
+    _check_unsupported(body, known, at_default)
     return body
 
 
@@ -306,7 +309,7 @@ def _include_usage(body: dict[str, Any]) -> bool:
 
 def parse_chat_request(body: Any, default_max_tokens: int = 512) -> ChatRequest:
     """Validate a decoded JSON body; raise :class:`RequestError` naming the bad parameter."""
-    body = _body(body, _KNOWN)
+    body = request_body(body, _KNOWN)
     tools = parse_tools(body.get("tools"), body.get("tool_choice"), body.get("parallel_tool_calls"))
     messages = _messages(body.get("messages"), tools)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
@@ -370,7 +373,7 @@ def _prompts(value: Any) -> list[str | list[int]]:
 def parse_text_request(body: Any, default_max_tokens: int = 16) -> TextRequest:
     """Validate a ``/v1/completions`` body (the legacy API: ``max_tokens`` defaults to 16,
     ``logprobs`` is how many alternatives to list); raise :class:`RequestError`."""
-    body = _body(body, _KNOWN_TEXT)
+    body = request_body(body, _KNOWN_TEXT)
     prompts = _prompts(body.get("prompt"))
     n = _integer(body.get("n"), "n", 1, MAX_CHOICES, 1)
     if len(prompts) * n > MAX_TEXT_CHOICES:
@@ -417,7 +420,7 @@ _KNOWN_TOKENIZE = {"model", "prompt", "messages", "tools", "add_special_tokens",
 
 
 def parse_tokenize_request(body: Any) -> TokenizeRequest:
-    body = _body(body, _KNOWN_TOKENIZE)
+    body = request_body(body, _KNOWN_TOKENIZE)
     if ("prompt" in body) == ("messages" in body):
         raise RequestError("give either 'prompt' or 'messages'", "prompt")
     prompt, messages = body.get("prompt"), None
@@ -442,7 +445,7 @@ def parse_tokenize_request(body: Any) -> TokenizeRequest:
 
 def parse_detokenize_request(body: Any) -> list[int]:
     """vLLM's ``POST /detokenize``: the ``tokens`` to turn back into text."""
-    body = _body(body, {"model", "tokens"})
+    body = request_body(body, {"model", "tokens"})
     tokens = body.get("tokens")
     if not (tokens == [] or _token_ids(tokens)):
         raise RequestError("'tokens' must be an array of token ids", "tokens")

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from llm_engine.api_request import ChatRequest, RequestError, parse_chat_request
+from llm_engine.api_request import ChatRequest, RequestError, parse_chat_request, request_body
 from llm_engine.chat_api import Piece, Usage
 
 MAX_STORED = 4096  # stored responses (least recently used dropped first): their messages only
@@ -85,14 +85,7 @@ def parse_responses_request(
 ) -> ResponsesRequest:
     """Validate a ``/v1/responses`` body into the chat request it amounts to; raise
     :class:`RequestError` naming the parameter (in the Responses API's terms)."""
-    if not isinstance(body, dict):
-        raise RequestError("the request body must be a JSON object")
-    body = {k: v for k, v in body.items() if v is not None}
-    if unknown := sorted(set(body) - _KNOWN):
-        raise RequestError(f"unsupported parameter(s): {', '.join(unknown)}", unknown[0])
-    for key, default in _AT_DEFAULT.items():
-        if body.get(key, default) != default:
-            raise RequestError(f"'{key}' is not supported (only its default)", key)
+    body = request_body(body, _KNOWN, _AT_DEFAULT)
     if body.get("reasoning") not in (None, {}):
         raise RequestError("'reasoning' is not supported: the model does not reason", "reasoning")
     previous: list[dict[str, Any]] = []
@@ -131,9 +124,7 @@ def parse_responses_request(
         raise RequestError(
             str(err), _PARAMS.get(head, head) + (f".{rest}" if rest else "")
         ) from None
-    store_it = body.get("store", True)
-    if not isinstance(store_it, bool):
-        raise RequestError("'store' must be a boolean", "store")
+    store_it = body.get("store", True)  # a boolean: request_body checks bookkeeping
     echoed = {
         "instructions": instructions,
         "max_output_tokens": body.get("max_output_tokens"),
@@ -284,7 +275,7 @@ class ResponseWriter:
     def closing(self, usage: Usage) -> list[dict[str, Any]]:
         """The items' final events, the response's last one, and the response stored."""
         events = []
-        if self._opened or not self.calls:  # a reply with no text and no calls says ""
+        if self._with_message:
             events += self._open_message()
             part = self._part()
             events += [
@@ -293,10 +284,9 @@ class ResponseWriter:
                 self._event("response.content_part.done", item_id=self._message_id,
                             output_index=0, content_index=0, part=part),
                 self._event("response.output_item.done", output_index=0,
-                            item=self._message("completed" if self.done else "incomplete")),
+                            item=self._message(self.status)),
             ]  # fmt: skip
-        first = len(self._items()) - len(self.calls)
-        for i, item in enumerate(self._call_items(), start=first):
+        for i, item in enumerate(self._call_items(), start=int(self._with_message)):
             arguments = item["arguments"]
             events += [
                 self._event("response.output_item.added", output_index=i,
@@ -313,7 +303,7 @@ class ResponseWriter:
 
     def finished(self, usage: Usage) -> dict[str, Any]:
         """The whole response object; stored (unless the request said not to)."""
-        response = self.response("completed" if self.done else "incomplete", usage)
+        response = self.response(self.status, usage)
         if self.request.store:
             if self.calls:
                 output = {"role": "assistant", "content": None, "tool_calls": self.calls}
@@ -328,6 +318,17 @@ class ResponseWriter:
         """Whether the reply ended by itself (not cut by ``max_output_tokens``)."""
         return self.finish != "length"
 
+    @property
+    def status(self) -> str:
+        """The finished response's status, and its message item's."""
+        return "completed" if self.done else "incomplete"
+
+    @property
+    def _with_message(self) -> bool:
+        """Whether the output has a message item: any text, or no calls (a reply with no text
+        and no calls says "")."""
+        return self._opened or not self.calls
+
     def response(self, status: str, usage: Usage | None) -> dict[str, Any]:
         incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
         return {
@@ -338,8 +339,8 @@ class ResponseWriter:
         }  # fmt: skip
 
     def _items(self) -> list[dict[str, Any]]:
-        message = [self._message("completed" if self.done else "incomplete")]
-        return (message if self._opened or not self.calls else []) + self._call_items()
+        message = [self._message(self.status)] if self._with_message else []
+        return message + self._call_items()
 
     def _message(self, status: str) -> dict[str, Any]:
         return {"type": "message", "id": self._message_id, "status": status,
