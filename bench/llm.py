@@ -53,12 +53,13 @@ PARLEY, HF, HF_RESEND, LLAMA = "Parley", "HF transformers", "HF re-send history"
 PARLEY_API = "Parley via the API"
 SCORED_DOCS = 8  # texts scored one at a time (every token's logprob) in the scoring figure
 
-# BATCH_LAST: each backend runs the batch after its other scenarios. The batch is the one that
-# first touches hundreds of MB (Parley's KV pool: ~660 MB), and on the VMs these figures come
-# from, memory-bound work runs slower for seconds after any process commits that much fresh
-# memory: decode of one sequence, same process, 4.3 -> 8.2-8.5 ms/token right after touching
-# 693 MB (6.7 five seconds later), against 4.0-4.2 after touching 1 MB. Rounds measured after
-# the batch grew 1.36-1.39x from round 1 to 10, before it 1.27x (same engine).
+# BATCH_LAST: each backend runs the batch after its other scenarios. On the VMs these figures
+# come from, memory-bound work runs slower for seconds after a process commits hundreds of MB
+# of fresh memory: decode of one sequence, same process, 4.3 -> 8.2-8.5 ms/token right after
+# touching 693 MB (6.7 five seconds later), against 4.0-4.2 after touching 1 MB. HF's batch
+# does (its padded cache). Parley's KV pool (~660 MB here) is committed when the engine starts
+# (hugepages.zeros); before that its batch paid the pool's first touch: 7% of its time in the
+# kernel's clear_page, batch-1 150 -> 194 tok/s and the batch 408 -> 501 once committed.
 Result = dict[str, Any]
 
 

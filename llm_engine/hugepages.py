@@ -23,6 +23,7 @@ import warnings
 import torch
 from torch import Tensor
 
+_PAGE = 4096  # bytes: the smallest page a mapping has
 _ALIGN = 64  # bytes: each tensor of a mapping starts on a cache line, as torch's own do
 
 
@@ -42,11 +43,24 @@ def _mapping(nbytes: int) -> Tensor | None:
 
 
 def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-    """A zeroed CPU tensor on huge pages (plain ``torch.zeros`` where there are none)."""
-    buf = _mapping(math.prod(shape) * torch.empty((), dtype=dtype).element_size())
+    """A zeroed CPU tensor on huge pages (plain ``torch.zeros`` where there are none), its
+    memory committed now (see :func:`_commit`)."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    buf = _mapping(nbytes)
     if buf is None:
-        return torch.zeros(shape, dtype=dtype)
+        buf = torch.zeros(nbytes, dtype=torch.uint8)
+    _commit(buf)
     return buf.view(dtype).view(shape)
+
+
+def _commit(buf: Tensor) -> None:
+    """Fault in every page of ``buf`` (zeroed, untouched memory) by writing a zero to each.
+    The kernel zeroes a page on its first write: left to the first requests, that ran inside
+    their steps (a batch of 50 summaries on a fresh 660 MB KV pool: 7% of its time in
+    ``clear_page``, and memory-bound work slower for seconds after). Committing at start
+    also surfaces a pool the machine cannot back there, not in the middle of a call."""
+    if buf.numel():
+        buf[::_PAGE] = 0
 
 
 def _key(t: Tensor) -> tuple[int, tuple[int, ...], torch.dtype]:

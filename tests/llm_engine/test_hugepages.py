@@ -63,6 +63,16 @@ def test_zeros_is_a_zeroed_writable_tensor() -> None:
     assert t.sum().item() == 7
 
 
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="no /proc/self/smaps here")
+def test_zeros_commits_its_memory_at_once() -> None:
+    """The KV pool's pages are faulted in when it is made, not by the first requests' steps."""
+    nbytes = 24 << 20
+    t = hugepages.zeros((nbytes // 2,), torch.bfloat16)
+    rss_kb = int(_mapping_of(t)["Rss"].split()[0])
+    assert rss_kb * 1024 >= nbytes
+    assert not t.any()
+
+
 @pytest.mark.skipif(_thp_mode() in (None, "never"), reason="no transparent huge pages here")
 def test_engine_weights_and_pool_may_use_huge_pages(smol_dir: Path) -> None:
     runner = _runner(smol_dir, quant=True, kv_dtype=torch.bfloat16)
