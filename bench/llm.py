@@ -94,6 +94,7 @@ class Workload:
     pad_id: int
     docs: list[str]  # user messages asking for a summary
     turns: list[list[str]]  # user messages of each conversation
+    api_turns: list[list[str]]  # the same for the conversations through the API
     short_ids: list[int]  # system + short prompt + assistant header
     doc_ids: list[list[int]]  # system + summary request + assistant header
     system_ids: list[int]  # the system prompt, resident before a conversation's round 1
@@ -127,13 +128,16 @@ def make_workload(sizes: Sizes, threads: int) -> Workload:
     docs = docs[: sizes.batch]
     # different turns in each conversation: Parley would reuse a repeated one's cached prefix
     turns = [[text(sizes.turn) for _ in range(sizes.rounds)] for _ in range(sizes.conversations)]
+    # the API's own: replaying the native conversations' turns, its round 1 found their
+    # prompts' blocks in the prefix cache (14 ms against 18 computed)
+    api_turns = [[text(sizes.turn) for _ in range(sizes.rounds)] for _ in turns]
     system, pad = chatml("system", SYSTEM), tok.token_to_id("<|im_end|>") or 0
     turn_ids = [[ids("" if i == 0 else "<|im_end|>\n", t) for i, t in enumerate(c)] for c in turns]
     doc_ids = [ids(system, d) for d in docs]
     short_ids = ids(system, SHORT_PROMPT)
     system_ids = tok.encode(system).ids
     return Workload(
-        sizes, threads, str(model_dir), str(gguf), pad, docs, turns, short_ids, doc_ids,
+        sizes, threads, str(model_dir), str(gguf), pad, docs, turns, api_turns, short_ids, doc_ids,
         system_ids, turn_ids,
     )  # fmt: skip
 
@@ -434,7 +438,9 @@ async def parley_main(w: Workload) -> Result:
         # the batch last (BATCH_LAST)
         runs = [await parley_rounds(engine, turns, s.reply) for turns in w.turns]
         r["rounds"], r["history"] = per_round([ttfts for ttfts, _ in runs]), runs[0][1]
-        r["rounds_api"] = per_round([await parley_api_rounds(engine, t, s.reply) for t in w.turns])
+        r["rounds_api"] = per_round(
+            [await parley_api_rounds(engine, t, s.reply) for t in w.api_turns]
+        )
         r["sampling"] = await parley_sampling(engine, s.short, s.sampled_batch)
         r["json"] = await parley_json(engine, s.short)
         r["abort_s"], r["abort_extra"] = await parley_abort(engine)
