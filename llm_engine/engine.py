@@ -219,15 +219,21 @@ class Engine:
             # keep the float weights for prefill on CPU, where the int8 kernel is matrix-vector
             model.quantize_int8(keep_full=torch.device(config.device).type == "cpu")
         model.to_huge_pages()  # decode streams every weight each step
-        kv = KVCache(
-            mc.num_layers,
-            config.num_blocks,
-            config.block_size,
-            mc.num_kv_heads,
-            mc.head_dim,
-            _DTYPES[config.resolved_kv_dtype()],
-            config.device,
-        )
+        try:
+            kv = KVCache(
+                mc.num_layers,
+                config.num_blocks,
+                config.block_size,
+                mc.num_kv_heads,
+                mc.head_dim,
+                _DTYPES[config.resolved_kv_dtype()],
+                config.device,
+            )
+        except (MemoryError, torch.OutOfMemoryError) as err:  # CPU: committed at once
+            raise ModelLoadError(
+                f"the KV pool of num_blocks {config.num_blocks} x block_size "
+                f"{config.block_size} tokens does not fit ({err}): lower num_blocks"
+            ) from err
         self.runner = ModelRunner(model, kv, config.device, compile=config.compile)
         self.scheduler = Scheduler(
             config.num_blocks, config.block_size, config.max_batch, config.max_step_tokens

@@ -44,13 +44,30 @@ def _mapping(nbytes: int) -> Tensor | None:
 
 def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     """A zeroed CPU tensor on huge pages (plain ``torch.zeros`` where there are none), its
-    memory committed now (see :func:`_commit`)."""
+    memory committed now (see :func:`_commit`). Raises ``MemoryError`` when it is more than
+    the machine has available: committing it would swap, or wake the OOM killer."""
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    available = available_bytes()
+    if available is not None and nbytes > available:
+        raise MemoryError(f"{nbytes / 2**30:.1f} GiB asked for, {available / 2**30:.1f} available")
     buf = _mapping(nbytes)
     if buf is None:
         buf = torch.zeros(nbytes, dtype=torch.uint8)
     _commit(buf)
     return buf.view(dtype).view(shape)
+
+
+def available_bytes() -> int | None:
+    """Memory the kernel could give without swapping (``MemAvailable``), or None where it
+    does not say (not Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _commit(buf: Tensor) -> None:

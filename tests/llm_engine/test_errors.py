@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from llm_engine import (
     InvalidRequest,
     ModelLoadError,
     SamplingParams,
+    hugepages,
 )
 
 
@@ -74,6 +76,23 @@ def test_unknown_model_path(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError):
         Engine(EngineConfig(model_dir=tmp_path / "empty"))
+
+
+@pytest.mark.skipif(hugepages.available_bytes() is None, reason="no MemAvailable here")
+def test_a_kv_pool_beyond_the_machine_fails_at_load(smol_dir: Path) -> None:
+    """The CPU pool is committed when the engine starts: one the machine cannot hold is a
+    clear error there (not the OOM killer, nor a call failing later)."""
+    from llm_engine import Engine
+
+    c = json.loads((smol_dir / "config.json").read_text())
+    head_dim = c["hidden_size"] // c["num_attention_heads"]
+    # layers x tokens x (K, V) x KV heads x head_dim x bf16
+    per_block = c["num_hidden_layers"] * 16 * 2 * c["num_key_value_heads"] * head_dim * 2
+    available = hugepages.available_bytes()
+    assert available is not None
+    blocks = 2 * available // per_block
+    with pytest.raises(ModelLoadError, match=f"num_blocks {blocks} x block_size 16.*GiB"):
+        Engine(EngineConfig(model_dir=smol_dir, num_blocks=blocks))
 
 
 def test_bad_engine_config(tmp_path: Path) -> None:
