@@ -9,7 +9,9 @@ the most leading messages is reused (or, when the request branches off it, forke
 bytes the new rendering still contains (the engine's replies are recognised by their text) and
 prefills only what is new. A client replaying a conversation turn by turn therefore gets the
 flat time to first token of a native conversation.
-``usage.prompt_tokens_details.cached_tokens`` reports how many prompt tokens were reused.
+``usage.prompt_tokens_details.cached_tokens`` reports how many prompt tokens the engine did not
+compute (its own count): their KV was resident, in the conversation, a fork's shared blocks or
+the pool's prefix cache. A prompt found whole still computes its last token.
 
 The legacy text completions (:meth:`ChatService.complete_text`) continue raw prompts; each
 prompt forks the resident conversation sharing the most leading tokens with it.
@@ -30,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 from llm_engine.api_request import ChatRequest, TextRequest, TokenizeRequest
 from llm_engine.config import SamplingParams
 from llm_engine.errors import ContextLengthExceeded, InvalidRequest
-from llm_engine.history import common_prefix_len
 from llm_engine.tokenizer import validate_messages
 from llm_engine.tools import Tools, assistant_text, begun_content
 
@@ -40,6 +41,14 @@ if TYPE_CHECKING:
 
 MIN_LOGPROB = -9999.0  # what OpenAI reports for a token of (near) zero probability
 MAX_WRITTEN = 4096  # replies with tools whose own spelling is kept (see ChatService._remember)
+
+
+def _cached(first: Delta, computed: int) -> int:
+    """The prompt tokens of a reply whose KV was reused, from its first delta and its
+    conversation's ``computed`` before the request: those the engine did not compute. A
+    prompt found whole still computes its last token (its logits start the reply); one whose
+    KV was evicted since computes it again."""
+    return max(0, first.position - (first.computed - computed))
 
 
 @dataclass(slots=True)
@@ -288,7 +297,7 @@ class ChatService:
         async with contextlib.AsyncExitStack() as held:
             await held.enter_async_context(slot.lock)
             slot.used = time.monotonic()
-            before = slot.conv.tokens
+            computed = slot.conv.computed  # what the prompt computes is counted from here
             if request.n == 1:  # the transcript and the assistant header in one pass
                 streams = [
                     slot.conv.generate(request.params, messages=request.messages, replace=True)
@@ -306,9 +315,9 @@ class ChatService:
             merged = await held.enter_async_context(_Merged(streams))
             replies = [_ToolReply() for _ in range(request.n)]  # with tools
             async for i, delta in merged:
-                if not completion.usage.prompt_tokens:  # the prompt is known now
-                    reused = common_prefix_len(before, slot.conv.tokens[: delta.position])
-                    completion.usage = Usage(prompt_tokens=delta.position, cached_tokens=reused)
+                if i == 0 and not completion.usage.prompt_tokens:  # the prompt is known now
+                    completion.usage.prompt_tokens = delta.position
+                    completion.usage.cached_tokens = _cached(delta, computed)
                 completion.usage.completion_tokens += len(delta.token_ids)
                 if request.tools is not None:
                     if piece := replies[i].feed(request.tools, delta, i):
@@ -375,15 +384,16 @@ class ChatService:
                 if request.scored:
                     convs, score = await self._scored_conversations(ids, request, held)
                     scores.append(self._prompt_logprobs(ids, score))
-                    reused = 0
+                    rest: list[int] = []
                 elif request.generate:
-                    convs, reused = await self._text_conversations(ids, request.n, held)
+                    convs, rest = await self._text_conversations(ids, request.n, held)
                 else:
-                    convs, reused = [], 0
+                    convs, rest = [], []
                 completion.usage.prompt_tokens += len(ids)
-                completion.usage.cached_tokens += reused
-                streams += [
-                    conv.generate(_choice_params(params, i), add_generation_prompt=False)
+                streams += [  # rest: only ever a single choice's
+                    conv.generate(
+                        _choice_params(params, i), add_generation_prompt=False, tokens=rest or None
+                    )
                     for i, conv in enumerate(convs if request.generate else ())
                 ]
             merged = await held.enter_async_context(_Merged(streams))  # see complete()
@@ -396,6 +406,10 @@ class ChatService:
                     prompt_logprobs = scores[j // request.n] if scores else None
                     yield Piece(echoed, prompt_logprobs, j, end)
             async for j, delta in merged:
+                if j % request.n == 0 and delta.position == len(prompts[j // request.n]):
+                    # a prompt's first choice, first token: its conversation is new (a fork
+                    # or not), so all it computed was for this prompt (see _cached)
+                    completion.usage.cached_tokens += _cached(delta, 0)
                 completion.usage.completion_tokens += len(delta.token_ids)
                 logprobs = self._logprobs(delta, params, with_end=True)
                 offsets[j] = _place(logprobs or [], offsets[j])
@@ -443,9 +457,10 @@ class ChatService:
 
     async def _text_conversations(
         self, ids: list[int], n: int, held: contextlib.AsyncExitStack
-    ) -> tuple[list[Conversation], int]:
-        """``n`` conversations holding ``ids``, listed as slots and locked in ``held``, and
-        how many of those tokens were already resident."""
+    ) -> tuple[list[Conversation], list[int]]:
+        """``n`` conversations holding ``ids``, new ones (forks of the longest resident prefix
+        where there is one), listed as slots and locked in ``held``; and the ids the first
+        is still to take, with its generation (n == 1; the forks of n > 1 need them now)."""
         source, reused = self.engine.longest_prefix(ids)
         conv = None
         if source is not None:
@@ -454,9 +469,11 @@ class ChatService:
         if conv is None:
             conv, reused = self.engine.open_conversation(), 0
         await self._hold([conv], held)
-        if reused < len(ids):  # n == 1: prefilled by generate, together with other prompts
-            await conv.append_tokens(ids[reused:], wait=n > 1)
-        return [conv, *await self._forks(conv, n - 1, held)], reused
+        if n == 1:  # appended by generate, in its command: one pass, with other prompts
+            return [conv], ids[reused:]
+        if reused < len(ids):
+            await conv.append_tokens(ids[reused:])
+        return [conv, *await self._forks(conv, n - 1, held)], []
 
     def _logprobs(
         self, delta: Delta, params: SamplingParams, with_end: bool = False

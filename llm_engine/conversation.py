@@ -60,7 +60,9 @@ class Delta:
     or ``"length"`` (max_tokens or context full). ``position`` places the delta in
     ``conv.tokens`` (which may have grown further by the time the delta is read): the first
     delta's is where the reply begins, the prompt's length. ``logprobs`` (when the params ask
-    for them) has one entry per token id.
+    for them) has one entry per token id. ``computed`` is :attr:`Conversation.computed` as
+    the token was sampled: less its value before a request, the request's prompt tokens that
+    were computed rather than found resident.
     """
 
     token_ids: list[int]
@@ -68,6 +70,7 @@ class Delta:
     finish_reason: str | None = None
     position: int = 0  # index of token_ids[0] in the conversation's token list
     logprobs: list[TokenLogprob] | None = None
+    computed: int = 0
 
 
 def post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
@@ -105,6 +108,14 @@ class Conversation:
         """Leading tokens whose KV is resident (less than ``len(tokens)`` after eviction)."""
         with self._engine._lock:
             return self._state.seq.num_cached
+
+    @property
+    def computed(self) -> int:
+        """Tokens whose KV this conversation has computed, recomputations (after eviction, or
+        of a last token whose logits start a reply) included; not those it found resident
+        (its own KV, a fork's shared blocks, the pool's prefix cache)."""
+        with self._engine._lock:
+            return self._state.seq.computed
 
     @property
     def closed(self) -> bool:
@@ -215,13 +226,15 @@ class Conversation:
         add_generation_prompt: bool | None = None,
         messages: list[Message] | Message | None = None,
         replace: bool = False,
+        tokens: list[int] | None = None,
     ) -> AsyncGenerator[Delta, None]:
         """Stream the model's continuation of the transcript.
 
         ``messages``: appended first, as by :meth:`append` (``replace=True``: made the whole
         transcript, as by :meth:`set_messages`), in the same engine command: their tokens and
         the assistant header are prefilled in one forward pass (answering a turn with
-        ``append`` then ``generate`` takes two).
+        ``append`` then ``generate`` takes two). ``tokens``: token ids appended first, as by
+        :meth:`append_tokens`, likewise (not with ``messages``).
         ``add_generation_prompt``: append the chat template's assistant header first. By default
         it is added when the transcript holds messages, unless the last one is an open
         assistant reply (which is then continued); raw-token transcripts are continued as is.
@@ -229,6 +242,9 @@ class Conversation:
         """
         p = params or SamplingParams()
         msgs = None if messages is None else validate_messages(messages)
+        if msgs is not None and tokens is not None:
+            raise InvalidRequest("generate takes messages or tokens, not both")
+        ids = None if tokens is None else self._checked_ids(tokens)
         eng = self._engine
         deltas: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -237,7 +253,9 @@ class Conversation:
             post(loop, deltas.put_nowait, item)
 
         start = eng._call(
-            lambda st: eng._start_generation(st, p, sink, add_generation_prompt, msgs, replace),
+            lambda st: eng._start_generation(
+                st, p, sink, add_generation_prompt, msgs, replace, ids
+            ),
             self._state,
         )
         try:

@@ -494,6 +494,7 @@ class Engine:
         add_generation_prompt: bool | None,
         messages: list[Message] | None = None,
         replace: bool = False,
+        tokens: list[int] | None = None,
     ) -> None:
         self._busy_check(state)
         vocab = self.model_config.vocab_size
@@ -504,6 +505,8 @@ class Engine:
             )
         if messages is not None:
             self._apply_messages(state, messages, False, replace)
+        if tokens:
+            self._apply_tokens(state, tokens, wait=False)
         history = state.history
         if add_generation_prompt is None:
             add_generation_prompt = bool(history.messages) and not history.open_reply
@@ -628,6 +631,10 @@ class Engine:
             assert [s.seq_id for s in ready] == [s.seq_id for s in out.seqs]
             self._steps += 1
             self._computed += len(batch.decodes) + sum(n for _, n in batch.prefills)
+            for seq in batch.decodes:
+                seq.computed += 1
+            for seq, n in batch.prefills:
+                seq.computed += n
             for seq, first, hidden in out.scored:
                 self._keep_scores(self._convs[seq.seq_id], first, hidden)
             if out.logits is not None:
@@ -682,10 +689,11 @@ class Engine:
         elif gen.n >= gen.max_tokens:
             finish = "length"
         logprobs = None if logprob is None else [logprob]
+        computed = st.seq.computed
         if finish is None:
-            gen.sink(Delta([tok], text, None, position, logprobs))
+            gen.sink(Delta([tok], text, None, position, logprobs, computed))
             return
-        gen.sink(Delta([tok], text + gen.decoder.flush(), finish, position, logprobs))
+        gen.sink(Delta([tok], text + gen.decoder.flush(), finish, position, logprobs, computed))
         eos_len = len(self.tokenizer.token_bytes(tok)) if eos else 0
         self._finish(st, finish, closed=eos, eos_bytes=eos_len)
 

@@ -29,6 +29,7 @@ class Sequence:
     generating: bool = False  # sample after the last token is computed
     arrival: int = 0  # when the current work was requested (lower = older = first)
     last_used: int = 0
+    computed: int = 0  # tokens whose KV its steps computed (recomputations included)
     # scoring: positions from here on are computed (not taken from the pool's shared prefix
     # cache) and their logits kept, so that every token after them gets its logprob
     logits_from: int | None = None

@@ -195,6 +195,29 @@ async def test_partial_without_waiting_then_reply_with_the_final(smol_engine: An
         await ref.close()
 
 
+async def test_generate_takes_tokens_in_its_own_command(smol_engine: Any) -> None:
+    """``generate(tokens=...)`` appends raw ids and continues them in one engine command: the
+    same reply as append-then-generate, and the ids are computed once (each token's KV, once
+    ``computed`` says); its last is not computed again, as it is when a plain append's
+    prefill finished before the generate arrived."""
+    ids = smol_engine.tokenizer.encode("The three primary colors are")
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    async with smol_engine.open_conversation() as conv, smol_engine.open_conversation() as ref:
+        deltas = [d async for d in conv.generate(params, tokens=ids)]
+        assert deltas[0].position == len(ids) and deltas[0].computed == len(ids)
+        await ref.append_tokens(ids)  # waited for: generate computes the last one again
+        want = [t async for d in ref.generate(params) for t in d.token_ids]
+        assert [t for d in deltas for t in d.token_ids] == want and conv.tokens == ref.tokens
+        assert ref.computed == conv.computed + 1
+        with pytest.raises(InvalidRequest, match="not both"):
+            await anext(
+                conv.generate(params, tokens=ids, messages={"role": "user", "content": "x"})
+            )
+        with pytest.raises(InvalidRequest, match="token ids"):
+            await anext(conv.generate(params, tokens=[]))
+        assert conv.tokens == ref.tokens  # refused before anything changed
+
+
 async def test_prefilled_waits_for_the_system_prompt(smol_engine: Any) -> None:
     conv = smol_engine.open_conversation(f"{SYSTEM} Today is {id(smol_engine)}.")  # not cached
     try:

@@ -131,3 +131,56 @@ async def test_a_prompt_scored_while_the_pool_runs_out_scores_as_in_a_big_one(
     assert [s.logprob for s in got[1] if s] == pytest.approx(
         [s.logprob for s in want[1] if s], abs=1e-4
     )
+
+
+async def test_cached_tokens_count_only_what_was_not_computed(tiny_pool: Any) -> None:
+    """The API's ``cached_tokens`` is what the engine did not compute: a replayed request
+    computes its last prompt token again (for the reply's first logits), and a conversation
+    evicted between two requests computes its history again, though its tokens still match."""
+    from llm_engine import SamplingParams
+    from llm_engine.api_request import ChatRequest
+    from llm_engine.chat_api import ChatService, Completion
+
+    service = ChatService(tiny_pool, "smollm2")
+
+    async def ask(messages: list[dict[str, str]]) -> tuple[str, Any]:
+        """The reply and its usage, whose cached tokens must be those the engine's own
+        counters say it did not prefill (nothing else runs on this engine meanwhile)."""
+        completion, text = Completion(), ""
+        params = SamplingParams(max_tokens=6, temperature=0.0)
+        before = tiny_pool.stats()
+        async for piece in service.complete(ChatRequest(messages, params, "smollm2"), completion):
+            text += piece.text
+        after, usage = tiny_pool.stats(), completion.usage
+        decoded = after.generated_tokens - before.generated_tokens - 1  # the last is not fed
+        prefilled = after.computed_tokens - before.computed_tokens - decoded
+        assert 1 <= prefilled <= usage.prompt_tokens
+        assert usage.cached_tokens == usage.prompt_tokens - prefilled
+        return text, usage
+
+    history = [{"role": "system", "content": "Answer in a few words."}, _user("cats")]
+    try:
+        reply, first = await ask(history)
+        assert first.cached_tokens == 0  # its system prompt is no other test's
+        again_reply, again = await ask(history)  # a client's "regenerate"
+        assert again_reply == reply
+        assert again.prompt_tokens == first.prompt_tokens
+        assert 0 < again.cached_tokens < first.prompt_tokens  # its last token is computed
+        evicted = tiny_pool.scheduler.num_evicted
+        others = [tiny_pool.open_conversation("You are brief.") for _ in range(3)]
+        for conv, topic in zip(others * 2, TOPICS, strict=True):  # more than the pool holds
+            await _turn(conv, topic)
+        for conv in others:
+            await conv.close()
+        assert tiny_pool.scheduler.num_evicted > evicted
+        history += [{"role": "assistant", "content": reply}, _user("bread")]
+        _, later = await ask(history)
+        resident = first.prompt_tokens + first.completion_tokens
+        assert 0 <= later.cached_tokens < resident  # its tokens match, its KV had gone
+    finally:
+        await service.close()
+    assert tiny_pool.free_blocks() == tiny_pool.config.num_blocks
+
+
+def _user(topic: str) -> dict[str, str]:
+    return {"role": "user", "content": f"Say one sentence about {topic}."}
