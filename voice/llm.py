@@ -41,7 +41,8 @@ Role = Literal["user", "assistant", "system"]
 Message = dict[str, str]
 
 __all__ = [
-    "Dialogue", "LlmError", "LocalDialogue", "Message", "ReplyParams", "Role", "local_dialogue",
+    "Dialogue", "LlmError", "LocalDialogue", "Message", "ReplyParams", "ReplyUsage", "Role",
+    "local_dialogue",
 ]  # fmt: skip
 
 
@@ -49,6 +50,17 @@ class LlmError(ParleyError):
     """The language model failed a request (unreachable, refused, broke off mid-reply).
 
     Engine errors (``llm_engine.errors.EngineError``) are raised as they are."""
+
+
+@dataclass(slots=True, frozen=True)
+class ReplyUsage:
+    """Token counts of a reply: the context it answered (``input_tokens``), of which
+    ``cached_tokens`` were not computed for it (resident KV: earlier turns, the caller's words
+    prefilled while they spoke), and the tokens generated so far."""
+
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -62,9 +74,12 @@ class Dialogue(abc.ABC):
     """One session's conversation with a language model; see the module docstring.
 
     ``finish_reason`` is why the latest :meth:`reply` ended: ``"stop"`` (the model's end of
-    turn), ``"length"`` (``max_tokens``), or None while it runs or if it was cut off."""
+    turn), ``"length"`` (``max_tokens``), or None while it runs or if it was cut off.
+    ``usage`` counts the latest reply's tokens as far as it went: None from the call of
+    :meth:`reply` to its first token, and where the backend does not say."""
 
     finish_reason: str | None = None
+    usage: ReplyUsage | None = None
 
     @property
     @abc.abstractmethod
@@ -146,7 +161,11 @@ class LocalDialogue(Dialogue):
             await self._conv.append({"role": "user", "content": text})
             self._user_open = False
 
-    async def reply(self, params: ReplyParams) -> AsyncGenerator[str, None]:
+    def reply(self, params: ReplyParams) -> AsyncGenerator[str, None]:
+        self.usage = None  # now, not at the first iteration: this reply's, or none
+        return self._reply(params)
+
+    async def _reply(self, params: ReplyParams) -> AsyncGenerator[str, None]:
         turn = None
         if self._final is not None:
             turn = {"role": "user", "content": self._final}
@@ -158,7 +177,8 @@ class LocalDialogue(Dialogue):
         self._reply_start = None
         self._reply_ends = []
         self.finish_reason = None
-        length = 0
+        length = generated = cached = 0
+        computed = self._conv.computed  # what this reply's context computes counts from here
         deltas = self._conv.generate(sampling, messages=turn)
         self._final, self._user_open = None, False
         # closing this reply closes the engine's stream at once: its abort is queued before
@@ -167,6 +187,9 @@ class LocalDialogue(Dialogue):
             async for delta in deltas:
                 if self._reply_start is None:
                     self._reply_start = delta.position  # the engine may be a step ahead
+                    cached = max(0, delta.position - (delta.computed - computed))
+                generated += len(delta.token_ids)
+                self.usage = ReplyUsage(self._reply_start, generated, cached)
                 length += len(delta.text)
                 # a token completing a character carries it; tokens holding a partial one ""
                 self._reply_ends.extend([length] * len(delta.token_ids))

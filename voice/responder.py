@@ -27,7 +27,7 @@ import functools
 import heapq
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -36,7 +36,7 @@ from audio.codec import encode
 from audio.pcm import Float32Array
 from voice.aio import settle_like
 from voice.chunker import Chunk, ChunkerConfig, SentenceChunker
-from voice.llm import Dialogue, ReplyParams
+from voice.llm import Dialogue, ReplyParams, ReplyUsage
 from voice.playout import Playout
 from voice.realtime import events as ev
 from voice.tts import Synthesizer
@@ -189,6 +189,12 @@ class Reply:
         self._flowing = asyncio.Event()  # cleared while held
         self._flowing.set()
         self._held_at: float | None = None
+        self._replied = False  # the dialogue's reply is this one's
+
+    @property
+    def usage(self) -> ReplyUsage | None:
+        """This reply's token counts as far as it went (see ``Dialogue.usage``)."""
+        return self._dialogue.usage if self._replied else None
 
     @property
     def audio(self) -> bool:
@@ -246,10 +252,14 @@ class Reply:
             await self._opener()
             self._opened = True
 
+    def _reply(self) -> AsyncGenerator[str, None]:
+        self._replied = True
+        return self._dialogue.reply(self._params)
+
     async def _run_text(self) -> None:
         # closed at once when cancelled (at any await here): the engine's abort is then queued
         # before the truncate that follows, not whenever the garbage collector gets to it
-        async with contextlib.aclosing(self._dialogue.reply(self._params)) as pieces:
+        async with contextlib.aclosing(self._reply()) as pieces:
             async for piece in pieces:
                 if self.times.first_token is None:
                     self.times.first_token = time.monotonic()
@@ -262,7 +272,7 @@ class Reply:
 
     async def _generate(self, chunks: asyncio.Queue[Chunk | None]) -> None:
         try:
-            async with contextlib.aclosing(self._dialogue.reply(self._params)) as pieces:
+            async with contextlib.aclosing(self._reply()) as pieces:
                 async for piece in pieces:
                     if self.times.first_token is None:
                         self.times.first_token = time.monotonic()

@@ -48,7 +48,7 @@ from llm_engine.errors import EngineError
 from voice import turns as tt
 from voice.chunker import ChunkerConfig
 from voice.errors import ParleyError
-from voice.llm import Dialogue, ReplyParams
+from voice.llm import Dialogue, ReplyParams, ReplyUsage
 from voice.metrics import VoiceMetrics
 from voice.realtime import events as ev
 from voice.realtime.protocol import ProtocolError, new_id
@@ -903,6 +903,7 @@ class Session:
             voice=self.config.voice,
             status_reason=_STATUS_REASONS.get(status, active.cancel_reason),
             error=str(error) if error is not None else None,
+            usage=_usage(reply.usage),
             metrics=self._metrics(active, stopped),
         )
         self._emit(ev.ResponseDone(response))
@@ -1115,3 +1116,7 @@ def _has_words(text: str | None) -> bool:
 
 def _event_id(m: _Message) -> str | None:
     return getattr(m, "event_id", None)
+
+
+def _usage(u: ReplyUsage | None) -> ev.Usage | None:
+    return None if u is None else ev.Usage(u.input_tokens, u.output_tokens, u.cached_tokens)

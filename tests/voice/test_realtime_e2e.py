@@ -128,6 +128,9 @@ async def test_barge_in_keeps_only_the_heard_words(client, say, voice_app, pause
     # played out its buffer before the decision: the audio stopped going out at the onset)
     assert normalize(sent).startswith(normalize(kept))
     assert len(sent) > 0 and kept.strip()
+    # usage counts what was generated, heard or not: at least the words sent
+    tok = session_of(voice_app, client)._dialogue.conversation._engine.tokenizer
+    assert response["usage"]["output_tokens"] >= len(tok.encode(sent)) - 2
     audio_s = len(client.audio(created)) / 2 / RATE
     assert truncated["audio_end_ms"] <= audio_s * 1000
     metrics = response["parley"]["metrics"]
@@ -226,7 +229,8 @@ async def test_text_turn_in_text_mode(client):
 
 async def test_max_output_tokens_cuts_a_reply_short_and_says_so(client):
     """The client's max_output_tokens (the session's, or one response's) bounds a reply; a
-    reply cut by it is ``incomplete`` with reason ``max_output_tokens``."""
+    reply cut by it is ``incomplete`` with reason ``max_output_tokens``. Each response's
+    usage counts its tokens, and the next one finds the first's context resident."""
     await client.send({"type": "session.update", "session": {"max_output_tokens": 3}})
     updated = await client.wait_for("session.updated")
     assert updated["session"]["max_output_tokens"] == 3
@@ -239,12 +243,20 @@ async def test_max_output_tokens_cuts_a_reply_short_and_says_so(client):
     assert done["response"]["status_details"]["reason"] == "max_output_tokens"
     short = done["response"]["output"][0]["content"][0]["text"]
     assert short and len(short.split()) <= 3  # 3 tokens
+    first = done["response"]["usage"]
+    assert first["output_tokens"] == 3 and first["input_tokens"] > 10
+    assert first["total_tokens"] == first["input_tokens"] + 3
+    assert first["input_token_details"]["cached_tokens"] < first["input_tokens"]
     mark = len(client.events)
     twelve = {**text_only, "max_output_tokens": 12}
     await client.send({"type": "response.create", "response": twelve})
     done = await client.wait_for("response.done", after=mark, timeout=60)
     longer = done["response"]["output"][0]["content"][0]["text"]
     assert done["response"]["status"] == "incomplete" and len(longer) > len(short)
+    usage = done["response"]["usage"]
+    assert usage["output_tokens"] == 12 and usage["input_tokens"] >= first["input_tokens"] + 3
+    # all of the first response's context and reply, but its last token (sampled, not fed)
+    assert usage["input_token_details"]["cached_tokens"] >= first["input_tokens"] + 2
 
 
 async def test_g711_ulaw_session(client, say, transcriber):
