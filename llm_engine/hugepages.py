@@ -19,6 +19,7 @@ import contextlib
 import math
 import mmap
 import warnings
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -58,8 +59,14 @@ def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
 
 
 def available_bytes() -> int | None:
-    """Memory the kernel could give without swapping (``MemAvailable``), or None where it
-    does not say (not Linux)."""
+    """Memory this process could get without swapping: the kernel's ``MemAvailable``, or
+    less where its memory cgroup (a container's limit) leaves less; None where neither says
+    (not Linux)."""
+    found = [n for n in (_mem_available(), cgroup_room()) if n is not None]
+    return min(found) if found else None
+
+
+def _mem_available() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -67,6 +74,36 @@ def available_bytes() -> int | None:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def cgroup_room(root: Path = Path("/sys/fs/cgroup"), table: str | None = None) -> int | None:
+    """Bytes this process's memory cgroup still allows (its limit less its usage), from
+    ``table`` (``/proc/self/cgroup``'s lines) and the hierarchy mounted at ``root``: v2
+    (``memory.max``, ``memory.current``) or v1 (``memory/memory.limit_in_bytes``,
+    ``memory.usage_in_bytes``). None without a limit, or where neither can be read. Inside
+    a container the cgroup's own directory may be the mount's root, which is read too."""
+    if table is None:
+        try:
+            table = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return None
+    for line in table.splitlines():
+        hierarchy, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if hierarchy == "0" and not controllers:
+            base, names = root, ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","):
+            base, names = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        for folder in (base / path.lstrip("/"), base):
+            try:
+                limit, usage = ((folder / name).read_text().strip() for name in names)
+                if limit == "max" or int(limit) >= 1 << 60:  # v1's "unlimited" is ~2^63
+                    return None
+                return max(0, int(limit) - int(usage))
+            except (OSError, ValueError):
+                continue
     return None
 
 

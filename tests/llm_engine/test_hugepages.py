@@ -96,3 +96,33 @@ def test_moving_the_weights_keeps_every_logit(smol_dir: Path, batch: int) -> Non
     got_ids, got = _greedy_decode(runner, prompts[:batch], 4)
     assert got_ids == want_ids
     assert torch.equal(got, want)
+
+
+def test_cgroup_room_reads_a_containers_memory_limit(tmp_path: Path) -> None:
+    """A container's memory limit bounds what a pool may commit: cgroup v2 and v1 layouts,
+    the cgroup's own directory or the mount's root (a container's namespace), no limit."""
+    v2 = tmp_path / "v2"
+    (v2 / "svc").mkdir(parents=True)
+    (v2 / "svc" / "memory.max").write_text(f"{1 << 30}\n")
+    (v2 / "svc" / "memory.current").write_text(f"{256 << 20}\n")
+    assert hugepages.cgroup_room(v2, "0::/svc\n") == 768 << 20
+    (v2 / "memory.max").write_text(f"{2 << 30}\n")  # a namespace: the cgroup is the root
+    (v2 / "memory.current").write_text(f"{1 << 30}\n")
+    assert hugepages.cgroup_room(v2, "0::/elsewhere\n") == 1 << 30
+    (v2 / "svc" / "memory.max").write_text("max\n")
+    assert hugepages.cgroup_room(v2, "0::/svc\n") is None
+    v1 = tmp_path / "v1" / "memory" / "docker" / "abc"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(f"{512 << 20}\n")
+    (v1 / "memory.usage_in_bytes").write_text(f"{600 << 20}\n")  # over: nothing left
+    table = "5:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/\n"
+    assert hugepages.cgroup_room(tmp_path / "v1", table) == 0
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's unlimited
+    assert hugepages.cgroup_room(tmp_path / "v1", table) is None
+    assert hugepages.cgroup_room(tmp_path / "none", table) is None
+
+
+@pytest.mark.skipif(hugepages.available_bytes() is None, reason="not Linux")
+def test_available_memory_is_at_most_the_kernels() -> None:
+    meminfo = Path("/proc/meminfo").read_text().split("MemAvailable:")[1].split()[0]
+    assert 0 < hugepages.available_bytes() <= int(meminfo) * 1024 * 1.01  # it moves a little
