@@ -91,6 +91,29 @@ class KVCache:
 Parts = list[tuple[int, int, AttnMeta]]
 
 
+def kernel_parts(meta: AttnMeta | Parts, B: int, T: int) -> list[cpu_kernel.StepPart] | None:
+    """A ``[B, T]`` step's parts as the C layer loop attends them
+    (:class:`cpu_kernel.PrefillLayers`), or None where one of them needs another path: decodes
+    on the C kernel, prefill chunks on :func:`cpu_kernel.prefill_attention`."""
+    parts = [(B, T, meta)] if isinstance(meta, AttnMeta) else meta
+    out = []
+    for b, t, m in parts:
+        if m.prefill is not None and b == 1 and m.tables is not None:
+            out.append(cpu_kernel.StepPart(t, m.tables[0], start=m.ctx_len - t))
+        elif m.kernel is not None and t == 1 and m.tables is not None and m.lens is not None:
+            out.append(cpu_kernel.StepPart(b, m.tables, decode=m.kernel, lens=m.lens))
+        else:
+            return None
+    return out
+
+
+def step_slots(meta: AttnMeta | Parts) -> Tensor:
+    """The pool slots of a step's new tokens, every part's in order."""
+    if isinstance(meta, AttnMeta):
+        return meta.slots
+    return torch.cat([m.slots for _, _, m in meta])
+
+
 def attend(q: Tensor, kv: Tensor, pool: Tensor, meta: AttnMeta | Parts) -> Tensor:
     """:func:`paged_attention` of one ``[B, T]`` batch, or of each part of a flattened one
     (q: [1, N, H, D], kv: [1, N, 2, Hkv, D] -> [1, N, H * D]): the projections run once for

@@ -8,8 +8,10 @@ Q/K/V and gate/up projections are fused into one matmul each. On CPU with int8 w
 decode step runs every layer in one C call (``cpu_kernel.decode_one``, the same math over the
 same kernels; up to eight sequences on int8 weights, more on the bf16 GEMM where the CPU has
 one): the ops' Python calls had cost a fifth of the step.
-Where prefill's projections run as bf16 GEMMs, the activations between them stay bf16 and
-the norms and SwiGLU are one C call each.
+Where prefill's projections run as bf16 GEMMs, the activations between them stay bf16, the
+norms and SwiGLU are one C call each, and the whole layer loop is one C call too
+(``cpu_kernel.PrefillLayers``, the same kernels in the same order): its ~15 Python calls a
+layer had held the other thread waiting for a fifth of a 51-token prefill.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import Tensor
 
 from llm_engine import cpu_kernel, hugepages, rope
 from llm_engine.config import ModelConfig
-from llm_engine.kv_cache import AttnMeta, KVCache, Parts, attend
+from llm_engine.kv_cache import AttnMeta, KVCache, Parts, attend, kernel_parts, step_slots
 from llm_engine.quant import Int8Weight, linear, quantize_int8
 
 
@@ -102,6 +104,7 @@ class Transformer:
         # where prefill's GEMMs run in bf16: the norms and SwiGLU hand them bf16 (see forward)
         self._bf16: ctypes.CDLL | None = None
         self._bf16_rows = 0  # from this many rows
+        self._prefill_layers: cpu_kernel.PrefillLayers | None = None  # their layer loop in C
 
     @property
     def prefill_dtype(self) -> torch.dtype:
@@ -128,6 +131,7 @@ class Transformer:
             fits = cpu_kernel.activations_fit(self.cfg.hidden_size, self.cfg.intermediate_size)
             self._bf16 = cpu_kernel.load_bf16() if fits else None
             self._bf16_rows = w.full_min_rows
+        self._prefill_layers = self._bind_prefill_layers()
 
     def to_huge_pages(self) -> None:
         """Move the weights (CPU) into one huge-page mapping (see :mod:`hugepages`): every
@@ -147,8 +151,10 @@ class Transformer:
         arena = hugepages.Arena([getattr(o, n) for o, n in holders])
         for owner, name in holders:  # each original goes as soon as its copy is in
             setattr(owner, name, arena.place(getattr(owner, name)))
-        if self._decode_one is not None:  # it holds the old weights' addresses
+        if self._decode_one is not None:  # they hold the old weights' addresses
             self._decode_one = self._bind_decode_one(self._decode_one.max_batch)
+        if self._prefill_layers is not None:
+            self._prefill_layers = self._bind_prefill_layers()
 
     def _bind_decode_one(self, max_batch: int | None = None) -> cpu_kernel.DecodeOne | None:
         """The one-call decode of up to ``max_batch`` sequences, where every projection runs
@@ -158,7 +164,50 @@ class Transformer:
         cfg, layers = self.cfg, self.w.layers
         if self.kernel is None or not cpu_kernel.decode_fits(cfg.head_dim):
             return None
-        tensors = []
+        tensors = self._layer_tensors()
+        if tensors is None:
+            return None
+        bf16 = cpu_kernel.bf16_decode(cfg.head_dim)  # its attention, over a bf16 pool
+        wide = cpu_kernel.q8_wide()  # its projections from 2 sequences (AVX512-VNNI)
+        w = layers[0].qkv
+        gemm = w.gemm if isinstance(w, Int8Weight) else None  # where every layer is packed
+        # the GEMM takes over past where int8 rows on q8_linear_vnni stay faster, or without
+        # it where linear() would hand the rows to the GEMM (see quant)
+        gemm_rows = cpu_kernel.DECODE_MAX_BATCH + 1
+        if wide is None and isinstance(w, Int8Weight) and gemm is not None:
+            gemm_rows = w.full_min_rows
+        return cpu_kernel.DecodeOne(
+            self.kernel, tensors, self._shape, cfg.rms_norm_eps, self.rope, bf16, max_batch,
+            wide, gemm, gemm_rows,
+        )  # fmt: skip
+
+    def _bind_prefill_layers(self) -> cpu_kernel.PrefillLayers | None:
+        """The layer loop in one C call (bf16 GEMMs, see forward), where prefill's
+        projections run on the bf16 library's GEMM, every layer has its packed weights and
+        attention runs on the C kernels; else None."""
+        if self.kernel is None or self._bf16 is None:
+            return None
+        if not cpu_kernel.prefill_fits(self.cfg.head_dim):
+            return None
+        tensors = self._layer_tensors()
+        if tensors is None or any(t.packed is None for t in tensors):
+            return None
+        return cpu_kernel.PrefillLayers(
+            self._bf16, self.kernel, tensors, self._shape, self.cfg.rms_norm_eps, self.rope
+        )
+
+    @property
+    def _shape(self) -> tuple[int, ...]:
+        cfg = self.cfg
+        return (
+            cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads,
+            cfg.head_dim,
+        )  # fmt: skip
+
+    def _layer_tensors(self) -> list[cpu_kernel.LayerTensors] | None:
+        """Each layer's tensors as the C layer loops read them, or None where a projection
+        is not int8 for the C kernel (or a bias is not float32)."""
+        layers, tensors = self.w.layers, []
         for i, lw in enumerate(layers):
             ws = [_kernel_weight(w) for w in (lw.qkv, lw.o, lw.gate_up, lw.down)]
             bias = lw.qkv_bias
@@ -170,26 +219,7 @@ class Transformer:
             tensors.append(
                 cpu_kernel.LayerTensors(qkv, o, gate_up, down, bias, lw.mlp_norm, nxt, packed)
             )
-        shape = (
-            cfg.hidden_size,
-            cfg.intermediate_size,
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_dim,
-        )
-        bf16 = cpu_kernel.bf16_decode(cfg.head_dim)  # its attention, over a bf16 pool
-        wide = cpu_kernel.q8_wide()  # its projections from 2 sequences (AVX512-VNNI)
-        w = layers[0].qkv
-        gemm = w.gemm if isinstance(w, Int8Weight) else None  # where every layer is packed
-        # the GEMM takes over past where int8 rows on q8_linear_vnni stay faster, or without
-        # it where linear() would hand the rows to the GEMM (see quant)
-        gemm_rows = cpu_kernel.DECODE_MAX_BATCH + 1
-        if wide is None and isinstance(w, Int8Weight) and gemm is not None:
-            gemm_rows = w.full_min_rows
-        return cpu_kernel.DecodeOne(
-            self.kernel, tensors, shape, cfg.rms_norm_eps, self.rope, bf16, max_batch, wide,
-            gemm, gemm_rows,
-        )  # fmt: skip
+        return tensors
 
     def forward(
         self, input_ids: Tensor, positions: Tensor, kv: KVCache, meta: AttnMeta | Parts
@@ -214,6 +244,11 @@ class Transformer:
         bf = self._bf16 is not None and self._bf16_rows <= B * T
         gemm = torch.bfloat16 if bf else None  # the dtype the GEMMs return
         h = self._add_norm(x, None, layers[0].attn_norm, bf)
+        parts = kernel_parts(meta, B, T) if bf and self._prefill_layers is not None else None
+        if parts is not None:  # the loop below in one C call, where its kernels serve
+            assert self._prefill_layers is not None
+            slots = step_slots(meta)
+            return self._prefill_layers(x, h, kv.kv, positions, slots, parts)
         for i, lw in enumerate(layers):
             qkv = linear(h, lw.qkv, lw.qkv_bias, x.dtype).view(B, T, H + 2 * Hkv, D)
             self._rope_(qkv, H + Hkv, positions)  # q and k heads together

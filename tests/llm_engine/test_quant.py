@@ -352,6 +352,69 @@ def test_one_forward_serves_a_steps_decodes_and_prefill_chunks(smol_dir: Path) -
         assert (stored[0] - stored[1]).abs().max() < 0.03 * stored[1].abs().max()
 
 
+@pytest.mark.parametrize(("kv_dtype", "bias"), [(torch.bfloat16, False), (torch.float32, True)])
+def test_one_call_layer_loop_matches_the_python_loop_bit_for_bit(
+    smol_dir: Path, kv_dtype: torch.dtype, bias: bool
+) -> None:
+    """Where prefill's projections run as bf16 GEMMs, the layer loop runs as one C call
+    (``prefill_layers``): the same kernels in the same order, so the logits, the hidden
+    states and every K/V it stores are the Python loop's exactly. Over a fresh prompt, a
+    chunk on top of earlier context, and a step of two decodes with two chunks; with a q/k/v
+    bias (as Qwen2 has) added to SmolLM2's layers, and without."""
+    from tokenizers import Tokenizer
+
+    from llm_engine.scheduler import ScheduledBatch, Sequence
+
+    runner = _runner(smol_dir, quant=True, kv_dtype=kv_dtype)
+    model = runner.model
+    if model._prefill_layers is None:
+        pytest.skip("no AVX512-BF16 here: prefill's layers run op by op")
+    if bias:
+        torch.manual_seed(0)
+        for lw in model.w.layers:
+            lw.qkv_bias = torch.randn(lw.qkv.q.shape[0]) * 0.5
+        model._prefill_layers = model._bind_prefill_layers()
+    fused = model._prefill_layers
+    assert fused is not None
+    calls = []
+    tok = Tokenizer.from_file(str(smol_dir / "tokenizer.json"))
+    prompts = [tok.encode(" ".join(SENTENCES[i : i + 8])).ids[:40] for i in range(4)]
+    assert all(len(p) == 40 for p in prompts)
+
+    def work() -> list[torch.Tensor]:
+        runner.kv.kv.zero_()
+        seqs = [
+            Sequence(i + 1, tokens=list(p), block_table=list(range(i * 8 + 7, i * 8 - 1, -1)))
+            for i, p in enumerate(prompts)
+        ]
+        out = []
+        for seq in seqs:
+            seq.generating = True
+        for seq in seqs[:2]:  # whole prompts; they decode in the step of four parts below
+            out.append(runner.run(ScheduledBatch([], [(seq, len(seq.tokens))], [])).logits)
+            seq.num_cached = len(seq.tokens)
+            seq.tokens.append(int(out[-1].argmax()))
+        runner.run(ScheduledBatch([], [(seqs[2], 23)], []))  # context for a chunk on top
+        seqs[2].num_cached = 23
+        step = ScheduledBatch(seqs[:2], [(seqs[2], 17), (seqs[3], 40)], [])
+        out.append(runner.run(step).logits)
+        out.append(runner.forward_tokens(seqs[3], 10, 30))  # recomputed over its own context
+        return [*out, runner.kv.kv.clone()]
+
+    def counted(*args: Any) -> torch.Tensor:
+        calls.append(args)
+        return fused(*args)
+
+    model._prefill_layers = counted
+    got = work()
+    assert len(calls) == 5  # every forward above ran as one C call
+    model._prefill_layers = None
+    want = work()
+    assert want[-1].abs().sum() > 0
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16])
 def test_bf16_prefill_attention_keeps_the_logits(smol_dir: Path, kv_dtype: torch.dtype) -> None:
     """Where the projections prefill in bf16 (CPUs with AVX512-BF16), prefill chunks attend
