@@ -1360,12 +1360,17 @@ long prefill_scratch(long N, long hidden, long inter, long H, long Hkv, long D) 
    silu_mul). x: [N, hidden] the residual stream, in place; h: [N, hidden] bf16, RMSNorm(x)
    with layer 0's norm; out: [N, hidden] float32, the final norm's output. pool: layer 0's
    K/V, layers layer_stride elements apart; pos, slot: each row's position and pool slot.
-   scratch: prefill_scratch bytes, 64-byte aligned. Returns 0, or an attention's error. */
+   keep: the rows whose output is wanted, ascending (nkeep of them; nkeep < 0: all): past
+   the last layer's K/V nothing reads the others, so there it attends and projects only
+   those (a chunk whose last row alone is wanted attends that row alone), and out holds them
+   in order. scratch: prefill_scratch bytes, 64-byte aligned. Returns 0, or an attention's
+   error. */
 int prefill_layers(const GemmLayer *layers, long L, float *x, uint16_t *h, float *out, long N,
                    long hidden, long inter, long H, long Hkv, long D, rope_fn rope,
                    const float *rope_table, long max_len, const long *pos, void *pool,
                    long layer_stride, const long *slot, const Part *parts, long nparts, long bs,
-                   float eps, float scale, int bf, char *scratch, int nthreads) {
+                   float eps, float scale, int bf, const long *keep, long nkeep, char *scratch,
+                   int nthreads) {
     long nq = (H + 2 * Hkv) * D, HD = H * D, row = 2 * Hkv * D, es = bf ? 2 : 4;
     float *qkv = (float *)scratch;
     float *attn = (float *)((char *)qkv + aligned64(N * nq * 4));
@@ -1394,28 +1399,43 @@ int prefill_layers(const GemmLayer *layers, long L, float *x, uint16_t *h, float
                 _mm256_mask_storeu_epi16(dst + c, in, (__m256i)v);
             }
         }
-        for (long i = 0, n0 = 0; i < nparts; n0 += parts[i].rows, i++) {
+        int last = l + 1 == L, some = last && nkeep >= 0;  /* only the kept rows from here */
+        for (long i = 0, n0 = 0, k = 0; i < nparts; n0 += parts[i].rows, i++) {
             const Part *pt = parts + i;
-            const float *q = qkv + n0 * nq;
-            float *o = attn + n0 * HD;
+            long rows = pt->rows, first = n0, kept = 0;  /* its rows to attend, from first */
+            for (; some && k < nkeep && keep[k] < n0 + rows; k++) kept++;
+            if (some && kept == 0) continue;
+            if (some && kept == 1 && keep[k - 1] == n0 + rows - 1 && !pt->decode)
+                first = n0 + rows - 1, rows = 1;  /* a chunk's last row alone */
+            const float *q = qkv + first * nq;
+            float *o = attn + first * HD;
+            long start = pt->start + (first - n0);
             int status = pt->decode
-                ? pt->decode(q, nq, p, pt->tables, pt->lens, o, pt->rows, H, Hkv, D, pt->nb, bs,
+                ? pt->decode(q, nq, p, pt->tables, pt->lens, o, rows, H, Hkv, D, pt->nb, bs,
                              scale, bf, nthreads)
-                : prefill_attention(q, nq, p, pt->tables, pt->start, pt->rows, o, H, Hkv, D, bs,
-                                    scale, bf, nthreads);
+                : prefill_attention(q, nq, p, pt->tables, start, rows, o, H, Hkv, D, bs, scale,
+                                    bf, nthreads);
             if (status) return status;
         }
-        for (long i = 0; i < N * HD; i += 16) {  /* o's input as bf16 */
+        long M = N;
+        if (some) {  /* the kept rows of attention and of the residual stream, in order */
+            for (long i = 0; i < nkeep; i++) {
+                if (keep[i] == i) continue;
+                memcpy(attn + i * HD, attn + keep[i] * HD, (size_t)HD * 4);
+                memcpy(x + i * hidden, x + keep[i] * hidden, (size_t)hidden * 4);
+            }
+            M = nkeep;
+        }
+        for (long i = 0; i < M * HD; i += 16) {  /* o's input as bf16 */
             __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(attn + i));
             _mm256_storeu_si256((__m256i *)(ab + i), (__m256i)v);
         }
-        gemm_bf16(ab, HD, w->o, NULL, r, N, hidden, HD, nthreads);
-        add_norm(x, r, w->mlp_norm, h, 1, N, hidden, eps, nthreads);
-        gemm_bf16(h, hidden, w->gate_up, NULL, gu, N, 2 * inter, hidden, nthreads);
-        silu_mul(gu, act, N, inter, nthreads);
-        gemm_bf16(act, inter, w->down, NULL, r, N, hidden, inter, nthreads);
-        int last = l + 1 == L;
-        add_norm(x, r, w->next_norm, last ? (void *)out : (void *)h, !last, N, hidden, eps,
+        gemm_bf16(ab, HD, w->o, NULL, r, M, hidden, HD, nthreads);
+        add_norm(x, r, w->mlp_norm, h, 1, M, hidden, eps, nthreads);
+        gemm_bf16(h, hidden, w->gate_up, NULL, gu, M, 2 * inter, hidden, nthreads);
+        silu_mul(gu, act, M, inter, nthreads);
+        gemm_bf16(act, inter, w->down, NULL, r, M, hidden, inter, nthreads);
+        add_norm(x, r, w->next_norm, last ? (void *)out : (void *)h, !last, M, hidden, eps,
                  nthreads);
     }
     return 0;
@@ -1480,7 +1500,7 @@ def _bind_bf16(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.prefill_scratch.argtypes = [n, n, n, n, n, n]
     lib.prefill_scratch.restype = n
     lib.prefill_layers.argtypes = [p, n, p, p, p, n, n, n, n, n, n, p, p, n, p, p, n, p, p, n,
-                                   n, f, f, i, p, i]  # fmt: skip
+                                   n, f, f, i, p, n, p, i]  # fmt: skip
     lib.prefill_layers.restype = ctypes.c_int
     return lib
 
@@ -1807,12 +1827,14 @@ class PrefillLayers:
 
     def __call__(
         self, x: Tensor, h: Tensor, pool: Tensor, pos: Tensor, slots: Tensor,
-        parts: list[StepPart],
+        parts: list[StepPart], keep: Tensor | None = None,
     ) -> Tensor:  # fmt: skip
         """x: [..., hidden] float32 the residual stream (in place); h: the same shape in
         bf16, RMSNorm(x) with layer 0's norm; pool: [L, num_blocks, block_size, 2, Hkv, D];
-        pos, slots: each row's position and pool slot (int64); parts: the rows in order ->
-        the final norm's output, float32 like x."""
+        pos, slots: each row's position and pool slot (int64); parts: the rows in order;
+        keep: the rows whose output is wanted (int64, ascending, of the flattened rows), or
+        None for all -> the final norm's output of those rows, float32: [len(keep), hidden],
+        or x's shape."""
         N = x.numel() // self._hidden
         assert x.dtype == torch.float32 and h.dtype == torch.bfloat16
         assert x.is_contiguous() and h.is_contiguous() and pool.is_contiguous()
@@ -1828,13 +1850,19 @@ class PrefillLayers:
             c.lens = None if part.lens is None else part.lens.data_ptr()
             c.rows, c.start, c.nb = part.rows, part.start, part.tables.shape[-1]
         pos, slots = pos.reshape(-1).contiguous(), slots.contiguous()
-        out = torch.empty_like(x)
+        if keep is not None:
+            keep = keep.contiguous()
+            assert keep.dtype == torch.int64 and keep.dim() == 1
+            assert keep.numel() == 0 or (int(keep[0]) >= 0 and int(keep[-1]) < N)
+        out = torch.empty_like(x) if keep is None else x.new_empty(keep.numel(), self._hidden)
         _check(lib.prefill_layers(
             self._layers, len(self._layers), x.data_ptr(), h.data_ptr(), out.data_ptr(), N,
             self._hidden, self._inter, self._H, self._Hkv, D, self._rope_fn,
             self._rope.data_ptr(), self._rope.shape[1], pos.data_ptr(), pool.data_ptr(),
             pool.stride(0), slots.data_ptr(), cparts, len(parts), pool.shape[2], self._eps,
-            D**-0.5, _bf16(pool), self._scratch.data_ptr(), torch.get_num_threads(),
+            D**-0.5, _bf16(pool), None if keep is None else keep.data_ptr(),
+            -1 if keep is None else keep.numel(), self._scratch.data_ptr(),
+            torch.get_num_threads(),
         ), "prefill_layers")  # fmt: skip
         return out
 

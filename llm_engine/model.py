@@ -222,10 +222,18 @@ class Transformer:
         return tensors
 
     def forward(
-        self, input_ids: Tensor, positions: Tensor, kv: KVCache, meta: AttnMeta | Parts
+        self,
+        input_ids: Tensor,
+        positions: Tensor,
+        kv: KVCache,
+        meta: AttnMeta | Parts,
+        keep: Tensor | None = None,
     ) -> Tensor:
         """input_ids, positions: [B, T] int64 -> final hidden states [B, T, hidden]. With
-        ``Parts``, B is 1 and the T tokens are the parts' (see :func:`kv_cache.attend`)."""
+        ``Parts``, B is 1 and the T tokens are the parts' (see :func:`kv_cache.attend`).
+        With ``keep`` (int64, ascending, indices of the B * T rows), only those rows' states
+        are wanted: [len(keep), hidden]; the one-call layer loop then skips the others past
+        the last layer's K/V (the same values for the rows it keeps)."""
         cfg, layers = self.cfg, self.w.layers
         H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         B, T = input_ids.shape
@@ -236,7 +244,7 @@ class Transformer:
             assert one is not None and meta.lens is not None  # the runner's decode
             h = self._add_norm(x, None, layers[0].attn_norm)
             one(x, h, kv.kv, positions, meta.slots, meta.tables, meta.lens)  # all layers, one call
-            return h
+            return h if keep is None else h.flatten(0, 1)[keep]
         # Where every projection runs as a bf16 GEMM (many rows, float32 model, int8 weights
         # with bf16 copies, AVX512-BF16), what a GEMM reads or returns stays bf16: the norms
         # and SwiGLU read and write it in one C call each, instead of torch's casts (9 a
@@ -248,7 +256,7 @@ class Transformer:
         if parts is not None:  # the loop below in one C call, where its kernels serve
             assert self._prefill_layers is not None
             slots = step_slots(meta)
-            return self._prefill_layers(x, h, kv.kv, positions, slots, parts)
+            return self._prefill_layers(x, h, kv.kv, positions, slots, parts, keep)
         for i, lw in enumerate(layers):
             qkv = linear(h, lw.qkv, lw.qkv_bias, x.dtype).view(B, T, H + 2 * Hkv, D)
             self._rope_(qkv, H + Hkv, positions)  # q and k heads together
@@ -259,7 +267,7 @@ class Transformer:
             last = i + 1 == len(layers)
             nxt = self.w.norm if last else layers[i + 1].attn_norm
             h = self._add_norm(x, linear(act, lw.down, None, gemm), nxt, bf and not last)
-        return h
+        return h if keep is None else h.flatten(0, 1)[keep]
 
     def _swiglu(self, gate_up: Tensor) -> Tensor:
         """silu(gate) * up of [..., 2 * inter]; a bf16 GEMM's output stays bf16."""

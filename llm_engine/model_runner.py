@@ -79,14 +79,22 @@ class ModelRunner:
                 kept.append((seq, first, end - n + first - start, end))
         if not parts:
             return StepOutput([], None)
+        # the rows whose final states are read: the forward may skip the others' last layer
+        wanted = sorted({*rows, *(r for _, _, lo, hi in kept for r in range(lo, hi))})
+        keep = None if len(wanted) == end else self._tensor(wanted)
+        if keep is not None:  # rows renumbered among those kept
+            at = {r: i for i, r in enumerate(wanted)}
+            rows = [at[r] for r in rows]
+            kept = [(seq, first, at[lo], at[lo] + hi - lo) for seq, first, lo, hi in kept]
         if len(parts) == 1:
             ids, pos, meta = parts[0]
-            hidden = self._forward(ids, pos, self.kv, meta).flatten(0, 1)
+            hidden = self._forward(ids, pos, self.kv, meta, keep)
         else:
             ids = torch.cat([p[0].view(-1) for p in parts]).view(1, -1)
             pos = torch.cat([p[1].view(-1) for p in parts]).view(1, -1)
             metas = [(*p[0].shape, p[2]) for p in parts]
-            hidden = self._forward(ids, pos, self.kv, metas)[0]
+            hidden = self._forward(ids, pos, self.kv, metas, keep)
+        hidden = hidden.flatten(0, -2)  # [rows, hidden]
         scored = [(seq, first, hidden[lo:hi]) for seq, first, lo, hi in kept]
         if not seqs:
             return StepOutput([], None, scored)

@@ -360,7 +360,9 @@ def test_one_call_layer_loop_matches_the_python_loop_bit_for_bit(
     (``prefill_layers``): the same kernels in the same order, so the logits, the hidden
     states and every K/V it stores are the Python loop's exactly. Over a fresh prompt, a
     chunk on top of earlier context, and a step of two decodes with two chunks; with a q/k/v
-    bias (as Qwen2 has) added to SmolLM2's layers, and without."""
+    bias (as Qwen2 has) added to SmolLM2's layers, and without. Past the last layer's K/V it
+    computes only the rows read (a turn's last token, the decodes, scored rows; none for a
+    chunk that does not end its prompt), and those match too."""
     from tokenizers import Tokenizer
 
     from llm_engine.scheduler import ScheduledBatch, Sequence
@@ -396,8 +398,10 @@ def test_one_call_layer_loop_matches_the_python_loop_bit_for_bit(
             seq.tokens.append(int(out[-1].argmax()))
         runner.run(ScheduledBatch([], [(seqs[2], 23)], []))  # context for a chunk on top
         seqs[2].num_cached = 23
-        step = ScheduledBatch(seqs[:2], [(seqs[2], 17), (seqs[3], 40)], [])
-        out.append(runner.run(step).logits)
+        seqs[3].logits_from = 5  # scored: rows 5.. of its chunk are read too
+        step = runner.run(ScheduledBatch(seqs[:2], [(seqs[2], 17), (seqs[3], 40)], []))
+        assert [first for _, first, _ in step.scored] == [5]
+        out += [step.logits, step.scored[0][2]]
         out.append(runner.forward_tokens(seqs[3], 10, 30))  # recomputed over its own context
         return [*out, runner.kv.kv.clone()]
 
