@@ -1343,8 +1343,8 @@ typedef struct {
     long rows, start, nb;
 } Part;
 
-/* The scratch prefill_layers takes per row, in bytes: q/k/v and attention in float32, then
-   attention, a GEMM's output, gate/up and SwiGLU in bf16, each 64-byte aligned. */
+/* The scratch prefill_layers takes for N rows, in bytes: q/k/v and attention in float32,
+   then attention, a GEMM's output, gate/up and SwiGLU in bf16, each 64-byte aligned. */
 static long aligned64(long bytes) { return (bytes + 63) / 64 * 64; }
 long prefill_scratch(long N, long hidden, long inter, long H, long Hkv, long D) {
     long nq = (H + 2 * Hkv) * D;

@@ -6,7 +6,9 @@ to one row of tokens, so every projection is one matmul over all of them; attent
 part (:func:`kv_cache.attend`). A step of decodes alone stays ``[B, 1]``, which the fused C
 decode takes. A fresh prefill with no earlier context attends causally to itself; a chunk with
 context reads it from the pool. A sequence verifying ``k`` drafted tokens is a prefill chunk
-of ``k + 1`` tokens whose every position's logits are wanted (``all_logits``).
+of ``k + 1`` tokens whose every position's logits are wanted (``all_logits``). The forward
+is told which rows' final states the step reads (a turn's last token, the decodes, scored
+rows), so that past the last layer's K/V it may skip the others.
 """
 
 from __future__ import annotations
