@@ -69,6 +69,21 @@ _PRELUDE = r"""
 #include <stdlib.h>
 #include <string.h>
 
+/* One layer's weights for the C layer loops (decode_one, the bf16 library's prefill_layers):
+   int8 rows with float32 scales (see q8_linear), and the same weights as bf16 pairs for the
+   bf16 library's GEMM (pack_pairs), or NULL. */
+typedef struct {
+    const int8_t *qkv, *o, *gate_up, *down;
+    const float *qkv_scale, *o_scale, *gate_up_scale, *down_scale;
+    const uint32_t *qkv_bf, *o_bf, *gate_up_bf, *down_bf;
+    const float *qkv_bias;  /* or NULL */
+    const float *mlp_norm, *next_norm;  /* next: the next layer's attention norm, or the final */
+} Layer;
+
+/* A paged_decode (either library's: the one that serves the pool). */
+typedef int (*attention_fn)(const float *, long, const void *, const long *, const long *,
+                            float *, long, long, long, long, long, long, float, int, int);
+
 /* The pool slot of context position pos through a block table. The pool holds float32 or
    (bf = 1) bfloat16 and is indexed by element. */
 static inline long slot_of(const long *table, long bs, long pos) {
@@ -463,18 +478,6 @@ void rope(float *x, long rows, long stride, long heads, long D, const float *tab
     }
 }
 
-/* One layer's weights for decode_one: int8 rows with float32 scales (see q8_linear), and
-   the same weights as bf16 pairs for the bf16 library's GEMM (pack_pairs), or NULL. */
-typedef struct {
-    const int8_t *qkv, *o, *gate_up, *down;
-    const float *qkv_scale, *o_scale, *gate_up_scale, *down_scale;
-    const uint32_t *qkv_bf, *o_bf, *gate_up_bf, *down_bf;
-    const float *qkv_bias;  /* or NULL */
-    const float *mlp_norm, *next_norm;  /* next: the next layer's attention norm, or the final */
-} Layer;
-
-typedef int (*attention_fn)(const float *, long, const void *, const long *, const long *,
-                            float *, long, long, long, long, long, long, float, int, int);
 typedef int (*linear_fn)(const float *, const int8_t *, const float *, const float *, float *,
                          long, long, long, int);
 typedef void (*gemm_fn)(const float *, const uint32_t *, const float *, float *, uint16_t *,
@@ -1184,22 +1187,31 @@ void gemm_bf16(const uint16_t *a, long lda, const uint32_t *w, float *cf, uint16
     }
 }
 
+/* n floats -> n bf16, rounded to nearest even (as torch rounds them). */
+static void to_bf16(const float *x, uint16_t *dst, long n) {
+    for (long i = 0; i < n; i += 16) {
+        __mmask16 in = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(in, x + i));
+        _mm256_mask_storeu_epi16(dst + i, in, (__m256i)v);
+    }
+}
+
+/* y [M, N] += bias [N], where there is one. */
+static void add_bias(float *y, const float *bias, long M, long N) {
+    if (bias)
+        for (long m = 0; m < M; m++)
+            for (long n = 0; n < N; n++) y[m * N + n] += bias[n];
+}
+
 /* y [M, N] = x [M, K] (float32, rounded to bf16 into xb: [M, K] scratch) times a packed
    weight (pack_pairs) + bias (or NULL): decode_one's projections from many rows, where the
    GEMM runs at 2-3x q8_linear_vnni's rate (SmolLM2's 30 layers, same process: 8 rows 4.7 vs
    7.2 ms, 16 rows 6.9 vs 15.5, 48 rows 12.4 vs 39.1). */
 void linear_bf16(const float *x, const uint32_t *w, const float *bias, float *y, uint16_t *xb,
                  long M, long N, long K, int nthreads) {
-    for (long m = 0; m < M; m++)
-        for (long k = 0; k < K; k += 16) {
-            __mmask16 in = K - k >= 16 ? 0xFFFF : (__mmask16)((1u << (K - k)) - 1);
-            __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(in, x + m * K + k));
-            _mm256_mask_storeu_epi16(xb + m * K + k, in, (__m256i)v);
-        }
+    to_bf16(x, xb, M * K);
     gemm_bf16(xb, K, w, y, NULL, M, N, K, nthreads);
-    if (bias)
-        for (long m = 0; m < M; m++)
-            for (long n = 0; n < N; n++) y[m * N + n] += bias[n];
+    add_bias(y, bias, M, N);
 }
 
 /* The sums of four vectors' 16 lanes: (sum a, sum b, sum c, sum d). */
@@ -1323,22 +1335,13 @@ int q8_linear_vnni(const float *x, const int8_t *w, const float *scale, const fl
     return 0;
 }
 
-/* One layer's weights for prefill_layers: the projections as bf16 pairs (pack_pairs). */
-typedef struct {
-    const uint32_t *qkv, *o, *gate_up, *down;
-    const float *qkv_bias;  /* or NULL */
-    const float *mlp_norm, *next_norm;  /* next: the next layer's attention norm, or the final */
-} GemmLayer;
-
 /* A part of a step's rows: `rows` decodes, one token of a sequence each, through `decode`
    (a paged_decode: the one that serves the pool), with tables [rows, nb] and lens; or, with
    decode NULL, a prefill chunk of `rows` tokens after `start` of one sequence's context,
    table [nb], through prefill_attention. */
-typedef int (*decode_fn)(const float *, long, const void *, const long *, const long *, float *,
-                         long, long, long, long, long, long, float, int, int);
 typedef void (*rope_fn)(float *, long, long, long, long, const float *, long, const long *);
 typedef struct {
-    decode_fn decode;
+    attention_fn decode;
     const long *tables, *lens;
     long rows, start, nb;
 } Part;
@@ -1365,7 +1368,7 @@ long prefill_scratch(long N, long hidden, long inter, long H, long Hkv, long D) 
    those (a chunk whose last row alone is wanted attends that row alone), and out holds them
    in order. scratch: prefill_scratch bytes, 64-byte aligned. Returns 0, or an attention's
    error. */
-int prefill_layers(const GemmLayer *layers, long L, float *x, uint16_t *h, float *out, long N,
+int prefill_layers(const Layer *layers, long L, float *x, uint16_t *h, float *out, long N,
                    long hidden, long inter, long H, long Hkv, long D, rope_fn rope,
                    const float *rope_table, long max_len, const long *pos, void *pool,
                    long layer_stride, const long *slot, const Part *parts, long nparts, long bs,
@@ -1379,12 +1382,10 @@ int prefill_layers(const GemmLayer *layers, long L, float *x, uint16_t *h, float
     uint16_t *gu = (uint16_t *)((char *)r + aligned64(N * hidden * 2));
     uint16_t *act = (uint16_t *)((char *)gu + aligned64(N * 2 * inter * 2));
     for (long l = 0; l < L; l++) {
-        const GemmLayer *w = layers + l;
+        const Layer *w = layers + l;
         char *p = (char *)pool + l * layer_stride * es;
-        gemm_bf16(h, hidden, w->qkv, qkv, NULL, N, nq, hidden, nthreads);
-        if (w->qkv_bias)
-            for (long n = 0; n < N; n++)
-                for (long c = 0; c < nq; c++) qkv[n * nq + c] += w->qkv_bias[c];
+        gemm_bf16(h, hidden, w->qkv_bf, qkv, NULL, N, nq, hidden, nthreads);
+        add_bias(qkv, w->qkv_bias, N, nq);
         rope(qkv, N, nq, H + Hkv, D, rope_table, max_len, pos);
         for (long n = 0; n < N; n++) {  /* K then V heads, as the pool holds them */
             const float *kv = qkv + n * nq + HD;
@@ -1392,12 +1393,7 @@ int prefill_layers(const GemmLayer *layers, long L, float *x, uint16_t *h, float
                 memcpy((float *)p + slot[n] * row, kv, (size_t)row * 4);
                 continue;
             }
-            uint16_t *dst = (uint16_t *)p + slot[n] * row;
-            for (long c = 0; c < row; c += 16) {
-                __mmask16 in = row - c >= 16 ? 0xFFFF : (__mmask16)((1u << (row - c)) - 1);
-                __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(in, kv + c));
-                _mm256_mask_storeu_epi16(dst + c, in, (__m256i)v);
-            }
+            to_bf16(kv, (uint16_t *)p + slot[n] * row, row);
         }
         int last = l + 1 == L, some = last && nkeep >= 0;  /* only the kept rows from here */
         for (long i = 0, n0 = 0, k = 0; i < nparts; n0 += parts[i].rows, i++) {
@@ -1426,15 +1422,12 @@ int prefill_layers(const GemmLayer *layers, long L, float *x, uint16_t *h, float
             }
             M = nkeep;
         }
-        for (long i = 0; i < M * HD; i += 16) {  /* o's input as bf16 */
-            __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(attn + i));
-            _mm256_storeu_si256((__m256i *)(ab + i), (__m256i)v);
-        }
-        gemm_bf16(ab, HD, w->o, NULL, r, M, hidden, HD, nthreads);
+        to_bf16(attn, ab, M * HD);  /* o's input */
+        gemm_bf16(ab, HD, w->o_bf, NULL, r, M, hidden, HD, nthreads);
         add_norm(x, r, w->mlp_norm, h, 1, M, hidden, eps, nthreads);
-        gemm_bf16(h, hidden, w->gate_up, NULL, gu, M, 2 * inter, hidden, nthreads);
+        gemm_bf16(h, hidden, w->gate_up_bf, NULL, gu, M, 2 * inter, hidden, nthreads);
         silu_mul(gu, act, M, inter, nthreads);
-        gemm_bf16(act, inter, w->down, NULL, r, M, hidden, inter, nthreads);
+        gemm_bf16(act, inter, w->down_bf, NULL, r, M, hidden, inter, nthreads);
         add_norm(x, r, w->next_norm, last ? (void *)out : (void *)h, !last, M, hidden, eps,
                  nthreads);
     }
@@ -1703,6 +1696,24 @@ class LayerTensors:
     packed: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
 
+def _layer_structs(layers: list[LayerTensors], packed: bool) -> ctypes.Array[_Layer]:
+    """The C ``Layer`` of each layer: its tensors' addresses, the bf16 pairs where
+    ``packed`` (NULL elsewhere)."""
+    structs = (_Layer * len(layers))()
+    for slot, t in zip(structs, layers, strict=True):
+        for name in ("qkv", "o", "gate_up", "down"):
+            weight, scale = getattr(t, name)
+            assert weight.dtype == torch.int8 and scale.dtype == torch.float32
+            setattr(slot, name, weight.data_ptr())
+            setattr(slot, f"{name}_scale", scale.data_ptr())
+        if packed and t.packed is not None:
+            for name, pairs in zip(("qkv", "o", "gate_up", "down"), t.packed, strict=True):
+                setattr(slot, f"{name}_bf", pairs.data_ptr())
+        slot.qkv_bias = None if t.qkv_bias is None else t.qkv_bias.data_ptr()
+        slot.mlp_norm, slot.next_norm = t.mlp_norm.data_ptr(), t.next_norm.data_ptr()
+    return structs
+
+
 class DecodeOne:
     """``decode_one`` bound to a model's tensors (they must outlive it): one call per step
     runs every layer for up to ``max_batch`` sequences' new tokens. All tensors float32
@@ -1729,18 +1740,7 @@ class DecodeOne:
         self.max_batch = max_batch
         self._hidden, self._inter, self._H, self._Hkv, self._D = shape
         assert decode_fits(self._D)
-        self._layers = (_Layer * len(layers))()
-        for slot, t in zip(self._layers, layers, strict=True):
-            for name in ("qkv", "o", "gate_up", "down"):
-                weight, scale = getattr(t, name)
-                assert weight.dtype == torch.int8 and scale.dtype == torch.float32
-                setattr(slot, name, weight.data_ptr())
-                setattr(slot, f"{name}_scale", scale.data_ptr())
-            if self._gemm is not None and t.packed is not None:
-                for name, pairs in zip(("qkv", "o", "gate_up", "down"), t.packed, strict=True):
-                    setattr(slot, f"{name}_bf", pairs.data_ptr())
-            slot.qkv_bias = None if t.qkv_bias is None else t.qkv_bias.data_ptr()
-            slot.mlp_norm, slot.next_norm = t.mlp_norm.data_ptr(), t.next_norm.data_ptr()
+        self._layers = _layer_structs(layers, packed=self._gemm is not None)
         H, Hkv, D, hidden, inter = self._H, self._Hkv, self._D, self._hidden, self._inter
         # floats a sequence needs: q/k/v, attention, gate/up, SwiGLU, a residual's worth, and
         # (as bf16, two to a float) the widest input a GEMM rounds
@@ -1769,13 +1769,6 @@ class DecodeOne:
             self._bf_attention, self._wide, self._gemm, self._gemm_rows,
             self._scratch.data_ptr(), torch.get_num_threads(),
         ), "decode_one")  # fmt: skip
-
-
-class _GemmLayer(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_void_p)
-        for name in ("qkv", "o", "gate_up", "down", "qkv_bias", "mlp_norm", "next_norm")
-    ]
 
 
 class _Part(ctypes.Structure):
@@ -1817,12 +1810,8 @@ class PrefillLayers:
         self._rope_fn = _address(rope_lib, "rope")
         self._hidden, self._inter, self._H, self._Hkv, self._D = shape
         assert prefill_fits(self._D) and activations_fit(self._hidden, self._inter)
-        self._layers = (_GemmLayer * len(layers))()
-        for slot, t in zip(self._layers, layers, strict=True):
-            assert t.packed is not None
-            slot.qkv, slot.o, slot.gate_up, slot.down = (w.data_ptr() for w in t.packed)
-            slot.qkv_bias = None if t.qkv_bias is None else t.qkv_bias.data_ptr()
-            slot.mlp_norm, slot.next_norm = t.mlp_norm.data_ptr(), t.next_norm.data_ptr()
+        assert all(t.packed is not None for t in layers)
+        self._layers = _layer_structs(layers, packed=True)
         self._scratch = torch.empty(0, dtype=torch.uint8)  # grown to the most rows so far
 
     def __call__(
