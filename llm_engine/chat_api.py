@@ -43,14 +43,6 @@ MIN_LOGPROB = -9999.0  # what OpenAI reports for a token of (near) zero probabil
 MAX_WRITTEN = 4096  # replies with tools whose own spelling is kept (see ChatService._remember)
 
 
-def _cached(first: Delta, computed: int) -> int:
-    """The prompt tokens of a reply whose KV was reused, from its first delta and its
-    conversation's ``computed`` before the request: those the engine did not compute. A
-    prompt found whole still computes its last token (its logits start the reply); one whose
-    KV was evicted since computes it again."""
-    return max(0, first.position - (first.computed - computed))
-
-
 @dataclass(slots=True)
 class Usage:
     prompt_tokens: int = 0
@@ -317,7 +309,7 @@ class ChatService:
             async for i, delta in merged:
                 if i == 0 and not completion.usage.prompt_tokens:  # the prompt is known now
                     completion.usage.prompt_tokens = delta.position
-                    completion.usage.cached_tokens = _cached(delta, computed)
+                    completion.usage.cached_tokens = delta.cached(computed)
                 completion.usage.completion_tokens += len(delta.token_ids)
                 if request.tools is not None:
                     if piece := replies[i].feed(request.tools, delta, i):
@@ -408,8 +400,8 @@ class ChatService:
             async for j, delta in merged:
                 if j % request.n == 0 and delta.position == len(prompts[j // request.n]):
                     # a prompt's first choice, first token: its conversation is new (a fork
-                    # or not), so all it computed was for this prompt (see _cached)
-                    completion.usage.cached_tokens += _cached(delta, 0)
+                    # or not), so all it computed was for this prompt (see Delta.cached)
+                    completion.usage.cached_tokens += delta.cached(0)
                 completion.usage.completion_tokens += len(delta.token_ids)
                 logprobs = self._logprobs(delta, params, with_end=True)
                 offsets[j] = _place(logprobs or [], offsets[j])

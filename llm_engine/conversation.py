@@ -72,6 +72,13 @@ class Delta:
     logprobs: list[TokenLogprob] | None = None
     computed: int = 0
 
+    def cached(self, computed_before: int) -> int:
+        """For a reply's first delta: its prompt tokens whose KV was reused, those the engine
+        did not compute since its conversation's ``computed`` was ``computed_before``. A
+        prompt found whole still computes its last token (its logits start the reply); one
+        whose KV was evicted since computes it again."""
+        return max(0, self.position - (self.computed - computed_before))
+
 
 def post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
     """Run ``fn(*args)`` on ``loop`` from the engine thread. A closed loop has nobody left to

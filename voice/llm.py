@@ -187,7 +187,7 @@ class LocalDialogue(Dialogue):
             async for delta in deltas:
                 if self._reply_start is None:
                     self._reply_start = delta.position  # the engine may be a step ahead
-                    cached = max(0, delta.position - (delta.computed - computed))
+                    cached = delta.cached(computed)
                 generated += len(delta.token_ids)
                 self.usage = ReplyUsage(self._reply_start, generated, cached)
                 length += len(delta.text)
